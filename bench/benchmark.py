@@ -1,0 +1,167 @@
+"""Benchmark: the plain tutorial loop against the pipeline's training, same data, machine and backbone.
+
+Run by hand from the project root after `dvc repro split` (never in CI):
+
+    python bench/benchmark.py                 # frozen, finetune, scratch; 25 / 5 / 5 epochs
+    python bench/benchmark.py --quick         # a short run of each (smoke test)
+    python bench/benchmark.py --modes frozen --epochs 25
+
+For each mode, (a) the tutorial loop (batch 4, SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), every JPEG
+decoded every epoch, the whole network run forward every epoch, BatchNorm left in train mode) and
+(b) the pipeline's training of that mode (its row in params.yaml, with the epochs set to the same
+number) each run in a fresh process; the report gives wall seconds, training images per second,
+peak memory (max RSS), best val accuracy and the ratio (a)/(b)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_EPOCHS = {"frozen": 25, "finetune": 5, "scratch": 5}
+
+
+def tutorial_loop(mode: str, epochs: int) -> dict:
+    """The PyTorch transfer-learning tutorial's train_model, as written there, on our split."""
+    import torch
+    from torch import nn
+    from torchvision import transforms
+
+    from stages import params as params_module
+    from stages.backbones import build_model
+    from stages.datasets import RAW_DIR, read_classes, read_split
+    from stages.images import open_rgb
+
+    params = params_module.load()
+    pretrained = params["modes"][mode]["pretrained"]
+    torch.manual_seed(0)
+    classes = read_classes()
+    model, pre = build_model(params["model"]["arch"], len(classes), pretrained)
+    norm = transforms.Normalize(pre["mean"], pre["std"])
+    tf = {"train": transforms.Compose([transforms.RandomResizedCrop(pre["image_size"]),
+                                       transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]),
+          "val": transforms.Compose([transforms.Resize(pre["resize_size"]), transforms.CenterCrop(pre["image_size"]),
+                                     transforms.ToTensor(), norm])}
+
+    class Files(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.split, self.rows = split, read_split(split)
+
+        def __len__(self):
+            return len(self.rows.paths)
+
+        def __getitem__(self, i):
+            return tf[self.split](open_rgb(RAW_DIR / self.rows.paths[i])), self.rows.labels[i]
+
+    loaders = {s: torch.utils.data.DataLoader(Files(s), batch_size=4, shuffle=True, num_workers=0)
+               for s in ("train", "val")}
+    if mode == "frozen":
+        for p in model.body.parameters():
+            p.requires_grad = False
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    criterion = nn.CrossEntropyLoss()
+    best = 0.0
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for phase in ("train", "val"):
+            model.train(phase == "train")
+            correct = 0
+            for x, y in loaders[phase]:
+                with torch.set_grad_enabled(phase == "train"):
+                    out = model(x)
+                    loss = criterion(out, y)
+                    if phase == "train":
+                        optimizer.zero_grad()
+                        loss.backward()
+                        optimizer.step()
+                correct += (out.argmax(1) == y).sum().item()
+            if phase == "train":
+                scheduler.step()
+            else:
+                best = max(best, correct / len(loaders["val"].dataset))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "images": epochs * len(loaders["train"].dataset), "best_val_accuracy": best}
+
+
+def pipeline(mode: str, epochs: int) -> dict:
+    """The train stage's work for one mode (decode once, cached features, ...), epochs overridden."""
+    import tempfile
+
+    import torch
+
+    from stages import params as params_module
+    from stages.backbones import build_model
+    from stages.datasets import decode_all, read_classes, read_split, working_preprocess
+    from stages.training import Fit, TrainData, pick_device
+
+    params = params_module.load()
+    settings = params_module.mode_settings(params, mode)
+    settings["phases"][-1]["epochs"] = epochs - sum(p["epochs"] for p in settings["phases"][:-1])
+    torch.manual_seed(settings["seed"])
+    classes = read_classes()
+    train, val = read_split("train"), read_split("val")
+    model, pre = build_model(settings["arch"], len(classes), settings["pretrained"])
+    started = time.perf_counter()  # from here on, as in the tutorial loop: decoding is part of the work
+    pre = working_preprocess(pre, settings["image_size"])
+    data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Fit(model, data, settings, pick_device(settings["device"]), Path(tmp) / "state.pt", "bench").run()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "images": epochs * len(train.paths), "best_val_accuracy": result.best_accuracy}
+
+
+def run_child(variant: str, mode: str, epochs: int) -> dict:
+    """Run one variant in a fresh process; its peak memory is the child's max RSS."""
+    cmd = [sys.executable, __file__, "--child", variant, "--modes", mode, "--epochs", str(epochs)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out = proc.stdout.read()
+    if status != 0:
+        sys.exit(f"benchmark: {variant} {mode} failed (exit status {status})")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_mib"] = usage.ru_maxrss / 1024
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="frozen,finetune,scratch")
+    parser.add_argument("--epochs", type=int, help="the same number for every mode (default: per mode)")
+    parser.add_argument("--quick", action="store_true", help="2 epochs of each mode: a smoke run")
+    parser.add_argument("--child", choices=("tutorial", "pipeline"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    if args.child:
+        run = tutorial_loop if args.child == "tutorial" else pipeline
+        print(json.dumps(run(args.modes, args.epochs)))
+        return
+
+    import platform
+
+    import torch
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}")
+    header = f"{'mode':<16}{'epochs':>7}{'variant':>10}{'wall s':>9}{'img/s':>9}{'peak MiB':>10}{'best acc':>10}"
+    print(header)
+    for mode in args.modes.split(","):
+        epochs = 2 if args.quick else args.epochs or DEFAULT_EPOCHS.get(mode, 5)
+        results = {}
+        for variant in ("tutorial", "pipeline"):
+            r = results[variant] = run_child(variant, mode, epochs)
+            print(f"{mode:<16}{epochs:>7}{variant:>10}{r['seconds']:>9.1f}{r['images'] / r['seconds']:>9.1f}"
+                  f"{r['peak_mib']:>10.0f}{r['best_val_accuracy']:>10.4f}", flush=True)
+        ratio = results["tutorial"]["seconds"] / results["pipeline"]["seconds"]
+        gain = results["pipeline"]["best_val_accuracy"] - results["tutorial"]["best_val_accuracy"]
+        print(f"{mode:<16}{'':>7}{'ratio':>10}{ratio:>8.1f}x faster; best val accuracy {gain:+.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

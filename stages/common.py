@@ -1,0 +1,90 @@
+"""What every stage shares: one-line errors for user mistakes, atomic file writes, logging."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (params, data, paths): reported as one line, exit 2."""
+
+
+def fail(message: str) -> None:
+    raise UserError(message)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, clean up, exit
+    raise KeyboardInterrupt
+
+
+def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a stage's main: user errors become one line on stderr and a non-zero exit, no traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        name = main.__module__.rsplit(".", 1)[-1]
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"{name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted; finished work is kept, the next run resumes", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it is renamed onto `path` only if the block succeeds.
+
+    Works for files and folders, so a killed stage never leaves a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        fail(f"{path}: missing; run the stage that writes it first (dvc repro)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        fail(f"{path}: not valid JSON ({err})")

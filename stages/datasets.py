@@ -1,0 +1,125 @@
+"""Data for training and evaluation: manifests in, decoded-once image tensors and their transforms out.
+
+Every image is decoded and resized once per run to the backbone's working size (`resize_size`, the
+short side before the crop) and kept as a uint8 tensor; each epoch then only crops, flips and
+normalises those tensors. The tutorials' loop decodes every JPEG every epoch instead."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+from stages.common import UserError
+from stages.images import UnreadableImage, open_rgb
+
+RAW_DIR = Path("data/raw")
+SPLIT_DIR = Path("data/split")
+
+
+@dataclass
+class Split:
+    paths: list[str]  # relative to the raw data folder
+    labels: list[int]
+
+
+def read_split(name: str, split_dir: Path = SPLIT_DIR) -> Split:
+    path = split_dir / f"{name}.csv"
+    if not path.exists():
+        raise UserError(f"{path}: missing; run the split stage first (dvc repro split)")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return Split([r["path"] for r in rows], [int(r["label"]) for r in rows])
+
+
+def read_classes(split_dir: Path = SPLIT_DIR) -> list[dict]:
+    path = split_dir / "classes.json"
+    if not path.exists():
+        raise UserError(f"{path}: missing; run the split stage first (dvc repro split)")
+    return json.loads(path.read_text(encoding="utf-8"))["classes"]
+
+
+def resize_short_side(image: Image.Image, size: int, interpolation: str) -> torch.Tensor:
+    """PIL image -> uint8 CHW tensor whose short side is `size` (the eval Resize of torchvision)."""
+    resized = TF.resize(image, size, interpolation=InterpolationMode(interpolation), antialias=True)
+    return TF.pil_to_tensor(resized)
+
+
+def decode_all(paths: list[str], preprocess: dict, root: Path = RAW_DIR) -> list[torch.Tensor]:
+    """Decode and resize every image once, on all cores (PIL releases the GIL while decoding)."""
+
+    def load(rel: str) -> torch.Tensor:
+        try:
+            return resize_short_side(open_rgb(root / rel), preprocess["resize_size"], preprocess["interpolation"])
+        except UnreadableImage as err:
+            raise UserError(f"{root / rel}: unreadable image ({err}); re-run the split stage") from None
+        except FileNotFoundError:
+            raise UserError(f"{root / rel}: missing; data/raw and data/split disagree (dvc repro)") from None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(load, paths))
+
+
+def _normalize(preprocess: dict) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess["mean"], preprocess["std"])]
+
+
+def eval_transform_tensor(preprocess: dict) -> v2.Compose:
+    """For decoded (already resized) uint8 tensors: center crop and normalise."""
+    return v2.Compose([v2.CenterCrop(preprocess["image_size"]), *_normalize(preprocess)])
+
+
+def eval_transform(preprocess: dict):
+    """PIL RGB image -> normalised tensor, exactly as validation sees it during training."""
+    on_tensor = eval_transform_tensor(preprocess)
+    return lambda image: on_tensor(resize_short_side(image, preprocess["resize_size"], preprocess["interpolation"]))
+
+
+def train_transform(preprocess: dict, augment: dict) -> v2.Compose:
+    """The seeds' augmentations, as chosen in params (train.augment), on decoded uint8 tensors."""
+    size = preprocess["image_size"]
+    steps: list = []
+    if augment.get("rotation"):
+        steps.append(v2.RandomRotation(augment["rotation"]))
+    if augment.get("crop_scale"):
+        steps.append(v2.RandomResizedCrop(size, scale=tuple(augment["crop_scale"]), antialias=True))
+    else:
+        steps.append(v2.CenterCrop(size))
+    if augment.get("hflip"):
+        steps.append(v2.RandomHorizontalFlip(augment["hflip"]))
+    if augment.get("vflip"):
+        steps.append(v2.RandomVerticalFlip(augment["vflip"]))
+    if augment.get("color_jitter"):
+        s = augment["color_jitter"]
+        steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
+    if augment.get("grayscale"):
+        steps.append(v2.RandomGrayscale(augment["grayscale"]))
+    return v2.Compose(steps + _normalize(preprocess))
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Decoded images + labels, transformed on access."""
+
+    def __init__(self, images: list[torch.Tensor], labels: list[int], transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def working_preprocess(preprocess: dict, image_size: int | None) -> dict:
+    """The backbone's preprocessing, at train.image_size when that is set (same resize/crop ratio)."""
+    if not image_size or image_size == preprocess["image_size"]:
+        return dict(preprocess)
+    ratio = preprocess["resize_size"] / preprocess["image_size"]
+    return {**preprocess, "image_size": image_size, "resize_size": int(round(image_size * ratio))}

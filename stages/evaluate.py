@@ -1,0 +1,105 @@
+"""Stage evaluate@<mode>: metrics/<mode>.json, per-image predictions (a DVC confusion plot) and a
+grid of the misclassified val images."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from stages.backbones import load_checkpoint
+from stages.common import atomic_path, log, run_main, save_figure, write_json
+from stages.datasets import RAW_DIR, decode_all, read_split
+from stages.images import open_rgb
+from stages.training import crop_stack, normalized_batches, pick_device
+
+MAX_ERRORS_SHOWN = 16
+
+
+@torch.inference_mode()
+def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], preprocess: dict, device) -> torch.Tensor:
+    stack = crop_stack(images, preprocess)
+    probs = [torch.softmax(model(x.to(device)).float(), 1).cpu()
+             for x, _ in normalized_batches(stack, torch.tensor(labels), preprocess, 64)]
+    return torch.cat(probs)
+
+
+def compute_metrics(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    actual = np.array(labels)
+    predicted = probs.argmax(1).numpy()
+    indices = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=indices, zero_division=0)
+    loss = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), torch.tensor(labels)).item()
+    metrics = {
+        "accuracy": float((predicted == actual).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(actual, predicted)),
+        "macro_f1": float(f1_score(actual, predicted, labels=indices, average="macro", zero_division=0)),
+        "loss": loss,
+    }
+    if len(names) > 5:  # top-k only means something with more classes than k
+        top5 = probs.topk(5, 1).indices.numpy()
+        metrics["top5_accuracy"] = float((top5 == actual[:, None]).any(1).mean())
+    metrics["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                   "f1": float(f1[i]), "support": int(support[i])}
+                            for i, name in enumerate(names)}
+    metrics["confusion_matrix"] = {"labels": names,
+                                   "matrix": confusion_matrix(actual, predicted, labels=indices).tolist()}
+    return metrics
+
+
+def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
+    from stages.plotting import image_grid
+
+    predicted = probs.argmax(1).tolist()
+    wrong = [i for i, (p, y) in enumerate(zip(predicted, labels)) if p != y]
+    shown = sorted(wrong, key=lambda i: -probs[i].max().item())[:MAX_ERRORS_SHOWN]  # most confident first
+    if not shown:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4, 1.2), dpi=100)
+        fig.text(0.5, 0.5, f"{mode}: no misclassified val images", ha="center", va="center")
+        return fig
+    return image_grid([open_rgb(RAW_DIR / paths[i]) for i in shown],
+                      [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in shown],
+                      colors=["tab:red"] * len(shown), columns=4,
+                      title=f"{mode}: {len(wrong)} of {len(labels)} val images misclassified")
+
+
+@run_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate one trained mode on the val split.")
+    parser.add_argument("mode")
+    mode = parser.parse_args(argv).mode
+    from stages import params as params_module
+
+    params = params_module.load()
+    device = pick_device(params_module.mode_settings(params, mode)["device"])
+    model, meta = load_checkpoint(Path("models") / f"{mode}.pt", device)
+    val = read_split("val")
+    names = meta["class_names"]
+    probs = predict_probabilities(model, decode_all(val.paths, meta["preprocess"]), val.labels, meta["preprocess"],
+                                  device)
+
+    metrics = {"mode": mode, "arch": meta["arch"], **compute_metrics(probs, val.labels, names),
+               "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
+               "train_seconds": round(meta["train_seconds"], 2), "best_epoch": meta["best_epoch"],
+               "epochs": meta["epochs"], "val_images": len(val.labels)}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "actual", "predicted", "confidence"])
+    for path, label, p in zip(val.paths, val.labels, probs):
+        writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
+    with atomic_path(Path("plots/predictions") / f"{mode}.csv") as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    save_figure(error_grid(val.paths, val.labels, probs, names, mode), Path("plots/errors") / f"{mode}.png")
+    write_json(Path("metrics") / f"{mode}.json", metrics)
+    log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""The one training loop every transfer mode runs.
+
+A mode is data (stages.params.mode_settings): a list of phases, each saying what trains, at what
+rate and for how long. `fit` runs the phases in order. A phase that trains the head alone on a
+frozen pretrained body pushes each image (and a fixed number of augmented views of it) through the
+body once, then trains the head on those cached features: the result is the same as the tutorials'
+frozen loop, without recomputing the frozen body every epoch.
+
+Every epoch is seeded from (seed, epoch), and the state after each epoch is saved aside, so a killed
+run resumes at its last finished epoch and ends exactly where an uninterrupted run would."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from stages.backbones import TransferNet, set_trainable, train_mode
+from stages.common import UserError, atomic_path, log
+from stages.datasets import TensorImages, eval_transform_tensor, train_transform
+
+CPU_THREADS = torch.get_num_threads()
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory instead of handing it back to the OS after every batch.
+
+    Activations of a CNN are large, short-lived blocks; by default glibc unmaps each on free and
+    the next batch faults the pages in again, which on a virtual machine costs more time in the
+    kernel than the convolutions take (measured here: 22 s of 55 s in the kernel, 2.5 s after)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # the largest value glibc accepts
+    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+    libc.mallopt(M_TOP_PAD, 256 * 2**20)
+
+
+keep_freed_memory()
+
+
+@dataclass
+class TrainData:
+    train_images: list[torch.Tensor]  # uint8 CHW, short side = preprocess["resize_size"]
+    train_labels: list[int]
+    val_images: list[torch.Tensor]
+    val_labels: list[int]
+    preprocess: dict
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+    best_epoch: int = 0
+    best_accuracy: float = -1.0
+    best_loss: float = math.inf
+    train_seconds: float = 0.0
+    trainable_params: int = 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {name} asked for, but no CUDA GPU is available (use auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device: mps asked for, but Apple MPS is not available (use auto or cpu)")
+    return torch.device(name)
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed the global RNG (augmentations) and return a generator (shuffling) for this epoch alone."""
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def worker_count(setting, device: torch.device) -> int:
+    if setting != "auto":
+        return setting
+    # On a small CPU the model needs every core and in-memory crops are cheap: load in-process.
+    return min(8, CPU_THREADS) if device.type == "cuda" else (0 if CPU_THREADS <= 4 else 2)
+
+
+def make_optimizer(model: TransferNet, settings: dict, lr: float) -> torch.optim.Optimizer:
+    body = [p for p in model.body.parameters() if p.requires_grad]
+    groups = [{"params": list(model.head.parameters()), "lr": lr}]
+    if body:
+        groups.append({"params": body, "lr": lr * settings["backbone_lr_scale"]})
+    wd = settings["weight_decay"]
+    if settings["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=settings["momentum"], weight_decay=wd)
+    if settings["optimizer"] == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+
+
+def make_scheduler(optimizer, settings: dict, epochs: int, steps_per_epoch: int):
+    """A per-step schedule over one phase: cosine, step (StepLR by epochs), onecycle, or none."""
+    total = epochs * steps_per_epoch
+    kind = settings["scheduler"]
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+    if kind == "cosine":
+        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    elif kind == "step":
+        factor = lambda step: settings["gamma"] ** (step // (settings["step_size"] * steps_per_epoch))  # noqa: E731
+    else:
+        factor = lambda step: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Stepper:
+    """One optimisation step per batch on any input (images or cached features) and model part."""
+
+    def __init__(self, module: nn.Module, criterion, optimizer, scheduler, device, amp: bool):
+        self.module, self.criterion, self.optimizer, self.scheduler = module, criterion, optimizer, scheduler
+        self.device, self.amp = device, amp
+
+    def forward(self, x):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.module(x).float()
+
+    def train_batch(self, x, y) -> tuple[float, int]:
+        logits = self.forward(x)
+        loss = self.criterion(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+@torch.inference_mode()
+def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool) -> tuple[float, float]:
+    """Mean loss and accuracy of `module` (eval mode) over (x, y) batches."""
+    module.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        x, y = to_device(x, device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = module(x).float()
+        loss_sum += criterion(logits, y).item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        count += len(y)
+    return loss_sum / count, correct / count
+
+
+def crop_stack(images: list[torch.Tensor], preprocess: dict) -> torch.Tensor:
+    """Center-cropped uint8 batch of the val images (normalised per batch on the device)."""
+    size = preprocess["image_size"]
+    crop = eval_transform_tensor(preprocess).transforms[0]
+    return torch.stack([crop(img) for img in images]) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
+def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: dict, batch_size: int):
+    mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
+    for i in range(0, len(stack), batch_size):
+        yield (stack[i:i + batch_size].float() / 255 - mean) / std, labels[i:i + batch_size]
+
+
+@torch.inference_mode()
+def cached_features(model: TransferNet, data: TrainData, settings: dict, views: int, device, amp: bool):
+    """Body outputs for `views` augmented views of every training image and for every val image."""
+    model.eval()
+    batch = max(settings["batch_size"], 64)
+    transform = train_transform(data.preprocess, settings["augment"])
+    torch.manual_seed(settings["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
+
+    def run(xs):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return model.features(to_device(xs, device)).float()
+
+    train = []
+    for _ in range(views):
+        feats = [run(torch.stack([transform(img) for img in data.train_images[i:i + batch]]))
+                 for i in range(0, len(data.train_images), batch)]
+        train.append(torch.cat(feats))
+    val_stack = crop_stack(data.val_images, data.preprocess)
+    val_labels = torch.tensor(data.val_labels)
+    val = torch.cat([run(x) for x, _ in normalized_batches(val_stack, val_labels, data.preprocess, batch)])
+    return torch.stack(train), val
+
+
+class Fit:
+    """Runs a mode's phases over the data, logging and checkpointing after every epoch."""
+
+    def __init__(self, model: TransferNet, data: TrainData, settings: dict, device: torch.device,
+                 state_file: Path, fingerprint: str):
+        self.model, self.data, self.s, self.device = model, data, settings, device
+        self.state_file, self.fingerprint = state_file, fingerprint
+        self.amp = device.type == "cuda"
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
+        self.result = FitResult()
+        self.val_stack = crop_stack(data.val_images, data.preprocess)
+        self.val_labels = torch.tensor(data.val_labels)
+        self.train_labels = torch.tensor(data.train_labels)
+
+    # --- resumable state -------------------------------------------------------------------
+    def load_state(self) -> dict | None:
+        if not self.state_file.exists():
+            return None
+        try:
+            state = torch.load(self.state_file, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a damaged state file only costs the resume
+            return None
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save_state(self, epoch: int, optimizer, scheduler) -> None:
+        with atomic_path(self.state_file) as tmp:
+            torch.save({"fingerprint": self.fingerprint, "epoch": epoch, "model": self.model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "result": self.result}, tmp)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> FitResult:
+        state = self.load_state()
+        done = 0
+        if state:
+            done, self.result = state["epoch"], state["result"]
+            self.model.load_state_dict(state["model"])
+            log(f"resuming after epoch {done} (state in {self.state_file})")
+        self.model.to(self.device).to(memory_format=torch.channels_last)
+        first = 1
+        for phase in self.s["phases"]:
+            last = first + phase["epochs"] - 1
+            if done < last:
+                self.run_phase(phase, first, last, done, state if first <= done else None)
+            first = last + 1
+        return self.result
+
+    def run_phase(self, phase: dict, first: int, last: int, done: int, state: dict | None) -> None:
+        set_trainable(self.model, phase["trainable"], self.s["top_blocks"])
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.result.trainable_params = max(self.result.trainable_params, trainable)
+        # A head on a frozen pretrained body: train it on cached body outputs.
+        on_features = phase["trainable"] == "head"
+        n = len(self.data.train_labels)
+        batch_size = self.s["batch_size"]
+        drop_last = n % batch_size == 1 and not on_features  # BatchNorm cannot train on a batch of one
+        steps = n // batch_size if drop_last else math.ceil(n / batch_size)
+        optimizer = make_optimizer(self.model, self.s, phase["lr"])
+        scheduler = make_scheduler(optimizer, self.s, phase["epochs"], steps)
+        if state:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        log(f"phase: train {phase['trainable']} for epochs {first}-{last} at lr {phase['lr']:g} "
+            f"({trainable:,} trainable parameters{', on cached features' if on_features else ''})")
+        if on_features:
+            views = self.s["cached_views"] if self.s["augment"] else 1
+            started = time.perf_counter()
+            train_feats, val_feats = cached_features(self.model, self.data, self.s, views, self.device, self.amp)
+            self.result.train_seconds += time.perf_counter() - started
+            log(f"features of {len(self.data.train_labels)} train images x {views} views and "
+                f"{len(self.data.val_labels)} val images computed once ({time.perf_counter() - started:.1f} s)")
+        stepper = Stepper(self.model.head if on_features else self.model, self.criterion, optimizer, scheduler,
+                          self.device, self.amp)
+        for epoch in range(max(first, done + 1), last + 1):
+            started = time.perf_counter()
+            generator = seed_epoch(self.s["seed"], epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            if on_features:
+                x_all = train_feats[(epoch - first) % len(train_feats)]
+                train_loss, train_acc = self.train_on_features(stepper, x_all, generator, epoch)
+                val_loss, val_acc = evaluate_batches(
+                    self.model.head, [(val_feats, self.val_labels)], self.criterion, self.device, self.amp)
+            else:
+                train_loss, train_acc = self.train_on_images(stepper, generator, drop_last, epoch)
+                val_loss, val_acc = evaluate_batches(
+                    self.model, normalized_batches(self.val_stack, self.val_labels, self.data.preprocess,
+                                                   max(batch_size, 64)),
+                    self.criterion, self.device, self.amp)
+            seconds = time.perf_counter() - started
+            self.record(epoch, phase, train_loss, train_acc, val_loss, val_acc, lr, seconds)
+            self.save_state(epoch, optimizer, scheduler)
+
+    def train_on_features(self, stepper: Stepper, feats: torch.Tensor, generator, epoch: int):
+        self.model.head.train()
+        order = torch.randperm(len(feats), generator=generator)
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(order), self.s["batch_size"]):
+            idx = order[i:i + self.s["batch_size"]]
+            loss, right = stepper.train_batch(feats[idx], self.train_labels[idx].to(self.device))
+            loss_sum, correct = loss_sum + loss, correct + right
+        return loss_sum / len(order), correct / len(order)
+
+    def train_on_images(self, stepper: Stepper, generator, drop_last: bool, epoch: int):
+        dataset = TensorImages(self.data.train_images, self.data.train_labels,
+                               train_transform(self.data.preprocess, self.s["augment"]))
+        workers = worker_count(self.s["workers"], self.device)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.s["batch_size"], shuffle=True, generator=generator, drop_last=drop_last,
+            num_workers=workers, pin_memory=self.device.type == "cuda")
+        train_mode(self.model)
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
+            loss, right = stepper.train_batch(to_device(x, self.device), y.to(self.device))
+            loss_sum, correct, count = loss_sum + loss, correct + right, count + len(y)
+        return loss_sum / count, correct / count
+
+    def record(self, epoch, phase, train_loss, train_acc, val_loss, val_acc, lr, seconds) -> None:
+        r = self.result
+        r.train_seconds += seconds
+        r.history.append({"epoch": epoch, "trainable": phase["trainable"], "train_loss": train_loss,
+                          "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+                          "seconds": seconds})
+        if val_acc > r.best_accuracy or (val_acc == r.best_accuracy and val_loss < r.best_loss):
+            r.best_accuracy, r.best_loss, r.best_epoch = val_acc, val_loss, epoch
+            r.best_state = copy.deepcopy({k: v.cpu() for k, v in self.model.state_dict().items()})
+        log(f"epoch {epoch:3d} [{phase['trainable']}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | {seconds:.1f} s")

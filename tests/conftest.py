@@ -1,0 +1,119 @@
+"""Shared fixtures: real image files, real archives, and a real DVC project in a temporary git repo."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.imagegen import write_class_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+HYMENOPTERA_ZIP = SHARED / "datasets" / "hymenoptera_data.zip"
+MIRROR_ENV = "DATASET_MIRROR"
+
+# Small and fast: every test trains at 32 px for an epoch or two.
+TINY_TRAIN = {"epochs": 2, "batch_size": 8, "image_size": 32, "cached_views": 2, "workers": 0}
+
+
+def env_with_venv() -> dict:
+    """The environment stages run in: the interpreter running the tests first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.pop(MIRROR_ENV, None)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Project:
+    """The pipeline copied into a fresh git + DVC repo; runs the real `dvc` CLI there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = env_with_venv()
+
+    def run(self, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900):
+        proc = subprocess.run(list(args), cwd=self.path, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def dvc(self, *args: str, **kwargs):
+        return self.run(sys.executable, "-m", "dvc", *args, **kwargs)
+
+    def stage(self, module: str, *args: str, **kwargs):
+        return self.run(sys.executable, "-m", f"stages.{module}", *args, **kwargs)
+
+    def git(self, *args: str, **kwargs):
+        return self.run("git", *args, **kwargs)
+
+    @property
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, **sections) -> None:
+        """set_params(train={"epochs": 1}, modes={"frozen": {...}}): deep-merge into params.yaml."""
+        params = self.params
+
+        def merge(dst, src):
+            for key, value in src.items():
+                if isinstance(value, dict) and isinstance(dst.get(key), dict):
+                    merge(dst[key], value)
+                else:
+                    dst[key] = value
+        merge(params, sections)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def ran_stages(self, output: str) -> list[str]:
+        """Names of the stages a `dvc repro`/`dvc exp run` output says it ran."""
+        return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("stages",):
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy2(ROOT / name, path / name)
+    project = Project(path)
+    project.git("init", "-q")
+    project.git("config", "user.email", "tests@example.com")
+    project.git("config", "user.name", "tests")
+    project.dvc("init", "-q")
+    project.dvc("config", "core.autostage", "true")
+    params = project.params
+    params["data"]["url"] = str(data_source)
+    params["train"].update(TINY_TRAIN)
+    if modes is not None:
+        params["modes"] = {name: params["modes"][name] for name in modes}
+        if params["mode"] not in modes:
+            params["mode"] = modes[0]
+    for row in params["modes"].values():
+        for key in ("epochs", "head_epochs"):
+            if key in row:
+                row[key] = min(row[key], 1)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "pipeline")
+    return project
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """An ImageFolder dataset (train/ and val/, two classes) of small generated JPEGs."""
+    root = tmp_path / "tiny_data"
+    write_class_folders(root / "train", {"ants": 12, "bees": 12})
+    write_class_folders(root / "val", {"ants": 6, "bees": 6}, seed=1)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_dataset: Path) -> Project:
+    return make_project(tmp_path / "project", tiny_dataset)
