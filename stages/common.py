@@ -31,7 +31,11 @@ def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        name = main.__module__.rsplit(".", 1)[-1]
+        module = main.__module__
+        if module == "__main__":  # run as `python -m stages.x`: the real name is in the module's spec
+            spec = getattr(sys.modules["__main__"], "__spec__", None)
+            module = spec.name if spec else Path(sys.argv[0]).stem
+        name = module.rsplit(".", 1)[-1]
         try:
             return main(*args, **kwargs)
         except UserError as err:

@@ -53,7 +53,7 @@ def compute_metrics(probs: torch.Tensor, labels: list[int], names: list[str]) ->
 
 
 def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
-    from stages.plotting import image_grid
+    from stages.plotting import WRONG_COLOR, image_grid
 
     predicted = probs.argmax(1).tolist()
     wrong = [i for i, (p, y) in enumerate(zip(predicted, labels)) if p != y]
@@ -66,7 +66,7 @@ def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: 
         return fig
     return image_grid([open_rgb(RAW_DIR / paths[i]) for i in shown],
                       [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in shown],
-                      colors=["tab:red"] * len(shown), columns=4,
+                      colors=[WRONG_COLOR] * len(shown), columns=4,
                       title=f"{mode}: {len(wrong)} of {len(labels)} val images misclassified")
 
 

@@ -1,0 +1,133 @@
+"""Classify image files with the exported model: python -m stages.predict [options] PATH...
+
+Not a pipeline stage: the command a user runs on their own images after `dvc repro` (or `dvc pull`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stages.common import UserError, run_main
+
+DEFAULT_MODEL = Path("models/model.pt")
+# Folders are searched for these; a file named on the command line is tried whatever its name.
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+BATCH_SIZE = 32
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.predict",
+        description="Print the most likely classes of each image, as the trained model sees them.",
+        epilog="Examples:\n"
+               "  python -m stages.predict photo.jpg\n"
+               "  python -m stages.predict --top-k 1 data/raw/hymenoptera_data/val\n"
+               "  python -m stages.predict --json --model models/frozen.pt a.png b.png\n"
+               "The model comes from the pipeline: run `dvc repro` (or `dvc pull`) first.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, or folders searched recursively for image files "
+                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help=f"model checkpoint (default: {DEFAULT_MODEL}; models/<mode>.pt for one mode)")
+    parser.add_argument("--top-k", type=positive_int, default=3,
+                        help="how many classes to print per image (default: 3; at most the number of classes)")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON list of {"path", "top": [{"class", "probability"}]} '
+                             '(or {"path", "error"} for an unreadable file)')
+    return parser.parse_args(argv)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files named, and the image files under the folders named (recursively, sorted)."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            # Hidden files are skipped: archives made on macOS carry "._name.jpg" resource forks.
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UserError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return files
+
+
+def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
+    """For each file {"path", "top": [{"class", "probability"}, ...]} or {"path", "error"}."""
+    import torch
+
+    from stages.datasets import eval_transform
+    from stages.images import UnreadableImage, open_rgb
+
+    transform = eval_transform(meta["preprocess"])
+    names = meta["class_names"]
+    results: list[dict] = []
+    for start in range(0, len(files), BATCH_SIZE):
+        batch, tensors = [], []
+        for path in files[start:start + BATCH_SIZE]:
+            result = {"path": str(path)}
+            try:
+                tensors.append(transform(open_rgb(path)))
+                batch.append(result)
+            except (UnreadableImage, OSError) as err:
+                result["error"] = f"unreadable image ({err})"
+            results.append(result)
+        if not tensors:
+            continue
+        with torch.inference_mode():
+            probs = torch.softmax(model(torch.stack(tensors)).float(), dim=1)
+        values, indices = probs.topk(top_k, dim=1)
+        for result, row_values, row_indices in zip(batch, values.tolist(), indices.tolist()):
+            result["top"] = [{"class": names[i], "probability": round(p, 4)}
+                             for p, i in zip(row_values, row_indices)]
+    return results
+
+
+def text_line(result: dict) -> str:
+    if "error" in result:
+        return f"{result['path']}: {result['error']}"
+    return f"{result['path']}: " + ", ".join(f"{t['class']} {t['probability']:.2f}" for t in result["top"])
+
+
+@run_main
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    files = image_files(args.paths)
+    if not args.model.exists():
+        raise UserError(f"{args.model}: no such model; run `dvc repro` (or `dvc pull`) to produce it, "
+                        "or pass --model")
+    # Imported late: --help and mistakes in the paths answer at once, without loading torch.
+    from stages.backbones import load_checkpoint
+
+    model, meta = load_checkpoint(args.model, device="cpu")
+    top_k = min(args.top_k, len(meta["class_names"]))
+    results = classify(model, meta, files, top_k)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for result in results:
+            print(text_line(result))
+    failed = sum("error" in result for result in results)
+    if failed:
+        print(f"predict: {failed} of {len(results)} files could not be read", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

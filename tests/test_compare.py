@@ -1,0 +1,144 @@
+"""The compare stage on hand-made inputs in the exact formats train@ and evaluate@ write."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, env_with_venv
+
+MODES = ["frozen", "finetune", "freeze_unfreeze"]
+OUTPUTS = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion.png",
+           "results/summary.json", "results/summary.md"]
+
+
+def fake_metrics(mode: str, accuracy: float, epochs: int) -> dict:
+    """A metrics/<mode>.json as evaluate@<mode> writes it (two classes, 20 val images)."""
+    wrong = round(20 * (1 - accuracy))
+    return {
+        "mode": mode, "arch": "efficientnet_lite0", "accuracy": accuracy, "balanced_accuracy": accuracy - 0.01,
+        "macro_f1": accuracy - 0.02, "loss": 0.3,
+        "per_class": {name: {"precision": accuracy, "recall": accuracy, "f1": accuracy, "support": 10}
+                      for name in ("ants", "bees")},
+        "confusion_matrix": {"labels": ["ants", "bees"], "matrix": [[10, 0], [wrong, 10 - wrong]]},
+        "trainable_params": 1281 if mode == "frozen" else 3_400_000, "total_params": 3_400_000,
+        "train_seconds": 12.5 * epochs, "best_epoch": epochs - 1, "epochs": epochs, "val_images": 20,
+    }
+
+
+def write_tsv(path: Path, name: str, values: list[float]) -> None:
+    """A DVCLive plot file: `timestamp<TAB>step<TAB><name>`, steps from 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"timestamp\tstep\t{name}"]
+    lines += [f"{1700000000000 + 1000 * step}\t{step}\t{value}" for step, value in enumerate(values, start=1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_run(root: Path, mode: str, accuracy: float, epochs: int) -> None:
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / f"{mode}.json").write_text(json.dumps(fake_metrics(mode, accuracy, epochs), indent=2))
+    logs = root / "dvclive" / mode / "plots" / "metrics"
+    val_acc = [accuracy * (step / epochs) ** 0.5 for step in range(1, epochs + 1)]
+    for split, accs in (("val", val_acc), ("train", [min(1.0, a + 0.05) for a in val_acc])):
+        write_tsv(logs / split / "acc.tsv", "acc", accs)
+        write_tsv(logs / split / "loss.tsv", "loss", [1 - a for a in accs])
+    write_tsv(logs / "lr.tsv", "lr", [0.01] * epochs)
+    write_tsv(logs / "epoch_seconds.tsv", "epoch_seconds", [12.5] * epochs)
+    summary = {"train": {"loss": 0.2, "acc": val_acc[-1]}, "val": {"loss": 0.3, "acc": val_acc[-1]},
+               "lr": 0.01, "epoch_seconds": 12.5, "step": epochs}
+    (root / "dvclive" / mode / "metrics.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def compare_dir(tmp_path: Path) -> Path:
+    """The stage code and params (3 modes) plus the inputs of every mode; metrics/data.json too."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    shutil.copytree(ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["modes"] = {mode: params["modes"][mode] for mode in MODES}
+    params["mode"] = "freeze_unfreeze"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for mode, accuracy, epochs in (("frozen", 0.85, 4), ("finetune", 0.9, 5), ("freeze_unfreeze", 0.95, 6)):
+        write_run(root, mode, accuracy, epochs)
+    # The split stage's metrics share the folder; compare must not take it for a mode.
+    (root / "metrics" / "data.json").write_text(json.dumps({"classes": 2, "train_images": 40, "val_images": 20}))
+    return root
+
+
+def run_compare(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.compare"], cwd=root, env=env_with_venv(),
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_compare_writes_figures_and_summary(compare_dir: Path):
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 0, proc.stderr
+
+    for name in OUTPUTS[:3]:
+        with Image.open(compare_dir / name) as img:
+            img.verify()  # a complete, valid PNG
+            assert img.format == "PNG"
+    assert sorted(p.name for p in (compare_dir / "plots" / "compare").iterdir()) == \
+        ["accuracy_time.png", "confusion.png", "val_error.png"]
+
+    summary = json.loads((compare_dir / "results" / "summary.json").read_text())
+    assert list(summary["modes"]) == MODES  # params order, and data.json is not a mode
+    assert summary["best_mode"] == "freeze_unfreeze"
+    for mode in MODES:
+        expected = fake_metrics(mode, summary["modes"][mode]["accuracy"], summary["modes"][mode]["epochs"])
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
+                    "trainable_params", "total_params"):
+            assert summary["modes"][mode][key] == expected[key], (mode, key)
+    assert summary["modes"]["frozen"]["accuracy"] == 0.85
+    assert summary["modes"]["frozen"]["trainable_params"] == 1281
+    assert summary["modes"]["finetune"]["train_seconds"] == 62.5
+
+    table = (compare_dir / "results" / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| mode | accuracy |")
+    rows = [line for line in table[2:] if line.startswith("|")]
+    assert [row.split("|")[1].strip().strip("*") for row in rows] == MODES
+    assert "85.0%" in rows[0] and "1,281" in rows[0]
+    assert "**freeze_unfreeze**" in rows[2]
+
+
+def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path):
+    # A resumed run logs a step twice (the later line wins); a log without a timestamp column (as
+    # DVCLive writes with timestamp off) reads the same; a log without the train curve still compares.
+    logs = compare_dir / "dvclive" / "frozen" / "plots" / "metrics"
+    (logs / "val" / "acc.tsv").write_text("step\tacc\n1\t0.5\n2\t0.6\n3\t0.7\n3\t0.8\n4\t0.85\n")
+    (logs / "train" / "acc.tsv").unlink()
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert (compare_dir / "plots" / "compare" / "val_error.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("missing", ["metrics/finetune.json", "dvclive/frozen/plots/metrics/val/acc.tsv"])
+def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path, missing: str):
+    (compare_dir / missing).unlink()
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and missing in lines[0], proc.stderr
+    for name in OUTPUTS:
+        assert not (compare_dir / name).exists(), name
+    assert not (compare_dir / "plots").exists() and not (compare_dir / "results").exists()
+
+
+def test_compare_malformed_metrics_is_one_line(compare_dir: Path):
+    path = compare_dir / "metrics" / "frozen.json"
+    metrics = json.loads(path.read_text())
+    del metrics["macro_f1"]
+    path.write_text(json.dumps(metrics))
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "metrics/frozen.json" in proc.stderr
+    assert "macro_f1" in proc.stderr
+    assert not (compare_dir / "results").exists()
