@@ -135,7 +135,33 @@ def set_trainable(model: TransferNet, trainable: str, top_blocks: int = 0) -> No
         p.requires_grad = True
 
 
-def train_mode(model: TransferNet) -> None:
+class _Features(nn.Module):
+    def __init__(self, model: TransferNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+def frozen_split(model: TransferNet, trainable: str, top_blocks: int = 0) -> tuple[nn.Module, nn.Module] | None:
+    """(frozen encoder, trained rest) where the frozen part of a pretrained model is a prefix whose
+    outputs can be computed once and cached; None where everything trains or the family's forward
+    can't be cut there. `rest(encoder(x))` equals `model(x)`."""
+    if trainable == "head":
+        return _Features(model), model.head
+    body = model.body
+    if trainable == "top" and hasattr(body, "blocks") and hasattr(body, "conv_stem"):  # timm EfficientNet
+        frozen_stages = len(body.blocks) - top_blocks  # the stem is block 0 of body_blocks
+        if frozen_stages >= 0:
+            encoder = nn.Sequential(body.conv_stem, body.bn1, *body.blocks[:frozen_stages])
+            rest = nn.Sequential(*body.blocks[frozen_stages:], body.conv_head, body.bn2, body.global_pool,
+                                 nn.Dropout(body.drop_rate), model.head)
+            return encoder, rest
+    return None
+
+
+def train_mode(model: nn.Module) -> None:
     """model.train(), except that frozen BatchNorm layers keep their ImageNet statistics.
 
     (The tutorials leave them in train mode, which silently moves a "frozen" backbone.)"""

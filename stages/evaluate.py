@@ -21,7 +21,8 @@ MAX_ERRORS_SHOWN = 16
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], preprocess: dict, device) -> torch.Tensor:
+def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], preprocess: dict,
+                          device) -> torch.Tensor:
     stack = crop_stack(images, preprocess)
     probs = [torch.softmax(model(x.to(device)).float(), 1).cpu()
              for x, _ in normalized_batches(stack, torch.tensor(labels), preprocess, 64)]

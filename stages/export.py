@@ -103,7 +103,8 @@ def main() -> None:
     # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
     with atomic_path(MODEL_FILE) as tmp:
         shutil.copyfile(source, tmp)
-    log(f"export: {mode} -> {MODEL_FILE} (val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
+    log(f"export: {mode} -> {MODEL_FILE} "
+        f"(val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
 
 
 if __name__ == "__main__":

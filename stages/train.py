@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     model, preprocess = build_model(settings["arch"], len(classes), settings["pretrained"])
     preprocess = working_preprocess(preprocess, settings["image_size"])
     log(f"train@{mode}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) on "
-        f"{device}, {len(train_split.paths)} train / {len(val_split.paths)} val images at {preprocess['image_size']} px")
+        f"{device}, {len(train_split.paths)} train / {len(val_split.paths)} val images "
+        f"at {preprocess['image_size']} px")
     data = TrainData(decode_all(train_split.paths, preprocess), train_split.labels,
                      decode_all(val_split.paths, preprocess), val_split.labels, preprocess)
 

