@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         result = Fit(model, data, settings, device, state_file, fingerprint(settings)).run()
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"out of GPU memory at train.batch_size {settings['batch_size']}; try a smaller one, "
-                        f"e.g. dvc exp run -S modes.{mode}.batch_size={max(1, settings['batch_size'] // 2)}") from None
+                        f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, settings['batch_size'] // 2)}"
+                        ) from None
 
     trainable, total = result.trainable_params, count_params(model)[1]
     last_state = {k: v.cpu() for k, v in model.state_dict().items()}

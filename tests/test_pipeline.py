@@ -1,0 +1,466 @@
+"""The DVC experience end to end: the real `dvc` CLI in temporary git repos, on tiny generated images.
+
+Two projects are built once per run and shared by the tests that use them:
+  `full`     a clean `git clone` of a pipeline repo with all five modes (one epoch each; two for
+             freeze_unfreeze), after one `dvc repro`, tagged `baseline`; each test starts from that
+             commit (git reset + dvc checkout) and checks exactly which stages DVC re-ran after its change.
+  `scratch`  the same pipeline with the `scratch` mode alone and one epoch: cheap re-runs for the
+             data.* and model.arch changes (random init, so a torchvision backbone works offline).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, Project, make_project
+from tests.imagegen import write_class_folders
+
+MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
+ALL_STAGES = ["download", "split", *[f"train@{m}" for m in MODES], *[f"evaluate@{m}" for m in MODES],
+              "compare", "export"]
+FROZEN_BRANCH = ["train@frozen", "evaluate@frozen", "compare"]
+VAL_IMAGES = 12
+CLASS_NAMES = {"ants": "Ant", "bees": "Honey bee"}
+QUEUE_TIMEOUT = 600  # seconds for both queued experiments to finish
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def reran(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it re-ran, sorted: executed ("Running stage")
+    or restored from the run-cache ("is cached - skipping run"); both mean the stage was out of date."""
+    names = [line.split("'")[1] for line in output.splitlines()
+             if line.startswith("Running stage '") or
+             (line.startswith("Stage '") and "is cached - skipping run" in line)]
+    return sorted(names)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def git_json(project: Project, rev: str, path: str) -> dict:
+    return json.loads(project.git("show", f"{rev}:{path}").stdout)
+
+
+def assert_up_to_date(project: Project) -> None:
+    status = project.dvc("status", "--json")
+    assert json.loads(status.stdout or "{}") == {}, f"dvc status is not clean:\n{status.stdout}"
+
+
+def restore(project: Project, rev: str = "baseline") -> None:
+    """Workspace, params, lock and every output back to `rev` (each test then asserts the exact stages
+    its change re-runs, which also fails on anything left out of date)."""
+    project.git("reset", "-q", "--hard", rev)
+    project.git("clean", "-q", "-fd")
+    project.dvc("checkout", "-f", "-q")
+
+
+def commit(project: Project, message: str, tag: str | None = None) -> None:
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", message)
+    if tag:
+        project.git("tag", "-f", tag)
+
+
+def write_tiny_dataset(root: Path) -> Path:
+    """The conftest `tiny_dataset` (train/ and val/, ants and bees) plus a class-name mapping beside them."""
+    write_class_folders(root / "train", {"ants": 12, "bees": 12})
+    write_class_folders(root / "val", {"ants": 6, "bees": 6}, seed=1)
+    (root / "class_names.json").write_text(json.dumps(CLASS_NAMES))
+    return root
+
+
+def clone(origin: Project, path: Path) -> Project:
+    subprocess.run(["git", "clone", "-q", str(origin.path), str(path)], check=True, capture_output=True)
+    project = Project(path)
+    project.git("config", "user.email", "tests@example.com")
+    project.git("config", "user.name", "tests")
+    return project
+
+
+def plot_specs(html: str) -> dict[str, dict]:
+    """{div id: Vega-Lite spec} of the plots in an HTML file that `dvc plots show/diff` wrote."""
+    found = re.finditer(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\s*vegaEmbed\(',
+                        html, re.S)
+    return {match.group(1): json.loads(match.group(2)) for match in found}
+
+
+def tsv_points(path: Path, column: str) -> set[tuple[str, str]]:
+    with open(path, newline="") as f:
+        return {(row["step"], row[column]) for row in csv.DictReader(f, delimiter="\t")}
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> SimpleNamespace:
+    """A clean clone of a five-mode pipeline repo, after its first `dvc repro`, committed as `baseline`."""
+    root = tmp_path_factory.mktemp("full")
+    data = write_tiny_dataset(root / "tiny_data")
+    origin = make_project(root / "origin", data)
+    origin.set_params(train={"epochs": 1})  # freeze_unfreeze still logs two epochs (head, then all)
+    commit(origin, "one epoch")
+    project = clone(origin, root / "clone")
+    assert not (project.path / "dvc.lock").exists() and not (project.path / "models").exists()
+    first = project.dvc("repro")
+    commit(project, "baseline: the first dvc repro", tag="baseline")
+    return SimpleNamespace(project=project, first=first.stdout, frozen_commits=None)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> SimpleNamespace:
+    """The pipeline with the scratch mode alone, one epoch, after its first `dvc repro` (tag `baseline`)."""
+    root = tmp_path_factory.mktemp("scratch")
+    data = write_tiny_dataset(root / "tiny_data")
+    project = make_project(root / "project", data, modes=["scratch"])
+    project.set_params(train={"epochs": 1})
+    commit(project, "one epoch")
+    first = project.dvc("repro")
+    commit(project, "baseline", tag="baseline")
+    return SimpleNamespace(project=project, first=first.stdout)
+
+
+# ---------------------------------------------------------------------------------------------- 1. repro
+
+def test_clean_clone_repro_runs_every_stage_then_nothing(full):
+    """Promise 1: from a clean clone `dvc repro` runs every stage once; a second `dvc repro` runs nothing,
+    changes no file, and `dvc status` is clean."""
+    assert reran(full.first) == sorted(ALL_STAGES)
+    assert "is cached - skipping run" not in full.first  # a fresh clone has no run-cache: all really ran
+    project = full.project
+    restore(project)
+    second = project.dvc("repro")
+    assert reran(second.stdout) == []
+    assert "Data and pipelines are up to date." in second.stdout
+    assert project.git("status", "--porcelain").stdout == ""
+    assert_up_to_date(project)
+    status = project.dvc("status")
+    assert "Data and pipelines are up to date." in status.stdout
+
+
+# ---------------------------------------------------------------------------------------------- 4. review
+
+def test_exp_show_lists_every_mode_accuracy(full):
+    """Promise 4: `dvc exp show` (JSON and CSV) lists the accuracy of every mode and the headline."""
+    project = full.project
+    restore(project)
+    expected = {f"metrics/{m}.json": read_json(project.path / "metrics" / f"{m}.json")["accuracy"] for m in MODES}
+    expected["results/headline.json"] = read_json(project.path / "results/headline.json")["accuracy"]
+
+    rows = json.loads(project.dvc("exp", "show", "--json").stdout)
+    workspace = next(row for row in rows if row["rev"] == "workspace")
+    metrics = workspace["data"]["metrics"]
+    assert {path: metrics[path]["data"]["accuracy"] for path in expected} == expected
+
+    table = list(csv.DictReader(project.dvc("exp", "show", "--csv").stdout.splitlines()))
+    row = next(r for r in table if r["rev"] == "workspace")
+    for path, accuracy in expected.items():
+        assert float(row[f"{path}:accuracy"]) == pytest.approx(accuracy), path
+
+
+def test_plots_show_renders_all_modes_curves_and_confusions(full, tmp_path):
+    """Promise 4: `dvc plots show` writes HTML with every mode's curves (val accuracy, train loss, from
+    each mode's TSV) on one chart, every mode's confusion matrix, and the comparison images."""
+    project = full.project
+    restore(project)
+    out = tmp_path / "plots"
+    project.dvc("plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    specs = plot_specs(html)
+
+    for plot_id, split, column in (("val_accuracy_per_epoch__all_modes", "val", "acc"),
+                                   ("train_loss_per_epoch__all_modes", "train", "loss")):
+        values = specs[plot_id]["data"]["values"]
+        for mode in MODES:
+            tsv = f"{mode}/plots/metrics/{split}/{column}.tsv"
+            points = {(v["step"], v[column]) for v in values if v["filename"].endswith(tsv)}
+            assert points, f"{plot_id}: no curve of {mode}"
+            assert points == tsv_points(project.path / "dvclive" / tsv, column), f"{plot_id}: {mode}"
+
+    for mode in MODES:
+        spec = specs[f"plots_predictions_{mode}_csv"]
+        with open(project.path / "plots" / "predictions" / f"{mode}.csv", newline="") as f:
+            rows = [(r["actual"], r["predicted"]) for r in csv.DictReader(f)]
+        assert len(rows) == VAL_IMAGES
+        assert sorted((v["actual"], v["predicted"]) for v in spec["data"]["values"]) == sorted(rows), mode
+        encoding = spec["spec"]["encoding"]
+        assert (encoding["x"]["field"], encoding["y"]["field"]) == ("actual", "predicted"), mode
+
+    for image in ["plots_compare_val_error.png", "plots_compare_accuracy_time.png", "plots_compare_confusion.png",
+                  *[f"plots_errors_{m}.png" for m in MODES]]:
+        assert (out / "static" / f"workspace_{image}").stat().st_size > 0, image
+        assert f"static/workspace_{image}" in html, image
+
+
+# ---------------------------------------------------------------------------------------------- 2. a mode's row
+
+def test_frozen_row_change_reruns_only_the_frozen_branch(full):
+    """Promise 2: changing modes.frozen.* (here a new key in its row) re-runs train@frozen, evaluate@frozen
+    and compare, and nothing else: export is not re-run while another mode is published."""
+    project = full.project
+    restore(project)
+    assert project.params["mode"] != "frozen"
+    model, headline = md5(project.path / "models/model.pt"), (project.path / "results/headline.json").read_text()
+    others = {m: md5(project.path / "models" / f"{m}.pt") for m in MODES if m != "frozen"}
+
+    project.set_params(modes={"frozen": {"label_smoothing": 0.05}})
+    run = project.dvc("repro")
+    assert reran(run.stdout) == sorted(FROZEN_BRANCH)
+    assert md5(project.path / "models/model.pt") == model
+    assert (project.path / "results/headline.json").read_text() == headline
+    assert {m: md5(project.path / "models" / f"{m}.pt") for m in others} == others
+    assert_up_to_date(project)
+
+
+def test_exp_run_switching_mode_trains_nothing(full):
+    """Promise 3: `dvc exp run -S mode=frozen` runs export alone (no training stage) and changes
+    models/model.pt (now a copy of models/frozen.pt) and the headline (now frozen's numbers)."""
+    project = full.project
+    restore(project)
+    model = md5(project.path / "models/model.pt")
+    before = read_json(project.path / "results/headline.json")
+    assert before["mode"] == "freeze_unfreeze"
+
+    run = project.dvc("exp", "run", "-S", "mode=frozen")
+    assert reran(run.stdout) == ["export"]
+    assert md5(project.path / "models/model.pt") != model
+    assert md5(project.path / "models/model.pt") == md5(project.path / "models/frozen.pt")
+    headline = read_json(project.path / "results/headline.json")
+    frozen = read_json(project.path / "metrics/frozen.json")
+    assert headline["mode"] == "frozen"
+    assert headline["accuracy"] == frozen["accuracy"]
+    assert headline["macro_f1"] == frozen["macro_f1"]
+    assert project.params["mode"] == "frozen"  # the experiment is applied to the workspace
+    assert_up_to_date(project)
+
+
+def frozen_commits(full) -> SimpleNamespace:
+    """Two commits on top of baseline: `published-frozen` (mode: frozen, by `dvc repro`) and `frozen-lr`
+    (then `dvc exp run -S +modes.frozen.lr=0.0001`). Made once, shared by the two tests below."""
+    if full.frozen_commits is None:
+        project = full.project
+        restore(project)
+        project.set_params(mode="frozen")
+        publish = project.dvc("repro")
+        commit(project, "publish frozen", tag="published-frozen")
+        change = project.dvc("exp", "run", "-S", "+modes.frozen.lr=0.0001")
+        commit(project, "frozen: lr 0.0001", tag="frozen-lr")
+        full.frozen_commits = SimpleNamespace(publish=publish.stdout, change=change.stdout)
+    return full.frozen_commits
+
+
+def test_frozen_row_change_reruns_export_when_frozen_is_published(full):
+    """Promise 2: with mode: frozen, changing modes.frozen.* re-runs train@frozen, evaluate@frozen,
+    compare and export, and nothing else (and switching `mode` by `dvc repro` re-ran export alone)."""
+    runs = frozen_commits(full)
+    assert reran(runs.publish) == ["export"]
+    assert reran(runs.change) == sorted(FROZEN_BRANCH + ["export"])
+    project = full.project
+    assert git_json(project, "frozen-lr", "results/headline.json")["accuracy"] == \
+        git_json(project, "frozen-lr", "metrics/frozen.json")["accuracy"]
+
+
+def test_metrics_and_plots_diff_between_commits(full, tmp_path):
+    """Promise 4: `dvc metrics diff` between two commits shows the changed mode's accuracy and the
+    headline accuracy (old, new, diff), and nothing for the modes that did not change; `dvc plots diff`
+    draws both commits."""
+    frozen_commits(full)
+    project = full.project
+    old_rev, new_rev = "published-frozen", "frozen-lr"
+    old_acc = git_json(project, old_rev, "metrics/frozen.json")["accuracy"]
+    new_acc = git_json(project, new_rev, "metrics/frozen.json")["accuracy"]
+    assert old_acc != new_acc, "precondition: lr 0.0001 should change frozen's accuracy on the tiny data"
+    old_head = git_json(project, old_rev, "results/headline.json")["accuracy"]
+    new_head = git_json(project, new_rev, "results/headline.json")["accuracy"]
+    assert (old_head, new_head) == (old_acc, new_acc)
+
+    diff = json.loads(project.dvc("metrics", "diff", old_rev, new_rev, "--json").stdout)
+    for path in ("metrics/frozen.json", "results/headline.json"):
+        entry = diff[path]["accuracy"]
+        assert (entry["old"], entry["new"]) == (old_acc, new_acc), path
+        assert entry["diff"] == pytest.approx(new_acc - old_acc), path
+    assert not any(f"metrics/{m}.json" in diff for m in MODES if m != "frozen")
+
+    everything = json.loads(project.dvc("metrics", "diff", old_rev, new_rev, "--all", "--json").stdout)
+    for mode in MODES:
+        assert everything[f"metrics/{mode}.json"]["accuracy"]["new"] == \
+            git_json(project, new_rev, f"metrics/{mode}.json")["accuracy"], mode
+
+    text = project.dvc("metrics", "diff", old_rev, new_rev).stdout
+    assert re.search(r"^metrics/frozen\.json\s+accuracy\s", text, re.M), text
+    assert re.search(r"^results/headline\.json\s+accuracy\s", text, re.M), text
+
+    out = tmp_path / "plots_diff"
+    project.dvc("plots", "diff", old_rev, new_rev, "-o", str(out))
+    specs = plot_specs((out / "index.html").read_text())
+    values = specs["val_accuracy_per_epoch__all_modes"]["data"]["values"]
+    assert {v["rev"] for v in values} == {old_rev, new_rev}
+    assert {v["rev"] for v in specs["plots_predictions_frozen_csv"]["data"]["values"]} == {old_rev, new_rev}
+
+
+# ---------------------------------------------------------------------------------------------- 5. queue
+
+def queue_status(project: Project) -> dict[str, str]:
+    """{experiment name: status} from the table `dvc queue status` prints."""
+    statuses = {}
+    for line in project.dvc("queue", "status").stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[-1] in ("Queued", "Running", "Success", "Failed", "Killed"):
+            statuses[fields[1]] = fields[-1]
+    return statuses
+
+
+def test_queued_experiments_run_with_queue_start(full):
+    """Promise 5: two `dvc exp run --queue -S ...` then `dvc queue start` run both experiments (each
+    re-running only the frozen branch); `dvc exp show` lists both with their params and accuracy; the
+    workspace is untouched."""
+    project = full.project
+    restore(project)
+    lrs = {"frozen-lr-high": 0.03, "frozen-lr-low": 0.003}
+    for name, lr in lrs.items():
+        project.dvc("exp", "run", "--queue", "-n", name, "-S", f"+modes.frozen.lr={lr}")
+    assert queue_status(project) == {name: "Queued" for name in lrs}
+    try:
+        project.dvc("queue", "start")  # returns at once; a worker runs the queue in the background
+        deadline = time.monotonic() + QUEUE_TIMEOUT
+        while True:
+            statuses = queue_status(project)
+            if all(statuses.get(name) in ("Success", "Failed", "Killed") for name in lrs):
+                break
+            assert time.monotonic() < deadline, f"queued experiments still not finished: {statuses}"
+            time.sleep(3)
+    finally:
+        project.dvc("queue", "stop", check=False, timeout=120)
+    for name in lrs:
+        assert statuses[name] == "Success", project.dvc("queue", "logs", name, check=False).stdout
+        assert reran(project.dvc("queue", "logs", name).stdout) == sorted(FROZEN_BRANCH), name
+
+    rows = json.loads(project.dvc("exp", "show", "--json").stdout)
+    baseline = project.git("rev-parse", "baseline").stdout.strip()
+    experiments = next(row for row in rows if row["rev"] == baseline)["experiments"] or []
+    shown = {exp["name"]: exp["revs"][0]["data"] for exp in experiments if exp.get("name") in lrs}
+    assert set(shown) == set(lrs)
+    for name, data in shown.items():
+        params = data["params"]["params.yaml"]["data"]
+        assert params["modes"]["frozen"]["lr"] == lrs[name]
+        for mode in MODES:
+            assert isinstance(data["metrics"][f"metrics/{mode}.json"]["data"]["accuracy"], float), (name, mode)
+    assert project.git("status", "--porcelain").stdout == ""
+    assert_up_to_date(project)
+
+
+# ---------------------------------------------------------------------------------------------- 6. data / arch
+
+def test_scratch_project_first_repro_runs_every_stage(scratch):
+    """Promise 1 for a one-mode pipeline (the baseline of the data.* / model.arch tests below)."""
+    assert reran(scratch.first) == sorted(["download", "split", "train@scratch", "evaluate@scratch",
+                                           "compare", "export"])
+    restore(scratch.project)
+
+
+@pytest.mark.parametrize("key, value, stage", [("split_seed", 7, "split"), ("max_unpacked_mb", 100, "download")])
+def test_data_param_with_unchanged_output_reruns_its_stage_only(scratch, key, value, stage):
+    """Promise 6: a data.* param re-runs the stage that reads it; when its output comes out identical
+    (the imagefolder layout ignores split_seed; a folder source ignores max_unpacked_mb) DVC stops
+    there and nothing downstream runs."""
+    project = scratch.project
+    restore(project)
+    assert read_json(project.path / "metrics/data.json")["layout"] == "imagefolder"
+    lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+    project.set_params(data={key: value})
+    run = project.dvc("repro")
+    assert reran(run.stdout) == [stage]
+    after = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+    assert after[stage]["outs"] == lock[stage]["outs"]
+    assert {name: s for name, s in after.items() if name != stage} == \
+        {name: s for name, s in lock.items() if name != stage}
+    assert project.git("status", "--porcelain").stdout.split() == ["M", "dvc.lock", "M", "params.yaml"]
+    assert_up_to_date(project)
+
+
+def test_data_change_reruns_split_and_everything_after_it(scratch):
+    """Promise 6: a data.* change that changes the split (data.class_names) re-runs split and every stage
+    downstream of it, but not download."""
+    project = scratch.project
+    restore(project)
+    project.set_params(data={"class_names": "class_names.json"})
+    run = project.dvc("repro")
+    assert reran(run.stdout) == sorted(["split", "train@scratch", "evaluate@scratch", "compare", "export"])
+    metrics = read_json(project.path / "metrics/scratch.json")
+    assert metrics["confusion_matrix"]["labels"] == list(CLASS_NAMES.values())
+    assert_up_to_date(project)
+
+
+def test_second_backbone_runs_the_same_stages(scratch):
+    """Promise 6: changing model.arch alone (to resnet18) re-runs train, evaluate, compare and export,
+    not download or split; the exported model and headline are the new backbone's."""
+    project = scratch.project
+    restore(project)
+    model = md5(project.path / "models/model.pt")
+    project.set_params(model={"arch": "resnet18"})
+    run = project.dvc("repro")
+    assert reran(run.stdout) == sorted(["train@scratch", "evaluate@scratch", "compare", "export"])
+    assert md5(project.path / "models/model.pt") != model
+    assert read_json(project.path / "results/headline.json")["arch"] == "resnet18"
+    assert read_json(project.path / "metrics/scratch.json")["arch"] == "resnet18"
+    assert_up_to_date(project)
+
+
+# ---------------------------------------------------------------------------------------------- README / repo
+
+def readme_setup_command() -> str:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```[a-z]*\n(.*?)```", text, re.S)
+    assert block, "README.md: no code block"
+    return block.group(1).strip().splitlines()[0]
+
+
+def test_readme_setup_command_runs_stages_with_the_venv_python(tmp_path):
+    """README: the first command (after its venv creation and pip install, which need the network)
+    runs the stages with the virtualenv's Python even when another `python` comes first on PATH (or
+    none exists, as on a fresh Debian/Ubuntu machine). Checked on the first stage alone."""
+    data = write_tiny_dataset(tmp_path / "tiny_data")
+    project = make_project(tmp_path / "project", data, modes=["frozen"])
+    (project.path / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    for name in ("python", "python3"):
+        (fake / name).write_text("#!/bin/sh\necho \"$0: not the project's Python\" >&2\nexit 3\n")
+        (fake / name).chmod(0o755)
+    venv_bin = str(Path(sys.executable).parent)
+    path = [str(fake)] + [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
+
+    parts = [p.strip() for p in readme_setup_command().split("&&")]
+    rest = [p for p in parts if not p.startswith("python3 -m venv") and "pip install" not in p]
+    assert rest and rest[-1].endswith("dvc repro"), parts
+    command = " && ".join(rest) + " download"
+    env = {k: v for k, v in project.env.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(path)
+    proc = subprocess.run(["sh", "-c", command], cwd=project.path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
+    assert reran(proc.stdout) == ["download"]
+
+
+def test_repository_is_a_dvc_repository():
+    """README: `dvc repro` in a fresh clone needs the repository's .dvc/ (config) committed with it."""
+    for name in (".dvc/config", ".dvc/.gitignore"):
+        assert (ROOT / name).is_file(), f"{name} missing: run `dvc init` in the repository and commit it"
+        ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
+        assert ignored.returncode == 1, f"{name} is git-ignored"
