@@ -32,6 +32,8 @@ def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # replaces stages/__init__.py's start-up one
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         module = main.__module__
         if module == "__main__":  # run as `python -m stages.x`: the real name is in the module's spec
             spec = getattr(sys.modules["__main__"], "__spec__", None)

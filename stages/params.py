@@ -6,6 +6,9 @@ training loop only ever sees complete, checked rows."""
 from __future__ import annotations
 
 import copy
+import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,24 @@ from stages.common import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats, as DVC reads and writes them: `1e-05` (what `dvc exp run -S x=1e-5` writes)
+    is a number, not the string PyYAML's YAML 1.1 rules make of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 LAYOUTS = ("auto", "imagefolder", "prefix", "random")
 TRAINABLE = ("head", "top", "all")
 MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
+MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
+MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names files and the DVC stage train@<mode>
 
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
 MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale"}
@@ -29,6 +45,7 @@ AUGMENT_KEYS = {"crop_scale", "hflip", "vflip", "rotation", "color_jitter", "gra
 class _Checker:
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.image_sizes: list[tuple[str, int]] = []  # (key, size): checked against the backbone last
 
     def bad(self, key: str, why: str) -> None:
         self.problems.append(f"params.yaml: {key}: {why}")
@@ -37,8 +54,11 @@ class _Checker:
         if not isinstance(node, dict):
             self.bad(key, f"must be a mapping, got {node!r}")
             return {}
-        for name in sorted(set(node) - allowed):
-            self.bad(f"{key}.{name}", f"unknown setting (known: {', '.join(sorted(allowed))})")
+        for name in sorted(set(node) - allowed, key=str):
+            close = difflib.get_close_matches(str(name), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            self.bad(f"{key}.{name}" if key else str(name),
+                     f"unknown setting ({hint}known: {', '.join(sorted(allowed))})")
         return node
 
     def number(self, node: dict, key: str, name: str, *, kind=float, low=None, high=None,
@@ -55,6 +75,9 @@ class _Checker:
             ok_type = isinstance(value, int) and not isinstance(value, bool)
         if not ok_type:
             self.bad(f"{key}.{name}", f"must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+            return
+        if not math.isfinite(value):
+            self.bad(f"{key}.{name}", f"must be a finite number, got {value!r}")
             return
         if low is not None and (value <= low if low_open else value < low):
             self.bad(f"{key}.{name}", f"must be {'>' if low_open else '>='} {low}, got {value!r}")
@@ -85,7 +108,7 @@ TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "mome
 def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
     """Check a full `train` section, or (partial=True) the overrides a mode row holds."""
     opt = partial
-    c.number(node, key, "seed", kind=int, optional=opt)
+    c.number(node, key, "seed", kind=int, low=0, high=MAX_SEED, optional=opt)
     if "device" in node or not partial:
         device = node.get("device")
         if not isinstance(device, str) or not (device in ("auto", "cpu", "mps", "cuda") or
@@ -106,6 +129,8 @@ def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < MIN_IMAGE_SIZE):
             c.bad(f"{key}.image_size", f"must be null or a whole number >= {MIN_IMAGE_SIZE} "
                                        f"(the backbones downsample 32x), got {size!r}")
+        elif size is not None:
+            c.image_sizes.append((f"{key}.image_size", size))
     c.number(node, key, "cached_views", kind=int, low=1, optional=opt)
     if "workers" in node or not partial:
         workers = node.get("workers")
@@ -146,10 +171,42 @@ def _check_mode(c: _Checker, name: str, row: Any) -> None:
     _check_train(c, {k: v for k, v in row.items() if k in TRAIN_KEYS}, key, partial=True)
 
 
+def backbone_sizes(arch: str) -> tuple[int, bool]:
+    """(the smallest image size `arch` takes, whether that is the only size it takes).
+
+    The minimum is torchvision's, from the weights' metadata (`min_size`): AlexNet 63 px, Inception v3
+    75 px, Swin 224 px, ...; a ViT (fixed position embeddings) and MaxViT (fixed attention windows)
+    take that size only."""
+    from stages.backbones import OFFLINE_ARCH
+
+    if arch == OFFLINE_ARCH:
+        return MIN_IMAGE_SIZE, False
+    import torchvision
+
+    try:
+        low = max(torchvision.models.get_model_weights(arch).DEFAULT.meta.get("min_size", (1, 1)))
+    except (ValueError, KeyError, AttributeError):  # a model without published weights: no known limit
+        return MIN_IMAGE_SIZE, False
+    return max(MIN_IMAGE_SIZE, low), arch.startswith(("vit_", "maxvit"))
+
+
+def _check_image_sizes(c: _Checker, arch: str) -> None:
+    low, only = backbone_sizes(arch)
+    for key, size in c.image_sizes:
+        if only and size != low:
+            c.bad(key, f"{size} does not fit model.arch {arch}: it takes {low} px images only (use {low} or null)")
+        elif size < low:
+            c.bad(key, f"{size} is too small for model.arch {arch}: its minimum input size is {low} px "
+                       f"(or null: its own size)")
+
+
 def check(params: Any) -> dict:
     """Return the params if they are valid; raise UserError listing every problem otherwise."""
     c = _Checker()
-    top = c.section(params, "(top level)", {"mode", "data", "model", "train", "modes"})
+    if not isinstance(params, dict):
+        raise UserError(f"params.yaml: must be a mapping of sections (mode, data, model, train, modes), "
+                        f"got {type(params).__name__}")
+    top = c.section(params, "", {"mode", "data", "model", "train", "modes"})
     data = c.section(top.get("data"), "data", {"url", "sha256", "max_unpacked_mb", "layout", "val_every",
                                                 "val_fraction", "split_seed", "class_names"})
     if not isinstance(data.get("url"), str) or not data.get("url"):
@@ -168,13 +225,19 @@ def check(params: Any) -> dict:
 
     model = c.section(top.get("model"), "model", {"arch"})
     arch = model.get("arch")
+    arch_known = False
     if not isinstance(arch, str):
         c.bad("model.arch", f"must be a backbone name, got {arch!r}")
     else:
-        from stages.backbones import known_archs  # late: keeps torch out of the data stages' start-up
+        # imported late: keeps torch out of the data stages' start-up
+        from stages.backbones import known_archs
+
         known = known_archs()
-        if arch not in known:
-            c.bad("model.arch", f"unknown backbone {arch!r} (known: {', '.join(known)})")
+        arch_known = arch in known
+        if not arch_known:
+            close = difflib.get_close_matches(arch, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            c.bad("model.arch", f"unknown backbone {arch!r} ({hint}known: {', '.join(known)})")
 
     train = c.section(top.get("train"), "train", TRAIN_KEYS)
     _check_train(c, train, "train", partial=False)
@@ -184,9 +247,14 @@ def check(params: Any) -> dict:
         c.bad("modes", "must map at least one mode name to its settings")
         modes = {}
     for name, row in modes.items():
+        if not isinstance(name, str) or not MODE_NAME.fullmatch(name):
+            c.bad(f"modes.{name}", "a mode name must be letters, digits, _, - or . (it names the stage "
+                                   "train@<mode> and its files)")
         _check_mode(c, str(name), row)
     if top.get("mode") not in modes:
         c.bad("mode", f"unknown mode {top.get('mode')!r} (known: {', '.join(map(str, modes))})")
+    if arch_known:
+        _check_image_sizes(c, arch)
 
     if c.problems:
         raise UserError("\n".join(c.problems) if len(c.problems) == 1 else
@@ -199,7 +267,7 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
     if not path.exists():
         raise UserError(f"{path}: missing (run from the project root)")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     return check(params)

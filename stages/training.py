@@ -296,6 +296,9 @@ class Fit:
             seconds = time.perf_counter() - started
             self.record(epoch, phase, train_loss, train_acc, val_loss, val_acc, lr, seconds)
             self.save_state(epoch, optimizer, scheduler)
+            # Logged once saved: an epoch the log calls finished survives any interruption.
+            log(f"epoch {epoch:3d} [{phase['trainable']}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | {seconds:.1f} s")
 
     def train_on_features(self, stepper: Stepper, feats: torch.Tensor, generator, drop_last: bool):
         train_mode(stepper.module)
@@ -332,5 +335,3 @@ class Fit:
         if val_acc > r.best_accuracy or (val_acc == r.best_accuracy and val_loss < r.best_loss):
             r.best_accuracy, r.best_loss, r.best_epoch = val_acc, val_loss, epoch
             r.best_state = copy.deepcopy({k: v.cpu() for k, v in self.model.state_dict().items()})
-        log(f"epoch {epoch:3d} [{phase['trainable']}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | {seconds:.1f} s")
