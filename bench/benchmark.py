@@ -2,7 +2,7 @@
 
 Run by hand from the project root after `dvc repro split` (never in CI):
 
-    python bench/benchmark.py                 # frozen, finetune, scratch; 25 / 5 / 5 epochs
+    python bench/benchmark.py                 # frozen, finetune, scratch; 25 / 3 / 3 epochs
     python bench/benchmark.py --quick         # a short run of each (smoke test)
     python bench/benchmark.py --modes frozen --epochs 25
 
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_EPOCHS = {"frozen": 25, "finetune": 5, "scratch": 5}
+DEFAULT_EPOCHS = {"frozen": 25, "finetune": 3, "scratch": 3}
 
 
 def tutorial_loop(mode: str, epochs: int) -> dict:
@@ -87,7 +87,8 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
             else:
                 best = max(best, correct / len(loaders["val"].dataset))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": epochs * len(loaders["train"].dataset), "best_val_accuracy": best}
+    return {"seconds": seconds, "images": epochs * len(loaders["train"].dataset), "best_val_accuracy": best,
+            "setup": f"{pre['image_size']} px, batch 4"}
 
 
 def pipeline(mode: str, epochs: int) -> dict:
@@ -114,7 +115,8 @@ def pipeline(mode: str, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Fit(model, data, settings, pick_device(settings["device"]), Path(tmp) / "state.pt", "bench").run()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": epochs * len(train.paths), "best_val_accuracy": result.best_accuracy}
+    return {"seconds": seconds, "images": epochs * len(train.paths), "best_val_accuracy": result.best_accuracy,
+            "setup": f"{pre['image_size']} px, batch {settings['batch_size']}"}
 
 
 def run_child(variant: str, mode: str, epochs: int) -> dict:
@@ -149,7 +151,8 @@ def main() -> None:
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}")
-    header = f"{'mode':<16}{'epochs':>7}{'variant':>10}{'wall s':>9}{'img/s':>9}{'peak MiB':>10}{'best acc':>10}"
+    header = (f"{'mode':<16}{'epochs':>7}{'variant':>10}{'wall s':>9}{'img/s':>9}{'peak MiB':>10}{'best acc':>10}"
+              "  setup")
     print(header)
     for mode in args.modes.split(","):
         epochs = 2 if args.quick else args.epochs or DEFAULT_EPOCHS.get(mode, 5)
@@ -157,7 +160,7 @@ def main() -> None:
         for variant in ("tutorial", "pipeline"):
             r = results[variant] = run_child(variant, mode, epochs)
             print(f"{mode:<16}{epochs:>7}{variant:>10}{r['seconds']:>9.1f}{r['images'] / r['seconds']:>9.1f}"
-                  f"{r['peak_mib']:>10.0f}{r['best_val_accuracy']:>10.4f}", flush=True)
+                  f"{r['peak_mib']:>10.0f}{r['best_val_accuracy']:>10.4f}  {r['setup']}", flush=True)
         ratio = results["tutorial"]["seconds"] / results["pipeline"]["seconds"]
         gain = results["pipeline"]["best_val_accuracy"] - results["tutorial"]["best_val_accuracy"]
         print(f"{mode:<16}{'':>7}{'ratio':>10}{ratio:>8.1f}x faster; best val accuracy {gain:+.4f}", flush=True)
