@@ -252,14 +252,14 @@ def test_exp_run_switching_mode_trains_nothing(full):
 
 def frozen_commits(full) -> SimpleNamespace:
     """Two commits on top of baseline: `published-frozen` (mode: frozen, by `dvc repro`) and `frozen-lr`
-    (then `dvc exp run -S +modes.frozen.lr=0.0001`). Made once, shared by the two tests below."""
+    (then `dvc exp run -S ++modes.frozen.lr=0.0001`). Made once, shared by the two tests below."""
     if full.frozen_commits is None:
         project = full.project
         restore(project)
         project.set_params(mode="frozen")
         publish = project.dvc("repro")
         commit(project, "publish frozen", tag="published-frozen")
-        change = project.dvc("exp", "run", "-S", "+modes.frozen.lr=0.0001")
+        change = project.dvc("exp", "run", "-S", "++modes.frozen.lr=0.0001")
         commit(project, "frozen: lr 0.0001", tag="frozen-lr")
         full.frozen_commits = SimpleNamespace(publish=publish.stdout, change=change.stdout)
     return full.frozen_commits
@@ -334,7 +334,7 @@ def test_queued_experiments_run_with_queue_start(full):
     restore(project)
     lrs = {"frozen-lr-high": 0.03, "frozen-lr-low": 0.003}
     for name, lr in lrs.items():
-        project.dvc("exp", "run", "--queue", "-n", name, "-S", f"+modes.frozen.lr={lr}")
+        project.dvc("exp", "run", "--queue", "-n", name, "-S", f"++modes.frozen.lr={lr}")
     assert queue_status(project) == {name: "Queued" for name in lrs}
     try:
         project.dvc("queue", "start")  # returns at once; a worker runs the queue in the background
