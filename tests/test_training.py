@@ -21,7 +21,10 @@ SIZE = 32
 
 def settings_for(mode: str, **overrides) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update({"epochs": 2, "batch_size": 8, "image_size": SIZE, "cached_views": 2, "workers": 0})
+    tiny = {"epochs": 2, "batch_size": 8, "image_size": SIZE, "cached_views": 2, "workers": 0}
+    params["train"].update(tiny)
+    for key in tiny:  # the tiny settings win over a row's own (the real rows train for minutes)
+        params["modes"][mode].pop(key, None)
     params["modes"][mode].update(overrides)
     params_module.check(params)
     return params_module.mode_settings(params, mode)
