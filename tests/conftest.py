@@ -31,6 +31,15 @@ def env_with_venv() -> dict:
     return env
 
 
+def run_in_process(main) -> int:
+    """Call a stage's main() in this process; its exit status (0 when it returns)."""
+    try:
+        main()
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
 class Project:
     """The pipeline copied into a fresh git + DVC repo; runs the real `dvc` CLI there."""
 

@@ -15,7 +15,7 @@ import pytest
 
 from stages import archives, download
 from stages.common import UserError
-from tests.conftest import MIRROR_ENV, ROOT, Project, make_project
+from tests.conftest import MIRROR_ENV, ROOT, Project, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
 
 
@@ -99,14 +99,6 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/files/insects.zip"
-
-
-def run_in_process(main) -> int:
-    try:
-        main()
-    except SystemExit as exit:
-        return exit.code
-    return 0
 
 
 # --- HTTP -------------------------------------------------------------------------------------------

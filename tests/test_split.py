@@ -15,7 +15,7 @@ from PIL import Image
 from stages import download, split
 from stages.common import UserError
 from stages.images import UnreadableImage, open_rgb
-from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT
+from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process
 from tests.imagegen import make_image, write_class_folders
 
 DATA = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]
@@ -30,14 +30,6 @@ def per_class(rows: list[tuple[str, int]]) -> dict[int, int]:
     for _, label in rows:
         counts[label] = counts.get(label, 0) + 1
     return counts
-
-
-def run_in_process(main) -> int:
-    try:
-        main()
-    except SystemExit as exit:
-        return exit.code
-    return 0
 
 
 # --- layouts ----------------------------------------------------------------------------------------
