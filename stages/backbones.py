@@ -161,13 +161,15 @@ def frozen_split(model: TransferNet, trainable: str, top_blocks: int = 0) -> tup
     return None
 
 
-def train_mode(model: nn.Module) -> None:
-    """model.train(), except that frozen BatchNorm layers keep their ImageNet statistics.
+def train_mode(model: nn.Module, keep_bn_stats: bool = False) -> None:
+    """model.train(), except that BatchNorm layers keep their pretrained running statistics where
+    they are frozen, or everywhere with keep_bn_stats (their weights still train).
 
-    (The tutorials leave them in train mode, which silently moves a "frozen" backbone.)"""
+    (The tutorials leave frozen ones in train mode, which silently moves a "frozen" backbone.)"""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                keep_bn_stats or not any(p.requires_grad for p in m.parameters())):
             m.eval()
 
 

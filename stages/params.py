@@ -101,8 +101,8 @@ class _Checker:
 
 
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-              "scheduler", "step_size", "gamma", "label_smoothing", "image_size", "augment",
-              "cached_views", "workers"}
+              "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
+              "cached_views", "workers", "keep_bn_stats"}
 
 
 def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
@@ -121,6 +121,7 @@ def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "momentum", low=0, high=1, high_open=True, optional=opt)
     c.number(node, key, "weight_decay", low=0, optional=opt)
     c.choice(node, key, "scheduler", SCHEDULERS, optional=opt)
+    c.number(node, key, "warmup_epochs", low=0, optional=opt)
     c.number(node, key, "step_size", kind=int, low=1, optional=opt)
     c.number(node, key, "gamma", low=0, low_open=True, high=1, optional=opt)
     c.number(node, key, "label_smoothing", low=0, high=1, high_open=True, optional=opt)
@@ -132,6 +133,7 @@ def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
         elif size is not None:
             c.image_sizes.append((f"{key}.image_size", size))
     c.number(node, key, "cached_views", kind=int, low=1, optional=opt)
+    c.boolean(node, key, "keep_bn_stats", optional=opt)
     if "workers" in node or not partial:
         workers = node.get("workers")
         if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
@@ -151,7 +153,7 @@ def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
                 c.bad(f"{akey}.crop_scale", f"must be null or [low, high] with 0 < low <= high <= 1, got {scale!r}")
 
 
-def _check_mode(c: _Checker, name: str, row: Any) -> None:
+def _check_mode(c: _Checker, name: str, row: Any, train: dict) -> None:
     key = f"modes.{name}"
     row = c.section(row, key, MODE_KEYS | TRAIN_KEYS)
     c.boolean(row, key, "pretrained")
@@ -165,6 +167,9 @@ def _check_mode(c: _Checker, name: str, row: Any) -> None:
     c.number(row, key, "backbone_lr_scale", low=0, low_open=True, optional=True)
     if row.get("head_epochs") and row.get("pretrained") is False:
         c.bad(f"{key}.head_epochs", "a head-only phase needs a pretrained backbone (pretrained: true)")
+    if row.get("keep_bn_stats", train.get("keep_bn_stats")) is True and row.get("pretrained") is False:
+        c.bad(f"{key}.keep_bn_stats", "a randomly initialised network has no BatchNorm statistics worth keeping; "
+                                      "use pretrained: true or keep_bn_stats: false")
     if row.get("trainable") in ("head", "top") and row.get("pretrained") is False:
         c.bad(f"{key}.trainable", "freezing a randomly initialised backbone trains nothing useful; "
                                   "use pretrained: true or trainable: all")
@@ -250,7 +255,7 @@ def check(params: Any) -> dict:
         if not isinstance(name, str) or not MODE_NAME.fullmatch(name):
             c.bad(f"modes.{name}", "a mode name must be letters, digits, _, - or . (it names the stage "
                                    "train@<mode> and its files)")
-        _check_mode(c, str(name), row)
+        _check_mode(c, str(name), row, train)
     if top.get("mode") not in modes:
         c.bad("mode", f"unknown mode {top.get('mode')!r} (known: {', '.join(map(str, modes))})")
     if arch_known:

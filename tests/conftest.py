@@ -108,6 +108,8 @@ def make_project(path: Path, data_source: Path, modes: list[str] | None = None) 
         for key in ("epochs", "head_epochs"):
             if key in row:
                 row[key] = min(row[key], 1)
+        for key in ("image_size", "batch_size", "cached_views"):  # the tiny sizes win over a row's own
+            row.pop(key, None)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "pipeline")

@@ -106,6 +106,8 @@ SINGLE = [
     ({"train__scheduler": "linear"}, "train.scheduler", "unknown value 'linear' (known: cosine, step, onecycle, none)"),
     ({"modes__finetune__optimizer": "rmsprop"}, "modes.finetune.optimizer", "unknown value 'rmsprop'"),
     ({"modes__finetune__scheduler": "plateau"}, "modes.finetune.scheduler", "unknown value 'plateau'"),
+    ({"train__warmup_epochs": -1}, "train.warmup_epochs", "must be >= 0, got -1"),
+    ({"modes__finetune__warmup_epochs": "one"}, "modes.finetune.warmup_epochs", "must be a number, got 'one'"),
     # unknown settings (typos) in a mode row, in the augmentations, in a section, at the top
     ({"modes__frozen__trainabel": "head"}, "modes.frozen.trainabel", "unknown setting (did you mean trainable?"),
     ({"modes__finetune__learning_rate": 0.1}, "modes.finetune.learning_rate", "unknown setting"),
@@ -117,6 +119,8 @@ SINGLE = [
     ({"train__seed": 2**40}, "train.seed", "must be <= 4294967295"),
     ({"train__device": "gpu"}, "train.device", "must be auto, cpu, cuda, cuda:N or mps"),
     ({"modes__scratch__trainable": "head"}, "modes.scratch.trainable", "freezing a randomly initialised backbone"),
+    ({"train__keep_bn_stats": True}, "modes.scratch.keep_bn_stats", "no BatchNorm statistics worth keeping"),
+    ({"modes__finetune__keep_bn_stats": "yes"}, "modes.finetune.keep_bn_stats", "must be true or false, got 'yes'"),
 ]
 
 

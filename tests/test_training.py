@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from stages import params as params_module
 from stages.backbones import body_blocks, build_model, frozen_split, load_checkpoint, save_checkpoint
 from stages.datasets import eval_transform, resize_short_side, working_preprocess
-from stages.training import Fit, TrainData
+from stages.training import Fit, TrainData, make_scheduler
 from tests.conftest import HYMENOPTERA_ZIP, ROOT
 from tests.imagegen import make_image
 
@@ -43,7 +44,7 @@ def train(mode: str, tmp_path: Path, **overrides):
     torch.manual_seed(s["seed"])
     model, pre = build_model(s["arch"], 2, s["pretrained"])
     before = copy.deepcopy(model.state_dict())
-    fit = Fit(model, tiny_data(working_preprocess(pre, SIZE)), s, torch.device("cpu"),
+    fit = Fit(model, tiny_data(working_preprocess(pre, s["image_size"])), s, torch.device("cpu"),
               tmp_path / mode / "state.pt", "test")
     result = fit.run()
     return model, before, result
@@ -56,6 +57,24 @@ def changed(before: dict, after: dict, names) -> list[str]:
 def block_state_names(model, blocks) -> set[str]:
     ids = {id(t) for block in blocks for m in block for t in [*m.parameters(), *m.buffers()]}
     return {n for n, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
+
+
+def test_warmup_ramps_the_rate_then_the_cosine_decays_it():
+    """warmup_epochs: the rate climbs linearly to lr over those epochs, then follows the whole cosine."""
+    head = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    scheduler = make_scheduler(optimizer, {"scheduler": "cosine", "warmup_epochs": 1}, epochs=3, steps_per_epoch=4)
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+    assert all(a > b for a, b in zip(rates[4:], rates[5:]))  # then only down, towards 0
+    assert rates[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 7 / 8)))
+    no_warmup = make_scheduler(torch.optim.SGD(head.parameters(), lr=0.1), {"scheduler": "cosine", "warmup_epochs": 0},
+                               epochs=3, steps_per_epoch=4)
+    assert no_warmup.get_last_lr() == [0.1]
 
 
 def test_frozen_changes_only_the_head(tmp_path):
@@ -81,6 +100,18 @@ def test_partial_trains_only_the_top_blocks(tmp_path):
     assert changed(before, after, sorted(frozen)) == []
     assert any("weight" in n for n in changed(before, after, sorted(top)))
     assert any("running_mean" in n for n in changed(before, after, sorted(top)))  # top BN adapts
+
+
+def test_keep_bn_stats_trains_batchnorm_weights_but_not_its_statistics(tmp_path):
+    """keep_bn_stats: every weight trains, BatchNorm's affine ones too, but no running statistic moves."""
+    model, before, _ = train("finetune", tmp_path, keep_bn_stats=True)
+    after = model.state_dict()
+    stats = [n for n in after if n.endswith(("running_mean", "running_var"))]
+    bn_weights = [n.replace("running_mean", "weight") for n in stats if n.endswith("running_mean")]
+    assert stats and changed(before, after, stats) == []
+    assert changed(before, after, bn_weights) == bn_weights
+    model, before, _ = train("finetune", tmp_path / "default", keep_bn_stats=False)
+    assert changed(before, model.state_dict(), stats) == stats
 
 
 def test_cached_prefix_computes_the_same_network():

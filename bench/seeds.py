@@ -1,0 +1,66 @@
+"""How steady a mode's result is: train one mode on the real split once per seed, print each best val
+accuracy and their mean and worst.
+
+Run by hand from the project root after `dvc repro split` (minutes per seed on a 2-core CPU):
+
+    python bench/seeds.py finetune --seeds 0 1 2
+    python bench/seeds.py finetune --seeds 0 1 2 --set warmup_epochs=1 lr=0.02
+
+`--set key=value` overrides a key of the mode's row for this run only (values are read as YAML), so
+a candidate default can be compared with the committed one over several seeds before it is
+committed: with 153 val images one seed's result moves by a few images."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages import params as params_module  # noqa: E402
+from stages.backbones import build_model  # noqa: E402
+from stages.datasets import decode_all, read_classes, read_split, working_preprocess  # noqa: E402
+from stages.training import Fit, TrainData, pick_device  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    params = params_module.load(ROOT / "params.yaml")
+    row = params["modes"][args.mode]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        row[key] = yaml.safe_load(value)
+    classes = read_classes()
+    train, val = read_split("train"), read_split("val")
+    accuracies = []
+    for seed in args.seeds:
+        row["seed"] = seed
+        params_module.check(params)
+        settings = params_module.mode_settings(params, args.mode)
+        torch.manual_seed(seed)
+        model, pre = build_model(settings["arch"], len(classes), settings["pretrained"])
+        pre = working_preprocess(pre, settings["image_size"])
+        data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Fit(model, data, settings, pick_device(settings["device"]), Path(tmp) / "state.pt", "seeds").run()
+        accuracies.append(result.best_accuracy)
+        print(f"{args.mode} seed {seed}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
+              f"({time.perf_counter() - started:.0f} s) {' '.join(args.set)}", flush=True)
+    print(f"{args.mode} {' '.join(args.set) or '(committed row)'}: mean {statistics.mean(accuracies):.4f}, "
+          f"worst {min(accuracies):.4f} over seeds {args.seeds}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
