@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,11 @@ MIRROR_ENV = "DATASET_MIRROR"
 
 # Small and fast: every test trains at 32 px for an epoch or two.
 TINY_TRAIN = {"epochs": 2, "batch_size": 8, "image_size": 32, "cached_views": 2, "workers": 0}
+
+# A test run started in the background (`cmd &`, nohup) begins with Ctrl-C ignored, and the stages it
+# starts would inherit that; the interruption tests play a user pressing Ctrl-C in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def env_with_venv() -> dict:
