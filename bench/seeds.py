@@ -43,6 +43,7 @@ def main() -> None:
         row[key] = yaml.safe_load(value)
     classes = read_classes()
     train, val = read_split("train"), read_split("val")
+    data = None  # decoded once: the seed changes the training, not the images
     accuracies = []
     for seed in args.seeds:
         row["seed"] = seed
@@ -50,8 +51,9 @@ def main() -> None:
         settings = params_module.mode_settings(params, args.mode)
         torch.manual_seed(seed)
         model, pre = build_model(settings["arch"], len(classes), settings["pretrained"])
-        pre = working_preprocess(pre, settings["image_size"])
-        data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+        if data is None:
+            pre = working_preprocess(pre, settings["image_size"])
+            data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             result = Fit(model, data, settings, pick_device(settings["device"]), Path(tmp) / "state.pt", "seeds").run()
