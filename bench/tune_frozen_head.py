@@ -70,7 +70,8 @@ def main() -> None:
     model, pre = build_model(settings["arch"], len(read_classes()), pretrained=True)
     data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
     encoder, _ = frozen_split(model, "head")
-    feats, val_feats = cached_features(encoder, data, settings, max(GRID["views"]), torch.device("cpu"), False)
+    feats, val_feats = cached_features(encoder, data, settings, max(GRID["views"]), torch.device("cpu"), False,
+                                      torch.channels_last)
     labels, val_labels = torch.tensor(train.labels), torch.tensor(val.labels)
     torch.set_num_threads(1)  # tiny problems: one thread is fastest
     rows = []

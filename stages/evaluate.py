@@ -15,7 +15,7 @@ from stages.backbones import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
 from stages.datasets import RAW_DIR, decode_all, read_split
 from stages.images import open_rgb
-from stages.training import crop_stack, inference_batch, normalized_batches, pick_device, to_device
+from stages.training import crop_stack, inference_batch, memory_format, normalized_batches, pick_device, to_device
 
 MAX_ERRORS_SHOWN = 16
 
@@ -24,8 +24,9 @@ MAX_ERRORS_SHOWN = 16
 def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], preprocess: dict,
                           device) -> torch.Tensor:
     stack = crop_stack(images, preprocess)
-    model.eval().to(memory_format=torch.channels_last)  # as in training: the faster layout for convolutions
-    probs = [torch.softmax(model(to_device(x, device)).float(), 1).cpu()
+    fmt = memory_format(device)  # the faster layout here for a one-off pass (see memory_format)
+    model.eval().to(memory_format=fmt)
+    probs = [torch.softmax(model(to_device(x, device, fmt)).float(), 1).cpu()
              for x, _ in normalized_batches(stack, torch.tensor(labels), preprocess, inference_batch(device))]
     return torch.cat(probs)
 

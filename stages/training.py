@@ -94,9 +94,30 @@ def inference_batch(device: torch.device) -> int:
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed the global RNG (augmentations) and return a generator (shuffling) for this epoch alone."""
+    """Seed the global RNG (dropout) and return a generator (shuffling cached features) for this epoch
+    alone; the image loader draws its order and augmentations from (seed, epoch) itself (EpochSampler)."""
     torch.manual_seed(seed * 1_000_003 + epoch)
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The keys of one epoch for TensorImages: a shuffled order and a seed per image, both drawn from
+    (run seed, epoch) alone. Call set_epoch before each pass; one loader, its worker processes kept
+    alive, then serves every epoch of a phase, and any epoch is the same in a resumed run."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        epoch_seed = self.seed * 1_000_003 + self.epoch
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+        return iter([(i, (epoch_seed * 1_000_003 + i) % 2**63) for i in order])
 
 
 def worker_count(setting, device: torch.device) -> int:
@@ -161,18 +182,31 @@ class Stepper:
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def memory_format(device: torch.device, train_batch_size: int = 0) -> torch.memory_format:
+    """The layout of models and image batches: channels-last where it measured faster.
+
+    On a CPU always: an EfficientNet-Lite0 training step at 224 px takes 41 ms an image, against 66 ms
+    in the default layout (2-core machine). On a CUDA GPU only for training batches of 64 and more:
+    cuDNN sets up its channels-last kernels in each new process (5-15 s before the first step on an
+    H100, against 1 s), and a step of 16 images is slower in it (19 ms against 15 ms), one of 64
+    faster (23 ms against 33 ms)."""
+    if device.type == "cuda" and train_batch_size < 64:
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def to_device(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
 
 
 @torch.inference_mode()
-def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool) -> tuple[float, float]:
+def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool, fmt) -> tuple[float, float]:
     """Mean loss and accuracy of `module` (eval mode) over (x, y) batches."""
     module.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches:
-        x, y = to_device(x, device), y.to(device)
+        x, y = to_device(x, device, fmt), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = module(x).float()
         loss_sum += criterion(logits, y).item() * len(y)
@@ -189,14 +223,15 @@ def crop_stack(images: list[torch.Tensor], preprocess: dict) -> torch.Tensor:
 
 
 def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: dict, batch_size: int):
-    mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
+    """Float batches of a uint8 stack, normalised where the stack lives (on a GPU, the val stack does)."""
+    mean = torch.tensor(preprocess["mean"], device=stack.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess["std"], device=stack.device).view(1, 3, 1, 1)
     for i in range(0, len(stack), batch_size):
         yield (stack[i:i + batch_size].float() / 255 - mean) / std, labels[i:i + batch_size]
 
 
 @torch.inference_mode()
-def cached_features(encoder: nn.Module, data: TrainData, settings: dict, views: int, device, amp: bool):
+def cached_features(encoder: nn.Module, data: TrainData, settings: dict, views: int, device, amp: bool, fmt):
     """Frozen-encoder outputs for `views` augmented views of every training image and for every val
     image: the frozen part's work done once, not once per epoch."""
     encoder.eval()
@@ -206,7 +241,7 @@ def cached_features(encoder: nn.Module, data: TrainData, settings: dict, views: 
 
     def run(xs):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return encoder(to_device(xs, device)).float()
+            return encoder(to_device(xs, device, fmt)).float()
 
     train = []
     for _ in range(views):
@@ -226,10 +261,13 @@ class Fit:
                  state_file: Path, fingerprint: str):
         self.model, self.data, self.s, self.device = model, data, settings, device
         self.state_file, self.fingerprint = state_file, fingerprint
-        self.amp = device.type == "cuda"
+        # bf16 autocast where the GPU computes in bf16 (Ampere and later); fp32 elsewhere, CPUs included
+        self.amp = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+        self.fmt = memory_format(device, settings["batch_size"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
         self.result = FitResult()
-        self.val_stack = crop_stack(data.val_images, data.preprocess)
+        # Decoded and cropped once; on a GPU it stays there, so validation moves no images per epoch.
+        self.val_stack = crop_stack(data.val_images, data.preprocess).to(device)
         self.val_labels = torch.tensor(data.val_labels)
         self.train_labels = torch.tensor(data.train_labels)
 
@@ -257,7 +295,7 @@ class Fit:
             done, self.result = state["epoch"], state["result"]
             self.model.load_state_dict(state["model"])
             log(f"resuming after epoch {done} (state in {self.state_file})")
-        self.model.to(self.device).to(memory_format=torch.channels_last)
+        self.model.to(self.device).to(memory_format=self.fmt)
         first = 1
         for phase in self.s["phases"]:
             last = first + phase["epochs"] - 1
@@ -290,11 +328,13 @@ class Fit:
             encoder, trained = split
             views = self.s["cached_views"] if self.s["augment"] else 1
             started = time.perf_counter()
-            train_feats, val_feats = cached_features(encoder, self.data, self.s, views, self.device, self.amp)
+            train_feats, val_feats = cached_features(encoder, self.data, self.s, views, self.device, self.amp,
+                                                     self.fmt)
             self.result.train_seconds += time.perf_counter() - started
             log(f"frozen part's outputs for {n} train images x {views} views and {len(self.data.val_labels)} "
                 f"val images computed once ({time.perf_counter() - started:.1f} s)")
         stepper = Stepper(trained, self.criterion, optimizer, scheduler, self.device, self.amp)
+        loader = None if on_features else self.image_loader(drop_last)
         eval_batch = inference_batch(self.device)
         for epoch in range(max(first, done + 1), last + 1):
             started = time.perf_counter()
@@ -306,9 +346,10 @@ class Fit:
                 val_batches = ((val_feats[i:i + eval_batch], self.val_labels[i:i + eval_batch])
                                for i in range(0, len(val_feats), eval_batch))
             else:
-                train_loss, train_acc = self.train_on_images(stepper, generator, drop_last, epoch)
+                train_loss, train_acc = self.train_on_images(stepper, loader, epoch)
                 val_batches = normalized_batches(self.val_stack, self.val_labels, self.data.preprocess, eval_batch)
-            val_loss, val_acc = evaluate_batches(trained, val_batches, self.criterion, self.device, self.amp)
+            val_loss, val_acc = evaluate_batches(trained, val_batches, self.criterion, self.device, self.amp,
+                                                 self.fmt)
             seconds = time.perf_counter() - started
             self.record(epoch, phase, train_loss, train_acc, val_loss, val_acc, lr, seconds)
             self.save_state(epoch, optimizer, scheduler)
@@ -328,17 +369,26 @@ class Fit:
             loss_sum, correct = loss_sum + loss, correct + right
         return loss_sum / len(order), correct / len(order)
 
-    def train_on_images(self, stepper: Stepper, generator, drop_last: bool, epoch: int):
+    def image_loader(self, drop_last: bool) -> torch.utils.data.DataLoader:
+        """One loader for every epoch of a phase: its workers start once, not once per epoch (on a
+        16-core GPU machine with 8 workers: 0.13 s per pass over the training images, not 0.26 s)."""
         dataset = TensorImages(self.data.train_images, self.data.train_labels,
                                train_transform(self.data.preprocess, self.s["augment"]))
         workers = worker_count(self.s["workers"], self.device)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.s["batch_size"], shuffle=True, generator=generator, drop_last=drop_last,
-            num_workers=workers, pin_memory=self.device.type == "cuda")
+        # The loader's own generator: drawing its worker seeds must not move the global random
+        # stream (dropout), or a resumed run would differ from an uninterrupted one.
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.s["batch_size"], sampler=EpochSampler(len(dataset), self.s["seed"]),
+            drop_last=drop_last, num_workers=workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.s["seed"]))
+
+    def train_on_images(self, stepper: Stepper, loader, epoch: int):
+        loader.sampler.set_epoch(epoch)
         train_mode(self.model, self.s["keep_bn_stats"])
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
-            loss, right = stepper.train_batch(to_device(x, self.device), y.to(self.device))
+            loss, right = stepper.train_batch(to_device(x, self.device, self.fmt),
+                                              y.to(self.device, non_blocking=True))
             loss_sum, correct, count = loss_sum + loss, correct + right, count + len(y)
         return loss_sum / count, correct / count
 

@@ -204,3 +204,42 @@ def test_unknown_backbone_and_offline_weights_are_one_clear_line():
         pytest.skip("resnet18 weights are present on this machine")
     with pytest.raises(UserError, match=r"put resnet18-f37072fd\.pth .* at .*checkpoints"):
         build_model("resnet18", 2, pretrained=True)
+
+
+def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
+    """Each image's crop comes from (seed, epoch, index): 0 workers, 2 persistent workers and a
+    second pass all give the same batches, a new epoch gives new crops, and the global random stream
+    (dropout) does not move."""
+    from stages.datasets import TensorImages, train_transform
+    from stages.training import EpochSampler
+
+    pre = working_preprocess(build_model("efficientnet_lite0", 2, False)[1], SIZE)
+    data = tiny_data(pre, n_train=12)
+    dataset = TensorImages(data.train_images, data.train_labels, train_transform(pre, {"crop_scale": [0.08, 1.0]}))
+
+    def epoch(loader, number):
+        loader.sampler.set_epoch(number)
+        return torch.cat([x for x, _ in loader])
+
+    loaders = [torch.utils.data.DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), seed=3),
+                                           num_workers=workers, persistent_workers=workers > 0,
+                                           generator=torch.Generator().manual_seed(3))
+               for workers in (0, 2)]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    in_process = epoch(loaders[0], 5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(epoch(loaders[1], 5), in_process)
+    assert torch.equal(epoch(loaders[1], 6), epoch(loaders[0], 6))
+    assert torch.equal(epoch(loaders[1], 5), in_process)  # the persistent workers' second pass over epoch 5
+    assert not torch.equal(epoch(loaders[0], 6), in_process)
+
+
+def test_channels_last_where_it_measured_faster():
+    from stages.training import memory_format
+
+    assert memory_format(torch.device("cpu"), 16) == torch.channels_last
+    assert memory_format(torch.device("cpu")) == torch.channels_last
+    assert memory_format(torch.device("cuda"), 16) == torch.contiguous_format
+    assert memory_format(torch.device("cuda")) == torch.contiguous_format  # one-off passes (evaluate)
+    assert memory_format(torch.device("cuda"), 64) == torch.channels_last
