@@ -18,6 +18,7 @@ from stages.images import open_rgb
 from stages.training import crop_stack, inference_batch, memory_format, normalized_batches, pick_device, to_device
 
 MAX_ERRORS_SHOWN = 16
+SAMPLES_SHOWN = 16
 
 
 @torch.inference_mode()
@@ -73,6 +74,35 @@ def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: 
                       title=f"{mode}: {len(wrong)} of {len(labels)} val images misclassified")
 
 
+def round_robin(labels: list[int], num_classes: int, count: int) -> list[int]:
+    """Indices of the first rows of each class taken in turn (class 0, 1, ..., 0, 1, ...), up to `count`.
+
+    Deterministic (file order of the split) and shows every class before repeating one."""
+    per_class: list[list[int]] = [[] for _ in range(num_classes)]
+    for index, label in enumerate(labels):
+        per_class[label].append(index)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < count and any(depth < len(rows) for rows in per_class):
+        picked += [rows[depth] for rows in per_class if depth < len(rows)][:count - len(picked)]
+        depth += 1
+    return picked
+
+
+def sample_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str, arch: str):
+    """The model's predictions on the first val images of each class in turn, right green, wrong red
+    (export publishes the published mode's copy as plots/model/val_predictions.png)."""
+    from stages.plotting import RIGHT_COLOR, WRONG_COLOR, image_grid
+
+    picks = round_robin(labels, len(names), SAMPLES_SHOWN)
+    predicted = probs.argmax(1).tolist()
+    right = sum(predicted[i] == labels[i] for i in picks)
+    return image_grid([open_rgb(RAW_DIR / paths[i]) for i in picks],
+                      [f"pred: {names[predicted[i]]} ({probs[i].max():.2f})\ntrue: {names[labels[i]]}" for i in picks],
+                      colors=[RIGHT_COLOR if predicted[i] == labels[i] else WRONG_COLOR for i in picks], columns=4,
+                      title=f"{mode} ({arch}): {right} of {len(picks)} val images right")
+
+
 @run_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate one trained mode on the val split.")
@@ -100,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(Path("plots/predictions") / f"{mode}.csv") as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
     save_figure(error_grid(val.paths, val.labels, probs, names, mode), Path("plots/errors") / f"{mode}.png")
+    save_figure(sample_grid(val.paths, val.labels, probs, names, mode, meta["arch"]),
+                Path("plots/samples") / f"{mode}.png")
     write_json(Path("metrics") / f"{mode}.json", metrics)
     log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 
