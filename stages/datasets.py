@@ -107,9 +107,9 @@ def train_transform(preprocess: dict, augment: dict) -> v2.Compose:
 class TensorImages(torch.utils.data.Dataset):
     """Decoded images + labels, transformed on access.
 
-    A key is an index, or (index, seed): then the augmentation draws from that seed alone, so the
-    view of an image depends on the run's seed, the epoch and the index, never on which loader worker
-    happens to make it, how many workers there are, or whether the run was resumed."""
+    A key is (index, seed), as stages.training.EpochSampler makes them: the augmentation draws from
+    that seed alone, so the view of an image depends on the run's seed, the epoch and the index, never
+    on which loader worker happens to make it, how many workers there are, or a resume."""
 
     def __init__(self, images: list[torch.Tensor], labels: list[int], transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -117,13 +117,11 @@ class TensorImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            i, seed = key
-            with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
-                torch.manual_seed(seed)
-                return self.transform(self.images[i]), self.labels[i]
-        return self.transform(self.images[key]), self.labels[key]
+    def __getitem__(self, key: tuple[int, int]):
+        i, seed = key
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
+            torch.manual_seed(seed)
+            return self.transform(self.images[i]), self.labels[i]
 
 
 def working_preprocess(preprocess: dict, image_size: int | None) -> dict:

@@ -93,11 +93,16 @@ def inference_batch(device: torch.device) -> int:
     return 16 if device.type == "cpu" else 128
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run: everything random in that epoch derives from it alone."""
+    return seed * 1_000_003 + epoch
+
+
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     """Seed the global RNG (dropout) and return a generator (shuffling cached features) for this epoch
     alone; the image loader draws its order and augmentations from (seed, epoch) itself (EpochSampler)."""
-    torch.manual_seed(seed * 1_000_003 + epoch)
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    torch.manual_seed(epoch_seed(seed, epoch))
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -115,9 +120,9 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.size
 
     def __iter__(self):
-        epoch_seed = self.seed * 1_000_003 + self.epoch
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
-        return iter([(i, (epoch_seed * 1_000_003 + i) % 2**63) for i in order])
+        this_epoch = epoch_seed(self.seed, self.epoch)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(this_epoch)).tolist()
+        return iter([(i, epoch_seed(this_epoch, i) % 2**63) for i in order])
 
 
 def worker_count(setting, device: torch.device) -> int:
