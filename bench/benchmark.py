@@ -129,7 +129,12 @@ def pipeline(mode: str, epochs: int) -> dict:
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "images": epochs * len(train.paths), "best_val_accuracy": result.best_accuracy,
             "epoch_seconds": [row["seconds"] for row in result.history],
-            "setup": f"{pre['image_size']} px, batch {settings['batch_size']}, {'bf16' if fit.amp else 'fp32'}"}
+            "setup": f"{size_text(settings['augment'].get('crop_size'), pre['image_size'])}, "
+                     f"batch {settings['batch_size']}, {'bf16' if fit.amp else 'fp32'}"}
+
+
+def size_text(crop: int | None, size: int) -> str:
+    return f"{crop} px crops, val {size}" if crop and crop != size else f"{size} px"
 
 
 def run_child(variant: str, mode: str, epochs: int) -> dict:

@@ -83,15 +83,22 @@ def eval_transform(preprocess: dict):
 
 
 def train_transform(preprocess: dict, augment: dict) -> v2.Compose:
-    """The seeds' augmentations, as chosen in params (train.augment), on decoded uint8 tensors."""
-    size = preprocess["image_size"]
+    """The seeds' augmentations, as chosen in params (train.augment), on decoded uint8 tensors.
+
+    Training crops come out at `crop_size` px where that is set, validation stays at the image size:
+    a random crop enlarges objects, so a network trained on smaller crops sees them at about the
+    size it will meet at the full validation size (Touvron et al., "Fixing the train-test resolution
+    discrepancy", 2019), and a step at 160 px costs half of one at 224."""
+    size = augment.get("crop_size") or preprocess["image_size"]
     steps: list = []
     if augment.get("rotation"):
         steps.append(v2.RandomRotation(augment["rotation"]))
     if augment.get("crop_scale"):
         steps.append(v2.RandomResizedCrop(size, scale=tuple(augment["crop_scale"]), antialias=True))
     else:
-        steps.append(v2.CenterCrop(size))
+        steps.append(v2.CenterCrop(preprocess["image_size"]))
+        if size != preprocess["image_size"]:
+            steps.append(v2.Resize(size, antialias=True))
     if augment.get("hflip"):
         steps.append(v2.RandomHorizontalFlip(augment["hflip"]))
     if augment.get("vflip"):

@@ -39,7 +39,7 @@ MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names files and the 
 
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
 MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale"}
-AUGMENT_KEYS = {"crop_scale", "hflip", "vflip", "rotation", "color_jitter", "grayscale"}
+AUGMENT_KEYS = {"crop_scale", "crop_size", "hflip", "vflip", "rotation", "color_jitter", "grayscale"}
 
 
 class _Checker:
@@ -151,6 +151,11 @@ def _check_train(c: _Checker, node: dict, key: str, partial: bool) -> None:
                                           all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale)
                                           and 0 < scale[0] <= scale[1] <= 1):
                 c.bad(f"{akey}.crop_scale", f"must be null or [low, high] with 0 < low <= high <= 1, got {scale!r}")
+        size = aug.get("crop_size")  # optional everywhere: null, the image size, when left out
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < MIN_IMAGE_SIZE):
+            c.bad(f"{akey}.crop_size", f"must be null or a whole number >= {MIN_IMAGE_SIZE}, got {size!r}")
+        elif size is not None:
+            c.image_sizes.append((f"{akey}.crop_size", size))
 
 
 def _check_mode(c: _Checker, name: str, row: Any, train: dict) -> None:

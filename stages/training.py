@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stages.backbones import TransferNet, frozen_split, set_trainable, train_mode
+from stages.backbones import TransferNet, fold_batchnorm, frozen_split, set_trainable, train_mode
 from stages.common import UserError, atomic_path, log
 from stages.datasets import TensorImages, eval_transform_tensor, train_transform
 
@@ -190,8 +190,8 @@ class Stepper:
 def memory_format(device: torch.device, train_batch_size: int = 0) -> torch.memory_format:
     """The layout of models and image batches: channels-last where it measured faster.
 
-    On a CPU always: an EfficientNet-Lite0 training step at 224 px takes 41 ms an image, against 66 ms
-    in the default layout (2-core machine). On a CUDA GPU only for training batches of 64 and more:
+    On a CPU always: an EfficientNet-Lite0 training step at 224 px took 47 ms an image, against 60 ms
+    in the default layout (2-core machine, bench/step_time.py). On a CUDA GPU only for training batches of 64 and more:
     cuDNN sets up its channels-last kernels in each new process (5-15 s before the first step on an
     H100, against 1 s), and a step of 16 images is slower in it (19 ms against 15 ms), one of 64
     faster (23 ms against 33 ms)."""
@@ -301,6 +301,8 @@ class Fit:
             self.model.load_state_dict(state["model"])
             log(f"resuming after epoch {done} (state in {self.state_file})")
         self.model.to(self.device).to(memory_format=self.fmt)
+        folded = fold_batchnorm(self.model, self.data.preprocess["image_size"])
+        log(f"{folded} BatchNorm layers fold into the convolution before them while on running statistics")
         first = 1
         for phase in self.s["phases"]:
             last = first + phase["epochs"] - 1

@@ -116,6 +116,7 @@ def make_project(path: Path, data_source: Path, modes: list[str] | None = None) 
                 row[key] = min(row[key], 1)
         for key in ("image_size", "batch_size", "cached_views"):  # the tiny sizes win over a row's own
             row.pop(key, None)
+        row.get("augment", {}).pop("crop_size", None)  # crops at the tiny image size too
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "pipeline")

@@ -37,9 +37,10 @@ def variant(**changes) -> dict:
 
 
 def without_mode_sizes(params: dict) -> dict:
-    """The params with no mode's own image_size: so that a backbone's size limits meet train's alone."""
+    """The params with no mode's own image or crop size: so that a backbone's size limits meet train's alone."""
     for row in params["modes"].values():
         row.pop("image_size", None)
+        row.get("augment", {}).pop("crop_size", None)
     return params
 
 
@@ -80,6 +81,11 @@ SINGLE = [
     ({"model__arch": "vit_b_16", "train__image_size": 256}, "train.image_size", "takes 224 px images only"),
     ({"train__image_size": 16}, "train.image_size", "must be null or a whole number >= 32"),
     ({"modes__partial__image_size": 24}, "modes.partial.image_size", "must be null or a whole number >= 32"),
+    ({"modes__finetune__augment__crop_size": 16}, "modes.finetune.augment.crop_size",
+     "must be null or a whole number >= 32, got 16"),
+    ({"train__augment__crop_size": "160px"}, "train.augment.crop_size", "must be null or a whole number >= 32"),
+    ({"model__arch": "vit_b_16", "train__image_size": 224, "train__augment__crop_size": 160}, "train.augment.crop_size",
+     "160 does not fit model.arch vit_b_16: it takes 224 px images only"),
     # non-positive learning rate, epochs, batch size: in `train` and in a mode's override
     ({"train__lr": 0}, "train.lr", "must be > 0, got 0"),
     ({"train__lr": -0.01}, "train.lr", "must be > 0, got -0.01"),

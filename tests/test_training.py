@@ -26,6 +26,7 @@ def settings_for(mode: str, **overrides) -> dict:
     params["train"].update(tiny)
     for key in tiny:  # the tiny settings win over a row's own (the real rows train for minutes)
         params["modes"][mode].pop(key, None)
+    params["modes"][mode].get("augment", {}).pop("crop_size", None)
     params["modes"][mode].update(overrides)
     params_module.check(params)
     return params_module.mode_settings(params, mode)
@@ -166,8 +167,9 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(tmp_path / "m.pt", model, meta)
     loaded, meta2 = load_checkpoint(tmp_path / "m.pt")
     x = eval_transform(pre)(make_image(0, 1, size=(300, 260))).unsqueeze(0)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():  # the same up to float rounding: the loaded model's BatchNorm folds into its convs
+        assert torch.allclose(loaded(x), model(x), rtol=1e-4, atol=1e-5)
     assert meta2["class_names"] == ["A", "B"] and meta2["preprocess"] == pre
 
 
@@ -243,3 +245,93 @@ def test_channels_last_where_it_measured_faster():
     assert memory_format(torch.device("cuda"), 16) == torch.contiguous_format
     assert memory_format(torch.device("cuda")) == torch.contiguous_format  # one-off passes (evaluate)
     assert memory_format(torch.device("cuda"), 64) == torch.channels_last
+
+
+def _with_trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Running statistics and affine weights away from their initial 0/1, as after training."""
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("arch, pairs", [("efficientnet_lite0", 49), ("resnet18", 20)])
+def test_folded_batchnorm_computes_the_same_outputs_and_gradients(arch, pairs):
+    """Folding is an exact rewrite: the same outputs in eval mode, the same gradients for every weight
+    (BatchNorm's too) with keep_bn_stats, untouched BatchNorm in train mode, the same state-dict keys."""
+    from stages.backbones import fold_batchnorm, train_mode
+
+    torch.manual_seed(0)
+    plain = _with_trained_statistics(build_model(arch, 3, pretrained=False)[0])
+    folded = copy.deepcopy(plain)
+    assert fold_batchnorm(folded, SIZE) == pairs
+    assert list(folded.state_dict()) == list(plain.state_dict())
+    x, y = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        assert torch.allclose(folded.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-5)
+    for keep_bn_stats in (True, False):
+        for net in (plain, folded):
+            train_mode(net, keep_bn_stats)
+            net.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+        for (name, p), q in zip(plain.named_parameters(), folded.parameters()):
+            assert torch.allclose(q.grad, p.grad, rtol=1e-3, atol=1e-5 * float(p.grad.abs().max())), name
+    # train mode normalised by the batch and moved the same running statistics
+    for (name, b), c in zip(plain.named_buffers(), folded.buffers()):
+        assert torch.allclose(c, b, atol=1e-5), name
+
+
+def test_folding_leaves_alone_what_it_cannot_rewrite_exactly():
+    """A conv whose raw output is used besides its BatchNorm keeps both as they were; a deep copy of a
+    folded model is folded on its own weights."""
+    from stages.backbones import fold_batchnorm
+
+    class Shortcut(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            c = self.conv(x)
+            return self.bn(c) + c
+
+    x = torch.randn(2, 3, 8, 8)
+    shortcut = _with_trained_statistics(Shortcut()).eval()
+    expected = shortcut(x)
+    assert fold_batchnorm(shortcut, 8) == 0
+    assert torch.equal(shortcut(x), expected)
+    assert "forward" not in shortcut.conv.__dict__ and "forward" not in shortcut.bn.__dict__
+
+    chain = _with_trained_statistics(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))).eval()
+
+    def by_hand(net):  # conv, then BatchNorm on running statistics, as written
+        conv, bn = net
+        return torch.nn.functional.batch_norm(torch.nn.functional.conv2d(x, conv.weight, conv.bias), bn.running_mean,
+                                              bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    assert fold_batchnorm(chain, 8) == 1
+    copied = copy.deepcopy(chain)
+    copied[1].weight.data.mul_(2)
+    with torch.no_grad():
+        assert torch.allclose(chain(x), by_hand(chain), atol=1e-5)
+        assert torch.allclose(copied(x), by_hand(copied), atol=1e-5)
+        assert not torch.allclose(copied(x), chain(x), atol=1e-3)
+
+
+def test_training_crops_at_crop_size_and_validation_at_the_image_size(tmp_path):
+    """augment.crop_size sets the size of the training crops alone: random and center crops come out
+    at it, the val images stay at the image size, and a mode trains on them end to end."""
+    from stages.datasets import train_transform
+
+    pre = working_preprocess(build_model("efficientnet_lite0", 2, pretrained=False)[1], 64)
+    image = resize_short_side(make_image(0, 1), pre["resize_size"], pre["interpolation"])
+    assert train_transform(pre, {"crop_scale": [0.25, 1.0], "crop_size": 32})(image).shape == (3, 32, 32)
+    assert train_transform(pre, {"crop_scale": None, "crop_size": 48})(image).shape == (3, 48, 48)
+    assert train_transform(pre, {"crop_scale": [0.25, 1.0], "crop_size": None})(image).shape == (3, 64, 64)
+    model, before, result = train("finetune", tmp_path, image_size=64, augment={"crop_size": 32})
+    assert result.best_accuracy >= 0 and len(result.history) == 2
+    assert changed(before, model.state_dict(), ["body.conv_stem.weight"]) == ["body.conv_stem.weight"]
