@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {"mode": mode, "arch": meta["arch"], **compute_metrics(probs, val.labels, names),
                "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
                "train_seconds": round(meta["train_seconds"], 2), "best_epoch": meta["best_epoch"],
-               "epochs": meta["epochs"], "val_images": len(val.labels)}
+               "epochs": meta["epochs"], "val_images": len(val.labels),
+               "train_peak_memory_mib": meta.get("peak_memory_mib")}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "actual", "predicted", "confidence"])

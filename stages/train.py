@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -59,6 +60,16 @@ def augmented_batch_grid(data: TrainData, settings: dict, class_names: list[str]
                       columns=4, title="A training batch as the loader augments it")
 
 
+def peak_memory_mib() -> float | None:
+    """This process's peak resident memory so far (max RSS) in MiB: decoding, model and training."""
+    try:
+        import resource
+    except ImportError:  # Windows: no getrusage
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
+
+
 @run_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one transfer mode (a row of params.yaml `modes`).")
@@ -95,12 +106,12 @@ def main(argv: list[str] | None = None) -> None:
             "class_names": class_names, "preprocess": preprocess, "best_epoch": result.best_epoch,
             "val_accuracy": result.best_accuracy, "epochs": len(result.history),
             "train_seconds": result.train_seconds, "trainable_params": trainable, "total_params": total,
-            "history": result.history, "settings": settings}
+            "history": result.history, "settings": settings, "peak_memory_mib": peak_memory_mib()}
     write_logs(mode, result.history, augmented_batch_grid(data, settings, class_names))
     save_checkpoint(Path("models") / f"{mode}.pt", model.cpu(), meta, last_state_dict=last_state)
     shutil.rmtree(RESUME_DIR / mode, ignore_errors=True)
     log(f"train@{mode}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}, "
-        f"{result.train_seconds:.1f} s")
+        f"{result.train_seconds:.1f} s, peak memory {meta['peak_memory_mib']} MiB")
 
 
 if __name__ == "__main__":

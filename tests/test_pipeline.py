@@ -246,6 +246,7 @@ def test_exp_run_switching_mode_trains_nothing(full):
     assert headline["mode"] == "frozen"
     assert headline["accuracy"] == frozen["accuracy"]
     assert headline["macro_f1"] == frozen["macro_f1"]
+    assert 50 < frozen["train_peak_memory_mib"] < 3 * 1024  # the train stage's own max RSS, recorded
     assert project.params["mode"] == "frozen"  # the experiment is applied to the workspace
     assert_up_to_date(project)
 

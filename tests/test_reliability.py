@@ -27,7 +27,8 @@ from tests.imagegen import make_image, write_class_folders
 
 MODE = "finetune"
 EPOCHS = 3
-TIMING = {"train_seconds", "epoch_seconds", "seconds", "timestamp"}  # wall-clock fields: never compared
+# wall-clock and memory fields: never compared
+TIMING = {"train_seconds", "epoch_seconds", "seconds", "timestamp", "peak_memory_mib", "train_peak_memory_mib"}
 INTERRUPTED = "train: interrupted; finished work is kept, the next run resumes"
 EPOCH_LINE = re.compile(r"^epoch +(\d+) ", re.MULTILINE)
 
