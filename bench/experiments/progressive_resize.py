@@ -6,7 +6,9 @@ Trains the finetune row with its training crop growing from START px in the firs
 224 px in the last (rounded to multiples of 32); validation stays at 224 px. On the 2-core AMD EPYC
 (2026-11-23, seeds 0 and 1, before augmentation was seeded per image): best val accuracy 0.941 and
 0.948, against 0.961 and 0.948 at 224 px throughout; each epoch cost about 0.64 of a full one. It
-lost accuracy on seed 0, so finetune keeps 224 px."""
+lost accuracy on seed 0 and was not kept. finetune now trains on fixed 160 px crops instead
+(augment.crop_size), which held its accuracy over seeds 0-2; this script's growing crop replaces
+that setting."""
 import os
 import sys
 import tempfile
@@ -33,7 +35,7 @@ def size_at(epoch: int, epochs: int, full: int) -> int:
 class ProgressiveFit(Fit):
     def train_on_images(self, stepper, loader, epoch):
         size = size_at(epoch, self.s["epochs"], self.data.preprocess["image_size"])
-        loader.dataset.transform = train_transform({**self.data.preprocess, "image_size": size}, self.s["augment"])
+        loader.dataset.transform = train_transform(self.data.preprocess, {**self.s["augment"], "crop_size": size})
         return super().train_on_images(stepper, loader, epoch)
 
 
