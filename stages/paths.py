@@ -1,0 +1,77 @@
+"""Every file and folder the stages read and write, relative to the project root: named here once.
+
+dvc.yaml spells the same paths (DVC needs them literally); tests/test_dvc_yaml.py checks that the two
+agree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+# download -> split
+RAW_DIR = Path("data/raw")
+SPLIT_DIR = Path("data/split")
+TRAIN_CSV = SPLIT_DIR / "train.csv"
+VAL_CSV = SPLIT_DIR / "val.csv"
+CLASSES_JSON = SPLIT_DIR / "classes.json"
+DATA_METRICS = Path("metrics/data.json")
+
+# train@<mode> and evaluate@<mode>
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+DVCLIVE_DIR = Path("dvclive")
+RESUME_DIR = Path(".resume")  # scratch space of a running train stage (in .dvcignore)
+
+# compare
+COMPARE_PLOTS_DIR = Path("plots/compare")
+SUMMARY_JSON = Path("results/summary.json")
+SUMMARY_MD = Path("results/summary.md")
+
+# export
+EXPORTED_MODEL = MODELS_DIR / "model.pt"
+HEADLINE_JSON = Path("results/headline.json")
+EXPORT_PLOTS_DIR = Path("plots/model")
+EXPORTED_SAMPLES = EXPORT_PLOTS_DIR / "val_predictions.png"
+
+
+def split_csv(name: str) -> Path:
+    """data/split/<name>.csv: train or val."""
+    return SPLIT_DIR / f"{name}.csv"
+
+
+def model_file(mode: str) -> Path:
+    return MODELS_DIR / f"{mode}.pt"
+
+
+def mode_metrics(mode: str) -> Path:
+    return METRICS_DIR / f"{mode}.json"
+
+
+def live_dir(mode: str) -> Path:
+    """dvclive/<mode>/: the per-epoch logs of train@<mode>."""
+    return DVCLIVE_DIR / mode
+
+
+def live_tsv(mode: str, metric: str) -> Path:
+    """A per-epoch series DVCLive writes, e.g. live_tsv("frozen", "val/acc")."""
+    return live_dir(mode) / "plots" / "metrics" / f"{metric}.tsv"
+
+
+def resume_dir(mode: str) -> Path:
+    return RESUME_DIR / mode
+
+
+def resume_state(mode: str) -> Path:
+    return resume_dir(mode) / "state.pt"
+
+
+def predictions_csv(mode: str) -> Path:
+    return Path("plots/predictions") / f"{mode}.csv"
+
+
+def errors_png(mode: str) -> Path:
+    return Path("plots/errors") / f"{mode}.png"
+
+
+def samples_png(mode: str) -> Path:
+    return Path("plots/samples") / f"{mode}.png"
