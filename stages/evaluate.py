@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from stages.backbones import load_checkpoint
+from stages.checkpoints import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
-from stages.datasets import RAW_DIR, decode_all, read_split
+from stages.datasets import RAW_DIR, crop_stack, decode_all, normalized_batches, read_split
+from stages.devices import inference_batch, memory_format, pick_device, to_device
 from stages.images import open_rgb
-from stages.training import crop_stack, inference_batch, memory_format, normalized_batches, pick_device, to_device
 
 MAX_ERRORS_SHOWN = 16
 SAMPLES_SHOWN = 16

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.model}: no such model; run `dvc repro` (or `dvc pull`) to produce it, "
                         "or pass --model")
     # Imported late: --help and mistakes in the paths answer at once, without loading torch.
-    from stages.backbones import load_checkpoint
+    from stages.checkpoints import load_checkpoint
 
     model, meta = load_checkpoint(args.model, device="cpu")
     top_k = min(args.top_k, len(meta["class_names"]))

@@ -6,32 +6,43 @@ import hashlib
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import torch
 
 from stages import params as params_module
-from stages.backbones import build_model, count_params, save_checkpoint
+from stages.backbones import TransferNet, build_model, check_arch, count_params
+from stages.checkpoints import save_checkpoint
 from stages.common import UserError, atomic_path, log, run_main
-from stages.datasets import SPLIT_DIR, decode_all, read_classes, read_split, train_transform, working_preprocess
-from stages.training import Fit, TrainData, pick_device
+from stages.datasets import TrainData, decode_splits, read_classes, train_transform, working_preprocess
+from stages.devices import pick_device
+from stages.imports import code_digest
+from stages.paths import CLASSES_JSON, TRAIN_CSV, VAL_CSV, live_dir, model_file, resume_dir, resume_state
+from stages.training import FitResult, ResumeState, fit
 
-RESUME_DIR = Path(".resume")
+PARAMS = ("model", "train", "modes.{mode}")  # as dvc.yaml's train stage declares them
 
 
 def fingerprint(settings: dict) -> str:
-    """What a resumable state must match: the mode's settings and the exact split."""
+    """What a resumable state must match: the mode's settings, the exact split and the training code."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for name in ("train.csv", "val.csv", "classes.json"):
-        digest.update((SPLIT_DIR / name).read_bytes())
+    for path in (TRAIN_CSV, VAL_CSV, CLASSES_JSON):
+        digest.update(path.read_bytes())
+    digest.update(code_digest("stages.train").encode())
     return digest.hexdigest()
+
+
+def new_model(settings: dict, num_classes: int) -> tuple[TransferNet, dict]:
+    """The mode's network, seeded, and its preprocessing at the mode's working size."""
+    torch.manual_seed(settings["seed"])
+    model, preprocess = build_model(settings["arch"], num_classes, settings["pretrained"])
+    return model, working_preprocess(preprocess, settings["image_size"])
 
 
 def write_logs(mode: str, history: list[dict], batch_grid) -> None:
     """dvclive/<mode>/: per-epoch metrics as DVC plots and a summary, written whole at the end."""
     from dvclive import Live
 
-    with atomic_path(Path("dvclive") / mode) as tmp:
+    with atomic_path(live_dir(mode)) as tmp:
         live = Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None)
         for row in history:
             live.step = row["epoch"]
@@ -70,46 +81,42 @@ def peak_memory_mib() -> float | None:
     return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
 
 
+def checkpoint_meta(mode: str, settings: dict, classes: list[dict], preprocess: dict, result: FitResult,
+                    total_params: int) -> dict:
+    """What models/<mode>.pt holds besides the weights: plain data only."""
+    return {"arch": settings["arch"], "mode": mode, "classes": [c["folder"] for c in classes],
+            "class_names": [c["name"] for c in classes], "preprocess": preprocess, "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_accuracy, "epochs": len(result.history),
+            "train_seconds": result.train_seconds, "trainable_params": result.trainable_params,
+            "total_params": total_params, "history": result.history, "settings": settings,
+            "peak_memory_mib": peak_memory_mib()}
+
+
 @run_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one transfer mode (a row of params.yaml `modes`).")
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
-    params = params_module.load()
+    params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
     settings = params_module.mode_settings(params, mode)
     device = pick_device(settings["device"])
-    torch.manual_seed(settings["seed"])
-
     classes = read_classes()
-    train_split, val_split = read_split("train"), read_split("val")
-    model, preprocess = build_model(settings["arch"], len(classes), settings["pretrained"])
-    preprocess = working_preprocess(preprocess, settings["image_size"])
+    model, preprocess = new_model(settings, len(classes))
+    data = decode_splits(preprocess)
     log(f"train@{mode}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) on "
-        f"{device}, {len(train_split.paths)} train / {len(val_split.paths)} val images "
+        f"{device}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
         f"at {preprocess['image_size']} px")
-    data = TrainData(decode_all(train_split.paths, preprocess), train_split.labels,
-                     decode_all(val_split.paths, preprocess), val_split.labels, preprocess)
-
-    state_file = RESUME_DIR / mode / "state.pt"
     try:
-        result = Fit(model, data, settings, device, state_file, fingerprint(settings)).run()
+        result = fit(model, data, settings, device, ResumeState(resume_state(mode), fingerprint(settings)))
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"out of GPU memory at train.batch_size {settings['batch_size']}; try a smaller one, "
                         f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, settings['batch_size'] // 2)}"
                         ) from None
-
-    trainable, total = result.trainable_params, count_params(model)[1]
-    last_state = {k: v.cpu() for k, v in model.state_dict().items()}
     model.load_state_dict(result.best_state)
-    class_names = [c["name"] for c in classes]
-    meta = {"arch": settings["arch"], "mode": mode, "classes": [c["folder"] for c in classes],
-            "class_names": class_names, "preprocess": preprocess, "best_epoch": result.best_epoch,
-            "val_accuracy": result.best_accuracy, "epochs": len(result.history),
-            "train_seconds": result.train_seconds, "trainable_params": trainable, "total_params": total,
-            "history": result.history, "settings": settings, "peak_memory_mib": peak_memory_mib()}
-    write_logs(mode, result.history, augmented_batch_grid(data, settings, class_names))
-    save_checkpoint(Path("models") / f"{mode}.pt", model.cpu(), meta, last_state_dict=last_state)
-    shutil.rmtree(RESUME_DIR / mode, ignore_errors=True)
+    meta = checkpoint_meta(mode, settings, classes, preprocess, result, count_params(model)[1])
+    write_logs(mode, result.history, augmented_batch_grid(data, settings, meta["class_names"]))
+    save_checkpoint(model_file(mode), model.cpu(), meta)
+    shutil.rmtree(resume_dir(mode), ignore_errors=True)
     log(f"train@{mode}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}, "
         f"{result.train_seconds:.1f} s, peak memory {meta['peak_memory_mib']} MiB")
 

@@ -1,0 +1,211 @@
+"""The checks of params.yaml's values: each problem is one line naming the key, all collected at once."""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "step", "onecycle", "none")
+LAYOUTS = ("auto", "imagefolder", "prefix", "random")
+TRAINABLE = ("head", "top", "all")
+MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
+MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
+# A mode names the DVC stages train@<mode> and evaluate@<mode> and the files models/<mode>.pt and
+# metrics/<mode>.json: no dots (DVC stage names), and not the names of the pipeline's own files.
+MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model, metrics/data.json split's
+
+TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+              "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
+              "cached_views", "workers", "keep_bn_stats"}
+# What one phase of a mode sets: what trains, and any `train` key that may change between phases.
+PHASE_KEYS = (TRAIN_KEYS - {"seed", "device", "image_size"}) | {"trainable", "top_blocks", "backbone_lr_scale"}
+# Settings only a mode row may hold; every key of `train` may appear in a row as an override.
+MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale", "phases"}
+# The shorthand of a two-phase mode, which a row with `phases:` gives inside its phases instead.
+PHASE_SHORTHAND = ("trainable", "top_blocks", "head_epochs", "head_lr", "epochs")
+AUGMENT_KEYS = {"crop_scale", "crop_size", "hflip", "vflip", "rotation", "color_jitter", "grayscale"}
+DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "split_seed", "class_names"}
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.image_sizes: list[tuple[str, int]] = []  # (key, size): checked against the backbone
+
+    def bad(self, key: str, why: str) -> None:
+        self.problems.append(f"params.yaml: {key}: {why}")
+
+    def section(self, node: Any, key: str, allowed: set[str]) -> dict:
+        if not isinstance(node, dict):
+            self.bad(key, f"must be a mapping, got {node!r}")
+            return {}
+        for name in sorted(set(node) - allowed, key=str):
+            close = difflib.get_close_matches(str(name), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            self.bad(f"{key}.{name}" if key else str(name),
+                     f"unknown setting ({hint}known: {', '.join(sorted(allowed))})")
+        return node
+
+    def number(self, node: dict, key: str, name: str, *, kind=float, low=None, high=None,
+               low_open=False, high_open=False, optional=False) -> None:
+        if name not in node or (node[name] is None and optional):
+            if not optional:
+                self.bad(f"{key}.{name}", "missing")
+            return
+        value = node[name]
+        if not _is_number(value, kind):
+            self.bad(f"{key}.{name}", f"must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+        elif not math.isfinite(value):
+            self.bad(f"{key}.{name}", f"must be a finite number, got {value!r}")
+        elif low is not None and (value <= low if low_open else value < low):
+            self.bad(f"{key}.{name}", f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+        elif high is not None and (value >= high if high_open else value > high):
+            self.bad(f"{key}.{name}", f"must be {'<' if high_open else '<='} {high}, got {value!r}")
+
+    def choice(self, node: dict, key: str, name: str, choices, optional=False) -> None:
+        if name not in node:
+            if not optional:
+                self.bad(f"{key}.{name}", "missing")
+            return
+        if node[name] not in choices:
+            self.bad(f"{key}.{name}", f"unknown value {node[name]!r} (known: {', '.join(map(str, choices))})")
+
+    def boolean(self, node: dict, key: str, name: str, optional=False) -> None:
+        if name not in node:
+            if not optional:
+                self.bad(f"{key}.{name}", "missing")
+        elif not isinstance(node[name], bool):
+            self.bad(f"{key}.{name}", f"must be true or false, got {node[name]!r}")
+
+    def image_size(self, node: dict, key: str, name: str) -> None:
+        size = node.get(name)
+        if size is not None and (not _is_number(size, int) or size < MIN_IMAGE_SIZE):
+            self.bad(f"{key}.{name}", f"must be null or a whole number >= {MIN_IMAGE_SIZE} "
+                                      f"(the backbones downsample 32x), got {size!r}")
+        elif size is not None:
+            self.image_sizes.append((f"{key}.{name}", size))
+
+
+def _is_number(value, kind) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def check_data(c: Checker, data: Any) -> None:
+    data = c.section(data, "data", DATA_KEYS)
+    if not isinstance(data.get("url"), str) or not data.get("url"):
+        c.bad("data.url", f"must be a URL, an archive path or a folder path, got {data.get('url')!r}")
+    sha = data.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and
+                                all(ch in "0123456789abcdefABCDEF" for ch in sha)):
+        c.bad("data.sha256", f"must be null or 64 hex digits, got {sha!r}")
+    c.number(data, "data", "max_unpacked_mb", low=0, low_open=True)
+    c.choice(data, "data", "layout", LAYOUTS)
+    c.number(data, "data", "val_every", kind=int, low=2)
+    c.number(data, "data", "val_fraction", low=0, high=1, low_open=True, high_open=True)
+    c.number(data, "data", "split_seed", kind=int)
+    if data.get("class_names") is not None and not isinstance(data["class_names"], str):
+        c.bad("data.class_names", f"must be null or the path of a JSON file, got {data['class_names']!r}")
+
+
+def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
+    """Check a full `train` section, or (partial=True) the overrides a mode row or phase holds."""
+    opt = partial
+    c.number(node, key, "seed", kind=int, low=0, high=MAX_SEED, optional=opt)
+    if "device" in node or not partial:
+        _check_device(c, node.get("device"), f"{key}.device")
+    for name in ("epochs", "batch_size", "cached_views"):
+        c.number(node, key, name, kind=int, low=1, optional=opt)
+    c.choice(node, key, "optimizer", OPTIMIZERS, optional=opt)
+    c.number(node, key, "lr", low=0, low_open=True, optional=opt)
+    c.number(node, key, "momentum", low=0, high=1, high_open=True, optional=opt)
+    c.number(node, key, "weight_decay", low=0, optional=opt)
+    c.choice(node, key, "scheduler", SCHEDULERS, optional=opt)
+    c.number(node, key, "warmup_epochs", low=0, optional=opt)
+    c.number(node, key, "step_size", kind=int, low=1, optional=opt)
+    c.number(node, key, "gamma", low=0, low_open=True, high=1, optional=opt)
+    c.number(node, key, "label_smoothing", low=0, high=1, high_open=True, optional=opt)
+    if "image_size" in node or not partial:
+        c.image_size(node, key, "image_size")
+    c.boolean(node, key, "keep_bn_stats", optional=opt)
+    if "workers" in node or not partial:
+        workers = node.get("workers")
+        if workers != "auto" and not (_is_number(workers, int) and workers >= 0):
+            c.bad(f"{key}.workers", f"must be auto or a whole number >= 0, got {workers!r}")
+    if "augment" in node or not partial:
+        _check_augment(c, node.get("augment"), f"{key}.augment", partial)
+
+
+def _check_device(c: Checker, device: Any, key: str) -> None:
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "mps", "cuda") or
+                                           (device.startswith("cuda:") and device[5:].isdigit())):
+        c.bad(key, f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def _check_augment(c: Checker, node: Any, key: str, partial: bool) -> None:
+    aug = c.section(node, key, AUGMENT_KEYS)
+    for name in ("hflip", "vflip", "grayscale"):
+        c.number(aug, key, name, low=0, high=1, optional=partial)
+    c.number(aug, key, "rotation", low=0, high=180, optional=partial)
+    c.number(aug, key, "color_jitter", low=0, high=1, optional=partial)
+    if "crop_scale" in aug or not partial:
+        scale = aug.get("crop_scale")
+        if scale is not None and not (isinstance(scale, list) and len(scale) == 2 and
+                                      all(_is_number(s, float) for s in scale) and 0 < scale[0] <= scale[1] <= 1):
+            c.bad(f"{key}.crop_scale", f"must be null or [low, high] with 0 < low <= high <= 1, got {scale!r}")
+    c.image_size(aug, key, "crop_size")  # optional everywhere: null, the image size, when left out
+
+
+def check_mode(c: Checker, name: Any, row: Any, train: dict) -> None:
+    key = f"modes.{name}"
+    if not isinstance(name, str) or not MODE_NAME.fullmatch(name) or name in RESERVED_MODE_NAMES:
+        c.bad(key, "a mode name must be letters, digits, _ or -, and not model or data (it names the stages "
+                   "train@<mode> and evaluate@<mode> and their files)")
+    row = c.section(row, key, MODE_KEYS | TRAIN_KEYS)
+    c.boolean(row, key, "pretrained")
+    c.number(row, key, "backbone_lr_scale", low=0, low_open=True, optional=True)
+    if row.get("keep_bn_stats", train.get("keep_bn_stats")) is True and row.get("pretrained") is False:
+        c.bad(f"{key}.keep_bn_stats", "a randomly initialised network has no BatchNorm statistics worth keeping; "
+                                      "use pretrained: true or keep_bn_stats: false")
+    if "phases" in row:
+        _check_phases(c, key, row)
+    else:
+        _check_trainable(c, key, row, row.get("pretrained"))
+        c.number(row, key, "head_epochs", kind=int, low=0, optional=True)
+        c.number(row, key, "head_lr", low=0, low_open=True, optional=True)
+        if row.get("head_epochs") and row.get("pretrained") is False:
+            c.bad(f"{key}.head_epochs", "a head-only phase needs a pretrained backbone (pretrained: true)")
+    check_train(c, {k: v for k, v in row.items() if k in TRAIN_KEYS}, key, partial=True)
+
+
+def _check_trainable(c: Checker, key: str, node: dict, pretrained) -> None:
+    c.choice(node, key, "trainable", TRAINABLE)
+    if node.get("trainable") == "top":
+        c.number(node, key, "top_blocks", kind=int, low=1)
+    elif "top_blocks" in node:
+        c.bad(f"{key}.top_blocks", "only means something with trainable: top")
+    if node.get("trainable") in ("head", "top") and pretrained is False:
+        c.bad(f"{key}.trainable", "freezing a randomly initialised backbone trains nothing useful; "
+                                  "use pretrained: true or trainable: all")
+
+
+def _check_phases(c: Checker, key: str, row: dict) -> None:
+    phases = row["phases"]
+    if not isinstance(phases, list) or not phases:
+        c.bad(f"{key}.phases", f"must be a list of phases (each with trainable and epochs), got {phases!r}")
+        return
+    for name in PHASE_SHORTHAND:
+        if name in row:
+            c.bad(f"{key}.{name}", "set it in each of the row's phases instead (a row with phases: gives what "
+                                   "trains and for how long phase by phase)")
+    for i, phase in enumerate(phases):
+        pkey = f"{key}.phases[{i}]"
+        phase = c.section(phase, pkey, PHASE_KEYS)
+        _check_trainable(c, pkey, phase, row.get("pretrained"))
+        c.number(phase, pkey, "epochs", kind=int, low=1)
+        c.number(phase, pkey, "backbone_lr_scale", low=0, low_open=True, optional=True)
+        check_train(c, {k: v for k, v in phase.items() if k in TRAIN_KEYS}, pkey, partial=True)

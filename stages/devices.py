@@ -1,0 +1,85 @@
+"""Where training and inference run: the device, its number format and memory layout, batch sizes
+without gradients, loader workers, and the CPU allocator's behaviour."""
+from __future__ import annotations
+
+import torch
+
+from stages.common import UserError
+
+CPU_THREADS = torch.get_num_threads()
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory instead of handing it back to the OS after every batch.
+
+    Activations of a CNN are large, short-lived blocks; by default glibc unmaps each on free and the
+    next batch faults the pages in again, which on a virtual machine costs more time in the kernel
+    than the convolutions take. Blocks above the largest mmap threshold (32 MiB: one activation of a
+    batch of 16 at 224 px) would still be mapped and unmapped each time, so mmap is switched off."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # the largest value glibc accepts ...
+    libc.mallopt(M_MMAP_MAX, 0)  # ... and above it no mmap at all
+    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+    libc.mallopt(M_TOP_PAD, 256 * 2**20)
+
+
+keep_freed_memory()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {name} asked for, but no CUDA GPU is available (use auto or cpu)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"train.device: {name} asked for, but this machine has {torch.cuda.device_count()} "
+                        f"CUDA GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device: mps asked for, but Apple MPS is not available (use auto or cpu)")
+    return torch.device(name)
+
+
+def uses_bf16(device: torch.device) -> bool:
+    """bf16 autocast where the GPU computes in bf16 (Ampere and later); fp32 elsewhere, CPUs included."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def inference_batch(device: torch.device) -> int:
+    """Images per forward pass without gradients (frozen features, validation).
+
+    On a CPU, small batches stay in cache and in already-mapped memory: EfficientNet-Lite0 at 224 px
+    takes 13 ms an image in batches of 16 and 17 ms in batches of 64 (2-core machine)."""
+    return 16 if device.type == "cpu" else 128
+
+
+def memory_format(device: torch.device, train_batch_size: int = 0) -> torch.memory_format:
+    """The layout of models and image batches: channels-last where it measured faster.
+
+    On a CPU always (bench/step_time.py). On a CUDA GPU only for training batches of 64 and more:
+    cuDNN sets up its channels-last kernels in each new process, and a step of 16 images is slower in
+    it (README, GPU)."""
+    if device.type == "cuda" and train_batch_size < 64:
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def to_device(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
+
+
+def worker_count(setting, device: torch.device) -> int:
+    if setting != "auto":
+        return setting
+    # On a small CPU the model needs every core and in-memory crops are cheap: load in-process.
+    return min(8, CPU_THREADS) if device.type == "cuda" else (0 if CPU_THREADS <= 4 else 2)

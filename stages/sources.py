@@ -1,0 +1,185 @@
+"""Where a phase's batches come from.
+
+The training loop asks a source for one epoch of training batches and for the val batches, and
+trains and validates `source.module` on them; which part of the network that is, and what its input
+looks like, is the source's business. Every batch arrives on the device, in its memory layout.
+
+- `CachedFeatures`: the frozen prefix of a pretrained model (the body under a head, or the lower
+  blocks under `partial`'s top) runs once over `views` augmented views of every training image and
+  over the val images; the rest of the network trains on those outputs, not on images.
+- `AugmentedImages`: the whole network trains on augmented image batches from a loader.
+
+A new input (a store on disk, a shard of the data per process) is another class with these members."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from stages.backbones import TransferNet, frozen_split
+from stages.datasets import TensorImages, TrainData, crop_stack, is_random, normalized_batches, train_transform
+from stages.devices import inference_batch, to_device, worker_count
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run: everything random in that epoch derives from it alone."""
+    return seed * 1_000_003 + epoch
+
+
+class Source(Protocol):
+    module: nn.Module  # what trains on the batches, and is validated
+    steps_per_epoch: int
+    setup_seconds: float  # one-time work before the first epoch (computing cached features)
+    description: str  # for the log: what the module trains on
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]: ...
+
+    def val_batches(self) -> Iterator[Batch]: ...
+
+
+def drops_last(size: int, batch_size: int) -> bool:
+    return size % batch_size == 1  # BatchNorm cannot train on a batch of one
+
+
+def steps(size: int, batch_size: int) -> int:
+    return size // batch_size if drops_last(size, batch_size) else math.ceil(size / batch_size)
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """What every source of a phase needs: the data, the phase's settings, and where it computes."""
+    data: TrainData
+    phase: dict
+    device: torch.device
+    fmt: torch.memory_format  # the layout of image batches
+    amp: bool  # bf16 autocast
+
+
+def make_source(model: TransferNet, run: PhaseRun, first_epoch: int) -> Source:
+    """Cached features where the frozen part of the phase is a prefix of a pretrained model, images otherwise."""
+    split = frozen_split(model, run.phase["trainable"], run.phase["top_blocks"])
+    if split is not None:
+        return CachedFeatures(*split, run, first_epoch)
+    return AugmentedImages(model, run)
+
+
+class CachedFeatures:
+    def __init__(self, encoder: nn.Module, rest: nn.Module, run: PhaseRun, first_epoch: int):
+        started = time.perf_counter()
+        self.module, self.run, self.first_epoch = rest, run, first_epoch
+        phase = run.phase
+        views = phase["cached_views"] if is_random(phase["augment"]) else 1  # without randomness, one view is all
+        self.train_feats, self.val_feats = cached_features(encoder, run, views)
+        self.train_labels = torch.tensor(run.data.train_labels).to(run.device)
+        self.val_labels = torch.tensor(run.data.val_labels).to(run.device)
+        self.batch_size = phase["batch_size"]
+        self.steps_per_epoch = steps(len(self.train_labels), self.batch_size)
+        self.setup_seconds = time.perf_counter() - started
+        self.description = (f"on cached features: {len(self.train_labels)} train images x {views} views and "
+                            f"{len(self.val_labels)} val images through the frozen part once "
+                            f"({self.setup_seconds:.1f} s)")
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's view of every image (views taken in turn), shuffled by (seed, epoch)."""
+        feats = self.train_feats[(epoch - self.first_epoch) % len(self.train_feats)]
+        generator = torch.Generator().manual_seed(epoch_seed(self.run.phase["seed"], epoch))
+        order = torch.randperm(len(feats), generator=generator)
+        if drops_last(len(order), self.batch_size):
+            order = order[:len(order) - 1]
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield feats[idx], self.train_labels[idx]
+
+    def val_batches(self) -> Iterator[Batch]:
+        size = inference_batch(self.run.device)
+        for i in range(0, len(self.val_feats), size):
+            yield self.val_feats[i:i + size], self.val_labels[i:i + size]
+
+
+@torch.inference_mode()
+def cached_features(encoder: nn.Module, run: PhaseRun, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-encoder outputs for `views` augmented views of every training image ([views, N, ...])
+    and for every val image: the frozen part's work done once, not once per epoch."""
+    encoder.eval()
+    data, device = run.data, run.device
+    batch = inference_batch(device)
+    transform = train_transform(data.preprocess, run.phase["augment"])
+    torch.manual_seed(run.phase["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
+
+    def encode(xs):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
+            return encoder(to_device(xs, device, run.fmt)).float()
+
+    train = []
+    for _ in range(views):
+        feats = [encode(torch.stack([transform(img) for img in data.train_images[i:i + batch]]))
+                 for i in range(0, len(data.train_images), batch)]
+        train.append(torch.cat(feats))
+    val_stack = crop_stack(data.val_images, data.preprocess)
+    val_labels = torch.tensor(data.val_labels)
+    val = torch.cat([encode(x) for x, _ in normalized_batches(val_stack, val_labels, data.preprocess, batch)])
+    return torch.stack(train), val
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The keys of one epoch for TensorImages: a shuffled order and a seed per image, both drawn from
+    (run seed, epoch) alone. Call set_epoch before each pass; one loader, its worker processes kept
+    alive, then serves every epoch of a phase, and any epoch is the same in a resumed run."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        this_epoch = epoch_seed(self.seed, self.epoch)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(this_epoch)).tolist()
+        return iter([(i, epoch_seed(this_epoch, i) % 2**63) for i in order])
+
+
+class AugmentedImages:
+    def __init__(self, model: TransferNet, run: PhaseRun):
+        self.module, self.run = model, run
+        data, phase = run.data, run.phase
+        # Cropped once; on a GPU the stack stays there, so validation moves no images per epoch.
+        self.val_stack = crop_stack(data.val_images, data.preprocess).to(run.device)
+        self.val_labels = torch.tensor(data.val_labels)
+        self.loader = image_loader(data, phase, run.device)
+        self.steps_per_epoch = steps(len(data.train_labels), phase["batch_size"])
+        self.setup_seconds = 0.0
+        self.description = f"on {len(data.train_labels)} augmented train images"
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        self.loader.sampler.set_epoch(epoch)
+        for x, y in self.loader:
+            yield to_device(x, self.run.device, self.run.fmt), y.to(self.run.device, non_blocking=True)
+
+    def val_batches(self) -> Iterator[Batch]:
+        run = self.run
+        for x, y in normalized_batches(self.val_stack, self.val_labels, run.data.preprocess,
+                                       inference_batch(run.device)):
+            yield to_device(x, run.device, run.fmt), y.to(run.device)
+
+
+def image_loader(data: TrainData, phase: dict, device: torch.device) -> torch.utils.data.DataLoader:
+    """One loader for every epoch of a phase: its workers start once, not once per epoch."""
+    dataset = TensorImages(data.train_images, data.train_labels, train_transform(data.preprocess, phase["augment"]))
+    workers = worker_count(phase["workers"], device)
+    # The loader's own generator: drawing its worker seeds must not move the global random
+    # stream (dropout), or a resumed run would differ from an uninterrupted one.
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=phase["batch_size"], sampler=EpochSampler(len(dataset), phase["seed"]),
+        drop_last=drops_last(len(dataset), phase["batch_size"]), num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(phase["seed"]))
