@@ -80,11 +80,10 @@ class Checker:
         elif not isinstance(node[name], bool):
             self.bad(f"{key}.{name}", f"must be true or false, got {node[name]!r}")
 
-    def image_size(self, node: dict, key: str, name: str) -> None:
+    def image_size(self, node: dict, key: str, name: str, why: str = "") -> None:
         size = node.get(name)
         if size is not None and (not _is_number(size, int) or size < MIN_IMAGE_SIZE):
-            self.bad(f"{key}.{name}", f"must be null or a whole number >= {MIN_IMAGE_SIZE} "
-                                      f"(the backbones downsample 32x), got {size!r}")
+            self.bad(f"{key}.{name}", f"must be null or a whole number >= {MIN_IMAGE_SIZE}{why}, got {size!r}")
         elif size is not None:
             self.image_sizes.append((f"{key}.{name}", size))
 
@@ -130,7 +129,7 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "gamma", low=0, low_open=True, high=1, optional=opt)
     c.number(node, key, "label_smoothing", low=0, high=1, high_open=True, optional=opt)
     if "image_size" in node or not partial:
-        c.image_size(node, key, "image_size")
+        c.image_size(node, key, "image_size", " (the backbones downsample 32x)")
     c.boolean(node, key, "keep_bn_stats", optional=opt)
     if "workers" in node or not partial:
         workers = node.get("workers")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from stages import params as params_module
+from stages.backbones import check_arch
 from stages.common import UserError
 from tests.conftest import ROOT
 
@@ -44,10 +45,15 @@ def without_mode_sizes(params: dict) -> dict:
     return params
 
 
+def check_all(params) -> dict:
+    """params.check with the backbone checks, as the stages that build a model run it."""
+    return params_module.check(params, check_arch)
+
+
 def problems(params) -> list[str]:
     """The problem lines check() reports (asserting it reports them in the promised shape)."""
     with pytest.raises(UserError) as err:
-        params_module.check(params)
+        check_all(params)
     lines = str(err.value).splitlines()
     if len(lines) > 1:
         assert lines[0] == f"{len(lines) - 1} problems in params.yaml:"
@@ -161,12 +167,69 @@ def test_typo_in_a_required_key_is_caught_not_defaulted():
     assert len(lines) == 2
 
 
-def test_mode_name_must_name_files_and_stages():
-    """A mode name that could not be a file name / DVC stage key (spaces, slashes) is refused."""
+@pytest.mark.parametrize("name", ["fine tune", "frozen.v2", "a/b", "model", "data"])
+def test_mode_name_must_name_files_and_stages(name):
+    """A mode name that could not be a file name or DVC stage key (spaces, slashes, dots), or that is the
+    name of one of the pipeline's own files (models/model.pt, metrics/data.json), is refused."""
     params = variant()
-    params["modes"]["fine tune"] = params["modes"].pop("finetune")
+    params["modes"][name] = params["modes"].pop("finetune")
     (line,) = problems(params)
-    assert line.startswith("params.yaml: modes.fine tune: a mode name must be")
+    assert line.startswith(f"params.yaml: modes.{name}: a mode name must be")
+
+
+GRADUAL = {"pretrained": True, "phases": [
+    {"trainable": "head", "epochs": 2, "lr": 0.01, "batch_size": 8},
+    {"trainable": "top", "top_blocks": 2, "epochs": 1, "lr": 0.003},
+    {"trainable": "all", "epochs": 3, "lr": 0.001, "keep_bn_stats": True, "augment": {"crop_size": 160}}]}
+
+
+def test_a_row_of_phases_resolves_to_complete_phases():
+    """phases: each phase is the mode's settings with its own set over them; the mode's own settings
+    (here batch 16) are the default of every phase."""
+    params = variant(modes__gradual={**copy.deepcopy(GRADUAL), "batch_size": 16})
+    check_all(params)
+    settings = params_module.mode_settings(params, "gradual")
+    phases = settings["phases"]
+    assert [(p["trainable"], p["epochs"], p["lr"], p["batch_size"]) for p in phases] == [
+        ("head", 2, 0.01, 8), ("top", 1, 0.003, 16), ("all", 3, 0.001, 16)]
+    assert [p["top_blocks"] for p in phases] == [0, 2, 0]
+    assert [p["keep_bn_stats"] for p in phases] == [False, False, True]
+    assert [p["augment"]["crop_size"] for p in phases] == [None, None, 160]
+    assert phases[2]["augment"]["crop_scale"] == REAL["train"]["augment"]["crop_scale"]  # merged, not replaced
+    assert settings["epochs"] == 6 and settings["trainable"] == "all"
+
+
+def test_the_shorthand_is_the_same_as_its_phases():
+    """head_epochs/head_lr are shorthand: the row written out as phases resolves to the same phases."""
+    params = variant()
+    row = params["modes"]["freeze_unfreeze"]
+    params["modes"]["written_out"] = {
+        **{k: v for k, v in row.items() if k not in ("trainable", "head_epochs", "head_lr", "epochs")},
+        "phases": [{"trainable": "head", "epochs": row["head_epochs"], "lr": row["head_lr"]},
+                   {"trainable": "all", "epochs": row["epochs"], "lr": row["lr"]}]}
+    check_all(params)
+    short = params_module.mode_settings(params, "freeze_unfreeze")["phases"]
+    long = params_module.mode_settings(params, "written_out")["phases"]
+    drop = lambda phases: [{k: v for k, v in p.items() if k != "mode"} for p in phases]  # noqa: E731
+    assert drop(short) == drop(long)
+
+
+@pytest.mark.parametrize("change, key, words", [
+    (lambda row: row.update(head_epochs=1), "modes.gradual.head_epochs", "set it in each of the row's phases"),
+    (lambda row: row.update(trainable="all"), "modes.gradual.trainable", "set it in each of the row's phases"),
+    (lambda row: row.update(phases=[]), "modes.gradual.phases", "must be a list of phases"),
+    (lambda row: row["phases"][1].pop("top_blocks"), "modes.gradual.phases[1].top_blocks", "missing"),
+    (lambda row: row["phases"][0].pop("epochs"), "modes.gradual.phases[0].epochs", "missing"),
+    (lambda row: row["phases"][0].update(seed=3), "modes.gradual.phases[0].seed", "unknown setting"),
+    (lambda row: row["phases"][2].update(lr=0), "modes.gradual.phases[2].lr", "must be > 0"),
+    (lambda row: row["phases"][2].update(trainable="body"), "modes.gradual.phases[2].trainable", "unknown value"),
+    (lambda row: row.update(pretrained=False), "modes.gradual.phases[0].trainable", "freezing a randomly"),
+])
+def test_a_bad_phase_is_one_line_naming_it(change, key, words):
+    row = copy.deepcopy(GRADUAL)
+    change(row)
+    lines = problems(variant(modes__gradual=row))
+    assert any(line.startswith(f"params.yaml: {key}: ") and words in line for line in lines), lines
 
 
 def test_every_problem_is_reported_at_once():
@@ -184,12 +247,12 @@ def test_every_problem_is_reported_at_once():
 def test_image_size_checked_against_the_backbone_in_every_mode():
     """An image size set in a mode row is checked against the backbone too, and null always fits."""
     params = without_mode_sizes(variant(model__arch="alexnet", train__image_size=None))
-    params_module.check(params)
+    check_all(params)
     params["modes"]["frozen"]["image_size"] = 32
     params["modes"]["partial"]["image_size"] = 64
     (line,) = problems(params)
     assert line.startswith("params.yaml: modes.frozen.image_size: 32 is too small for model.arch alexnet")
-    params_module.check(without_mode_sizes(variant(model__arch="vit_b_16", train__image_size=224)))
+    check_all(without_mode_sizes(variant(model__arch="vit_b_16", train__image_size=224)))
 
 
 @pytest.mark.parametrize("text, words", [
@@ -214,8 +277,9 @@ def test_mode_overrides_reach_the_settings():
     params_module.check(params)
     settings = params_module.mode_settings(params, "finetune")
     epochs = REAL["modes"]["finetune"].get("epochs", REAL["train"]["epochs"])
-    assert settings["lr"] == 0.003 and settings["phases"] == [{"trainable": "all", "epochs": epochs, "lr": 0.003}]
-    assert settings["augment"]["hflip"] == 0.0
+    (phase,) = settings["phases"]
+    assert settings["lr"] == 0.003 and (phase["trainable"], phase["epochs"], phase["lr"]) == ("all", epochs, 0.003)
+    assert settings["augment"]["hflip"] == 0.0 and phase["augment"] == settings["augment"]
     assert settings["augment"]["crop_scale"] == REAL["train"]["augment"]["crop_scale"]  # the rest: shared
     with pytest.raises(UserError, match="unknown mode 'nope'"):
         params_module.mode_settings(params, "nope")

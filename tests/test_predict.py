@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.backbones import build_model, save_checkpoint
+from stages.backbones import build_model
+from stages.checkpoints import save_checkpoint
 from tests.conftest import ROOT, env_with_venv
 from tests.imagegen import make_image, write_class_folders
 

@@ -11,9 +11,11 @@ import torch
 import yaml
 
 from stages import params as params_module
-from stages.backbones import body_blocks, build_model, frozen_split, load_checkpoint, save_checkpoint
-from stages.datasets import eval_transform, resize_short_side, working_preprocess
-from stages.training import Fit, TrainData, make_scheduler
+from stages.backbones import body_blocks, build_model, frozen_split
+from stages.checkpoints import load_checkpoint, save_checkpoint
+from stages.datasets import TrainData, eval_transform, resize_short_side, working_preprocess
+from stages.optim import make_scheduler
+from stages.training import ResumeState, fit
 from tests.conftest import HYMENOPTERA_ZIP, ROOT
 from tests.imagegen import make_image
 
@@ -27,7 +29,8 @@ def settings_for(mode: str, **overrides) -> dict:
     for key in tiny:  # the tiny settings win over a row's own (the real rows train for minutes)
         params["modes"][mode].pop(key, None)
     params["modes"][mode].get("augment", {}).pop("crop_size", None)
-    params["modes"][mode].update(overrides)
+    for key, value in overrides.items():  # None: take the key out of the row
+        params["modes"][mode].pop(key, None) if value is None else params["modes"][mode].update({key: value})
     params_module.check(params)
     return params_module.mode_settings(params, mode)
 
@@ -40,14 +43,17 @@ def tiny_data(preprocess: dict, n_train: int = 20, n_val: int = 8) -> TrainData:
                      images(n_val, 1000), [i % 2 for i in range(n_val)], preprocess)
 
 
-def train(mode: str, tmp_path: Path, **overrides):
+def train(mode: str, tmp_path: Path, hook=None, **overrides):
+    """Train a mode of the real params.yaml at tiny sizes: (model, its weights before, FitResult).
+    `hook(model)` may register forward hooks on the model before it trains."""
+    from stages.train import new_model
+
     s = settings_for(mode, **overrides)
-    torch.manual_seed(s["seed"])
-    model, pre = build_model(s["arch"], 2, s["pretrained"])
+    model, pre = new_model(s, 2)
     before = copy.deepcopy(model.state_dict())
-    fit = Fit(model, tiny_data(working_preprocess(pre, s["image_size"])), s, torch.device("cpu"),
-              tmp_path / mode / "state.pt", "test")
-    result = fit.run()
+    if hook:
+        hook(model)
+    result = fit(model, tiny_data(pre), s, torch.device("cpu"), ResumeState(tmp_path / mode / "state.pt", "test"))
     return model, before, result
 
 
@@ -129,13 +135,18 @@ def test_cached_prefix_computes_the_same_network():
 
 
 def test_scratch_starts_from_weights_unlike_the_pretrained_ones():
-    """scratch: random init, not ImageNet's; the same seed gives the same init."""
-    torch.manual_seed(0)
-    random_init, _ = build_model("efficientnet_lite0", 2, pretrained=False)
-    pretrained, _ = build_model("efficientnet_lite0", 2, pretrained=True)
-    a, b = random_init.state_dict(), pretrained.state_dict()
+    """scratch: random init, not ImageNet's; the same seed gives the same init, another seed another."""
+    from stages.train import new_model
+
+    scratch = settings_for("scratch")
+    a = new_model(scratch, 2)[0].state_dict()
+    pretrained = new_model(settings_for("frozen"), 2)[0].state_dict()
     weights = [n for n in a if n.endswith("weight") and n.startswith("body.")]
-    assert all(not torch.equal(a[n], b[n]) for n in weights)
+    assert all(not torch.equal(a[n], pretrained[n]) for n in weights)
+    again = new_model(scratch, 2)[0].state_dict()
+    assert all(torch.equal(a[n], again[n]) for n in a)
+    other = new_model({**scratch, "seed": 1}, 2)[0].state_dict()
+    assert all(not torch.equal(a[n], other[n]) for n in weights if a[n].dim() > 1)  # not the constant-initialised
 
 
 def test_freeze_unfreeze_trains_the_backbone_only_after_its_head_phase(tmp_path):
@@ -213,7 +224,7 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
     second pass all give the same batches, a new epoch gives new crops, and the global random stream
     (dropout) does not move."""
     from stages.datasets import TensorImages, train_transform
-    from stages.training import EpochSampler
+    from stages.sources import EpochSampler
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, False)[1], SIZE)
     data = tiny_data(pre, n_train=12)
@@ -238,7 +249,7 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
 
 
 def test_channels_last_where_it_measured_faster():
-    from stages.training import memory_format
+    from stages.devices import memory_format
 
     assert memory_format(torch.device("cpu"), 16) == torch.channels_last
     assert memory_format(torch.device("cpu")) == torch.channels_last
@@ -263,7 +274,8 @@ def _with_trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
 def test_folded_batchnorm_computes_the_same_outputs_and_gradients(arch, pairs):
     """Folding is an exact rewrite: the same outputs in eval mode, the same gradients for every weight
     (BatchNorm's too) with keep_bn_stats, untouched BatchNorm in train mode, the same state-dict keys."""
-    from stages.backbones import fold_batchnorm, train_mode
+    from stages.backbones import train_mode
+    from stages.folding import fold_batchnorm
 
     torch.manual_seed(0)
     plain = _with_trained_statistics(build_model(arch, 3, pretrained=False)[0])
@@ -288,7 +300,7 @@ def test_folded_batchnorm_computes_the_same_outputs_and_gradients(arch, pairs):
 def test_folding_leaves_alone_what_it_cannot_rewrite_exactly():
     """A conv whose raw output is used besides its BatchNorm keeps both as they were; a deep copy of a
     folded model is folded on its own weights."""
-    from stages.backbones import fold_batchnorm
+    from stages.folding import fold_batchnorm
 
     class Shortcut(torch.nn.Module):
         def __init__(self):
@@ -332,6 +344,68 @@ def test_training_crops_at_crop_size_and_validation_at_the_image_size(tmp_path):
     assert train_transform(pre, {"crop_scale": [0.25, 1.0], "crop_size": 32})(image).shape == (3, 32, 32)
     assert train_transform(pre, {"crop_scale": None, "crop_size": 48})(image).shape == (3, 48, 48)
     assert train_transform(pre, {"crop_scale": [0.25, 1.0], "crop_size": None})(image).shape == (3, 64, 64)
-    model, before, result = train("finetune", tmp_path, image_size=64, augment={"crop_size": 32})
-    assert result.best_accuracy >= 0 and len(result.history) == 2
+    seen = []  # (training?, input size) of every batch the network sees
+
+    def record_sizes(model):
+        model.body.register_forward_hook(lambda m, inputs, _: seen.append((m.training, inputs[0].shape[-1])))
+
+    model, before, result = train("finetune", tmp_path, hook=record_sizes, image_size=64, augment={"crop_size": 32})
+    assert len(result.history) == 2
+    assert {size for training, size in seen if training} == {32}
+    assert {size for training, size in seen if not training} >= {64}  # validation (and folding's probe)
     assert changed(before, model.state_dict(), ["body.conv_stem.weight"]) == ["body.conv_stem.weight"]
+
+
+GRADUAL = [{"trainable": "head", "epochs": 1, "lr": 0.01, "batch_size": 8},
+           {"trainable": "top", "top_blocks": 2, "epochs": 1, "lr": 0.003, "batch_size": 6},
+           {"trainable": "all", "epochs": 1, "lr": 0.001, "batch_size": 4, "keep_bn_stats": True}]
+
+
+def test_a_row_of_phases_trains_each_phase_as_it_says(tmp_path):
+    """Gradual unfreezing as a row: the head alone, then the top blocks, then everything, each phase at
+    its own batch size; in the head phase no body weight moves."""
+    head_batches = []  # (phase by trainable parameter count, batch size) of every training batch of the head
+
+    def record(model):
+        def hook(head, inputs, _):
+            if head.training:
+                head_batches.append((sum(p.numel() for p in model.parameters() if p.requires_grad), len(inputs[0])))
+        model.head.register_forward_hook(hook)
+
+    model, before, result = train("freeze_unfreeze", tmp_path, hook=record, phases=GRADUAL,
+                                  trainable=None, head_epochs=None, head_lr=None, epochs=None)
+    assert [h["trainable"] for h in result.history] == ["head", "top", "all"]
+    by_phase = sorted({count: [] for count, _ in head_batches})
+    sizes = [[size for count, size in head_batches if count == phase] for phase in by_phase]
+    assert sizes == [[8, 8, 4], [6, 6, 6, 2], [4] * 5]  # 20 images at 8, 6 and 4 a batch
+    head_only, head_before, _ = train("freeze_unfreeze", tmp_path / "head", phases=GRADUAL[:1],
+                                      trainable=None, head_epochs=None, head_lr=None, epochs=None)
+    body = [n for n in head_before if n.startswith("body.")]
+    assert changed(head_before, head_only.state_dict(), body) == []
+
+
+def test_the_shorthand_trains_the_same_as_its_phases(tmp_path):
+    """head_epochs/head_lr and the same two phases written out give the same weights to the bit."""
+    _, _, short = train("freeze_unfreeze", tmp_path / "short", head_epochs=1, epochs=1)
+    long_model, _, long = train("freeze_unfreeze", tmp_path / "long", trainable=None, head_epochs=None, head_lr=None,
+                                epochs=None, phases=[{"trainable": "head", "epochs": 1, "lr": 0.01},
+                                                     {"trainable": "all", "epochs": 1, "lr": 0.003}])
+    assert short.history and [dict(h, seconds=0) for h in short.history] == [dict(h, seconds=0) for h in long.history]
+    assert all(torch.equal(short.best_state[n], long.best_state[n]) for n in short.best_state)
+
+
+def test_frozen_without_random_augmentation_caches_one_view():
+    """With nothing random in the augmentation, every view of an image is the same: one is computed."""
+    from stages.devices import memory_format
+    from stages.sources import CachedFeatures, PhaseRun, make_source
+
+    off = {"crop_scale": None, "hflip": 0, "vflip": 0, "rotation": 0, "color_jitter": 0, "grayscale": 0}
+    for augment, views in ((off, 1), ({"crop_scale": [0.5, 1.0]}, 3)):
+        s = settings_for("frozen", cached_views=3, augment=augment)
+        phase = s["phases"][0]
+        model, pre = build_model(s["arch"], 2, pretrained=True)
+        pre = working_preprocess(pre, SIZE)
+        source = make_source(model, PhaseRun(tiny_data(pre), phase, torch.device("cpu"),
+                                             memory_format(torch.device("cpu")), False), 1)
+        assert isinstance(source, CachedFeatures)
+        assert source.train_feats.shape[:2] == (views, 20)
