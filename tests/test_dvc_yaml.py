@@ -1,0 +1,74 @@
+"""dvc.yaml declares what each stage really reads: every project module its command runs (imports
+followed to any depth, stages.imports) and every param it reads (the stage module's PARAMS, the only
+params stages.params.declared lets it see). A missing dep would let DVC skip a stage whose code changed."""
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+import yaml
+
+from stages.imports import stage_code_files, stage_modules
+from tests.conftest import ROOT
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+STAGES = DVC_YAML["stages"]
+
+
+def body(name: str) -> dict:
+    stage = STAGES[name]
+    return stage.get("do", stage)
+
+
+def stage_module(name: str) -> str:
+    (module,) = re.findall(r"python -m (stages\.\w+)", body(name)["cmd"])
+    return module
+
+
+def declared_params(module: str) -> list[str]:
+    """The stage module's PARAMS, read from its source (no import needed)."""
+    tree = ast.parse((ROOT / "stages" / f"{module.split('.')[1]}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PARAMS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_each_stage_depends_on_exactly_the_code_it_runs(name):
+    deps = [d for d in body(name).get("deps", []) if str(d).endswith(".py")]
+    assert sorted(deps) == stage_code_files(stage_module(name))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_each_stage_declares_exactly_the_params_it_reads(name):
+    in_yaml = [str(p).replace("${key}", "{mode}") for p in body(name).get("params", [])]
+    assert sorted(in_yaml) == sorted(declared_params(stage_module(name)))
+
+
+def test_imports_are_followed_into_functions_and_through_the_package():
+    """The closure sees a lazy import inside a function (predict loads torch only when it classifies)
+    and the package's own __init__, which `python -m` runs first."""
+    modules = stage_modules("stages.predict")
+    assert "stages.checkpoints" in modules and "stages" in modules
+    assert "stages.training" not in stage_modules("stages.evaluate")  # evaluate trains nothing
+
+
+def test_the_closure_reaches_modules_imported_only_indirectly():
+    """train imports training, which imports sources, which imports devices: all of them are train's code."""
+    assert {"stages/training.py", "stages/sources.py", "stages/devices.py"} <= set(stage_code_files("stages.train"))
+
+
+def test_code_shape():
+    """Small enough to read: no module of the pipeline over 300 lines, no function over 60."""
+    long = []
+    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "bench").rglob("*.py")]):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(ROOT).as_posix()
+        if text.count("\n") > 300:
+            long.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{rel}: {node.name}() {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
