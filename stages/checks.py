@@ -9,6 +9,7 @@ from typing import Any
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 LAYOUTS = ("auto", "imagefolder", "prefix", "random")
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
 TRAINABLE = ("head", "top", "all")
 MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
 MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
@@ -19,7 +20,7 @@ RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model
 
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
-              "cached_views", "workers", "keep_bn_stats"}
+              "cached_views", "workers", "keep_bn_stats", "inference_dtype"}
 # What one phase of a mode sets: what trains, and any `train` key that may change between phases.
 PHASE_KEYS = (TRAIN_KEYS - {"seed", "device", "image_size"}) | {"trainable", "top_blocks", "backbone_lr_scale"}
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
@@ -124,6 +125,7 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "momentum", low=0, high=1, high_open=True, optional=opt)
     c.number(node, key, "weight_decay", low=0, optional=opt)
     c.choice(node, key, "scheduler", SCHEDULERS, optional=opt)
+    c.choice(node, key, "inference_dtype", INFERENCE_DTYPES, optional=opt)
     c.number(node, key, "warmup_epochs", low=0, optional=opt)
     c.number(node, key, "step_size", kind=int, low=1, optional=opt)
     c.number(node, key, "gamma", low=0, low_open=True, high=1, optional=opt)

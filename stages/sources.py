@@ -59,7 +59,8 @@ class PhaseRun:
     phase: dict
     device: torch.device
     fmt: torch.memory_format  # the layout of image batches
-    amp: bool  # bf16 autocast
+    amp: bool  # bf16 autocast while training
+    inference_amp: bool  # bf16 autocast in passes without gradients (the frozen part's outputs)
 
 
 def make_source(model: TransferNet, run: PhaseRun, first_epoch: int) -> Source:
@@ -114,7 +115,7 @@ def cached_features(encoder: nn.Module, run: PhaseRun, views: int) -> tuple[torc
     torch.manual_seed(run.phase["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
 
     def encode(xs):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.inference_amp):
             return encoder(to_device(xs, device, run.fmt)).float()
 
     train = []

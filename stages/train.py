@@ -38,6 +38,21 @@ def new_model(settings: dict, num_classes: int) -> tuple[TransferNet, dict]:
     return model, working_preprocess(preprocess, settings["image_size"])
 
 
+def run_training(settings: dict, num_classes: int, resume: ResumeState, make_data=decode_splits,
+                 before_training=None) -> tuple[TransferNet, TrainData, FitResult]:
+    """The whole set-up of a training run, shared by the stage, the bench scripts and the tests:
+    build the seeded model, decode the data at its working size (`make_data(preprocess)`), fit."""
+    device = pick_device(settings["device"])
+    model, preprocess = new_model(settings, num_classes)
+    data = make_data(preprocess)
+    log(f"train@{settings['mode']}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) "
+        f"on {device}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
+        f"at {preprocess['image_size']} px")
+    if before_training:
+        before_training(model)
+    return model, data, fit(model, data, settings, device, resume)
+
+
 def write_logs(mode: str, history: list[dict], batch_grid) -> None:
     """dvclive/<mode>/: per-epoch metrics as DVC plots and a summary, written whole at the end."""
     from dvclive import Live
@@ -99,21 +114,16 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.parse_args(argv).mode
     params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
     settings = params_module.mode_settings(params, mode)
-    device = pick_device(settings["device"])
     classes = read_classes()
-    model, preprocess = new_model(settings, len(classes))
-    data = decode_splits(preprocess)
-    log(f"train@{mode}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) on "
-        f"{device}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
-        f"at {preprocess['image_size']} px")
     try:
-        result = fit(model, data, settings, device, ResumeState(resume_state(mode), fingerprint(settings)))
+        resume = ResumeState(resume_state(mode), fingerprint(settings))
+        model, data, result = run_training(settings, len(classes), resume)
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"out of GPU memory at train.batch_size {settings['batch_size']}; try a smaller one, "
                         f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, settings['batch_size'] // 2)}"
                         ) from None
     model.load_state_dict(result.best_state)
-    meta = checkpoint_meta(mode, settings, classes, preprocess, result, count_params(model)[1])
+    meta = checkpoint_meta(mode, settings, classes, data.preprocess, result, count_params(model)[1])
     write_logs(mode, result.history, augmented_batch_grid(data, settings, meta["class_names"]))
     save_checkpoint(model_file(mode), model.cpu(), meta)
     shutil.rmtree(resume_dir(mode), ignore_errors=True)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from stages.backbones import TransferNet, set_trainable, train_mode
 from stages.common import atomic_path, log
 from stages.datasets import TrainData
-from stages.devices import memory_format, uses_bf16
+from stages.devices import bf16_inference, memory_format, uses_bf16
 from stages.folding import fold_batchnorm
 from stages.optim import make_optimizer, make_scheduler
 from stages.sources import PhaseRun, epoch_seed, make_source
@@ -131,7 +131,8 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
     log(f"{folded} BatchNorm layers fold into the convolution before them while on running statistics")
     for phase, first, last in phase_epochs(settings["phases"]):
         if done < last:
-            run = PhaseRun(data, phase, device, fmt, uses_bf16(device))
+            inference_amp = bf16_inference(device, phase["inference_dtype"])
+            run = PhaseRun(data, phase, device, fmt, uses_bf16(device), inference_amp)
             run_phase(model, run, (first, last), result, resume, done, state if first <= done else None)
     return result
 

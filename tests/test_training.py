@@ -15,7 +15,7 @@ from stages.backbones import body_blocks, build_model, frozen_split
 from stages.checkpoints import load_checkpoint, save_checkpoint
 from stages.datasets import TrainData, eval_transform, resize_short_side, working_preprocess
 from stages.optim import make_scheduler
-from stages.training import ResumeState, fit
+from stages.training import ResumeState
 from tests.conftest import HYMENOPTERA_ZIP, ROOT
 from tests.imagegen import make_image
 
@@ -46,14 +46,18 @@ def tiny_data(preprocess: dict, n_train: int = 20, n_val: int = 8) -> TrainData:
 def train(mode: str, tmp_path: Path, hook=None, **overrides):
     """Train a mode of the real params.yaml at tiny sizes: (model, its weights before, FitResult).
     `hook(model)` may register forward hooks on the model before it trains."""
-    from stages.train import new_model
+    from stages.train import run_training
 
     s = settings_for(mode, **overrides)
-    model, pre = new_model(s, 2)
-    before = copy.deepcopy(model.state_dict())
-    if hook:
-        hook(model)
-    result = fit(model, tiny_data(pre), s, torch.device("cpu"), ResumeState(tmp_path / mode / "state.pt", "test"))
+    before = {}
+
+    def before_training(model):
+        before.update(copy.deepcopy(model.state_dict()))
+        if hook:
+            hook(model)
+
+    model, _, result = run_training(s, 2, ResumeState(tmp_path / mode / "state.pt", "test"), tiny_data,
+                                    before_training)
     return model, before, result
 
 
@@ -406,6 +410,6 @@ def test_frozen_without_random_augmentation_caches_one_view():
         model, pre = build_model(s["arch"], 2, pretrained=True)
         pre = working_preprocess(pre, SIZE)
         source = make_source(model, PhaseRun(tiny_data(pre), phase, torch.device("cpu"),
-                                             memory_format(torch.device("cpu")), False), 1)
+                                             memory_format(torch.device("cpu")), False, False), 1)
         assert isinstance(source, CachedFeatures)
         assert source.train_feats.shape[:2] == (views, 20)
