@@ -25,13 +25,8 @@ from stages.common import (
     write_json,
     write_text,
 )
+from stages.paths import COMPARE_PLOTS_DIR, SUMMARY_JSON, SUMMARY_MD, live_tsv, mode_metrics
 from stages.plotting import DPI, Figure, draw_confusion
-
-METRICS_DIR = Path("metrics")
-DVCLIVE_DIR = Path("dvclive")
-PLOTS_DIR = Path("plots/compare")
-SUMMARY_JSON = Path("results/summary.json")
-SUMMARY_MD = Path("results/summary.md")
 
 # What the summary copies from each metrics/<mode>.json; the confusion matrix is drawn too.
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
@@ -39,12 +34,8 @@ SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epoc
 REQUIRED_KEYS = SUMMARY_KEYS + ("confusion_matrix",)
 
 
-def metrics_path(mode: str) -> Path:
-    return METRICS_DIR / f"{mode}.json"
-
-
 def curve_path(mode: str, split: str) -> Path:
-    return DVCLIVE_DIR / mode / "plots" / "metrics" / split / "acc.tsv"
+    return live_tsv(mode, f"{split}/acc")
 
 
 def read_curve(path: Path) -> pd.Series:
@@ -67,7 +58,7 @@ def read_curve(path: Path) -> pd.Series:
 
 def load_mode(mode: str) -> dict:
     """One mode's evaluation metrics and accuracy curves; a missing or malformed file is a UserError."""
-    path = metrics_path(mode)
+    path = mode_metrics(mode)
     metrics = read_json(path)
     if not isinstance(metrics, dict):
         raise UserError(f"{path}: expected a JSON object")
@@ -87,7 +78,7 @@ def load_mode(mode: str) -> dict:
 
 
 def missing_inputs(modes: list[str]) -> list[Path]:
-    needed = [p for mode in modes for p in (metrics_path(mode), curve_path(mode, "val"))]
+    needed = [p for mode in modes for p in (mode_metrics(mode), curve_path(mode, "val"))]
     return [p for p in needed if not p.exists()]
 
 
@@ -188,7 +179,7 @@ def main() -> None:
     runs = {mode: load_mode(mode) for mode in modes}
     summary = summarize(runs)
 
-    with atomic_path(PLOTS_DIR) as plots:  # the whole folder at once: no stale or half-written figure
+    with atomic_path(COMPARE_PLOTS_DIR) as plots:  # the whole folder at once: no stale or half-written figure
         plots.mkdir()
         save_figure(plot_error_curves(runs), plots / "val_error.png")
         save_figure(plot_accuracy_time(summary["modes"]), plots / "accuracy_time.png")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from stages.backbones import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
 from stages.datasets import RAW_DIR, decode_all, read_split
 from stages.images import open_rgb
+from stages.paths import errors_png, mode_metrics, model_file, predictions_csv, samples_png
 from stages.training import crop_stack, inference_batch, memory_format, normalized_batches, pick_device, to_device
 
 MAX_ERRORS_SHOWN = 16
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = params_module.load()
     device = pick_device(params_module.mode_settings(params, mode)["device"])
-    model, meta = load_checkpoint(Path("models") / f"{mode}.pt", device)
+    model, meta = load_checkpoint(model_file(mode), device)
     val = read_split("val")
     names = meta["class_names"]
     probs = predict_probabilities(model, decode_all(val.paths, meta["preprocess"]), val.labels, meta["preprocess"],
@@ -128,12 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     writer.writerow(["path", "actual", "predicted", "confidence"])
     for path, label, p in zip(val.paths, val.labels, probs):
         writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
-    with atomic_path(Path("plots/predictions") / f"{mode}.csv") as tmp:
+    with atomic_path(predictions_csv(mode)) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    save_figure(error_grid(val.paths, val.labels, probs, names, mode), Path("plots/errors") / f"{mode}.png")
+    save_figure(error_grid(val.paths, val.labels, probs, names, mode), errors_png(mode))
     save_figure(sample_grid(val.paths, val.labels, probs, names, mode, meta["arch"]),
-                Path("plots/samples") / f"{mode}.png")
-    write_json(Path("metrics") / f"{mode}.json", metrics)
+                samples_png(mode))
+    write_json(mode_metrics(mode), metrics)
     log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 
 
