@@ -1,11 +1,12 @@
 """Stage compare: put every transfer mode side by side.
 
-Reads metrics/<mode>.json (evaluate@<mode>) and the per-epoch DVCLive logs (train@<mode>) of every
-mode in params `modes`, and writes:
+Reads metrics/<mode>.json and results/details/<mode>.json (evaluate@<mode>) and the per-epoch DVCLive
+logs (train@<mode>) of every mode in params `modes`, and writes:
   plots/compare/val_error.png       val (solid) and train (dashed) error rate per epoch, every mode
   plots/compare/accuracy_time.png   val accuracy and training time per mode
   plots/compare/confusion.png       the confusion matrices of all modes
-  results/summary.json, results/summary.md   the table of the modes' headline numbers
+  results/summary.json, results/summary.md   the table of the modes' headline numbers (plain outputs,
+                                             not metrics: each number is a metric once, in its mode's file)
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from stages.common import (
     write_json,
     write_text,
 )
-from stages.paths import COMPARE_PLOTS_DIR, SUMMARY_JSON, SUMMARY_MD, live_tsv, mode_metrics
+from stages.paths import COMPARE_PLOTS_DIR, SUMMARY_JSON, SUMMARY_MD, live_tsv, mode_details, mode_metrics
 from stages.plotting import DPI, Figure, draw_confusion
 
-# What the summary copies from each metrics/<mode>.json; the confusion matrix is drawn too.
-SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
-                "trainable_params", "total_params")
-REQUIRED_KEYS = SUMMARY_KEYS + ("confusion_matrix",)
+# What the summary copies from each metrics/<mode>.json and results/details/<mode>.json; the details'
+# confusion matrix is drawn too.
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "train_seconds")
+DETAIL_KEYS = ("epochs", "trainable_params", "total_params")
+SUMMARY_KEYS = METRIC_KEYS + DETAIL_KEYS
 
 
 def curve_path(mode: str, split: str) -> Path:
@@ -56,29 +58,39 @@ def read_curve(path: Path) -> pd.Series:
     return curve[~curve.index.duplicated(keep="last")].sort_index()
 
 
-def load_mode(mode: str) -> dict:
-    """One mode's evaluation metrics and accuracy curves; a missing or malformed file is a UserError."""
-    path = mode_metrics(mode)
-    metrics = read_json(path)
-    if not isinstance(metrics, dict):
+def read_mode_file(path: Path, mode: str, required: tuple[str, ...]) -> dict:
+    """A JSON object holding `required`; anything else is a UserError naming the file."""
+    data = read_json(path)
+    if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in metrics]
+    missing = [key for key in required if key not in data]
     if missing:
         raise UserError(f"{path}: lacks {', '.join(missing)}; re-run evaluate@{mode} (dvc repro)")
-    cm = metrics["confusion_matrix"]
+    return data
+
+
+def check_confusion(path: Path, cm) -> None:
     if not (isinstance(cm, dict) and isinstance(cm.get("labels"), list) and isinstance(cm.get("matrix"), list)
             and len(cm["matrix"]) == len(cm["labels"])
             and all(isinstance(row, list) and len(row) == len(cm["labels"]) for row in cm["matrix"])):
         raise UserError(f"{path}: confusion_matrix must hold 'labels' and a square 'matrix' of that size")
+
+
+def load_mode(mode: str) -> dict:
+    """One mode's evaluation metrics and details and accuracy curves; a missing or malformed file is a
+    UserError."""
+    metrics = read_mode_file(mode_metrics(mode), mode, METRIC_KEYS)
+    details = read_mode_file(mode_details(mode), mode, DETAIL_KEYS + ("confusion_matrix",))
+    check_confusion(mode_details(mode), details["confusion_matrix"])
     val = read_curve(curve_path(mode, "val"))
     # The train curve only adds the dashed line; a log without it still compares on val.
     train_file = curve_path(mode, "train")
     train = read_curve(train_file) if train_file.exists() else None
-    return {"metrics": metrics, "val_acc": val, "train_acc": train}
+    return {"metrics": metrics, "details": details, "val_acc": val, "train_acc": train}
 
 
 def missing_inputs(modes: list[str]) -> list[Path]:
-    needed = [p for mode in modes for p in (mode_metrics(mode), curve_path(mode, "val"))]
+    needed = [p for mode in modes for p in (mode_metrics(mode), mode_details(mode), curve_path(mode, "val"))]
     return [p for p in needed if not p.exists()]
 
 
@@ -129,14 +141,14 @@ def plot_accuracy_time(summary: dict[str, dict]) -> Figure:
 
 
 def plot_confusions(runs: dict[str, dict]) -> Figure:
-    n_classes = max(len(run["metrics"]["confusion_matrix"]["labels"]) for run in runs.values())
+    n_classes = max(len(run["details"]["confusion_matrix"]["labels"]) for run in runs.values())
     panel = min(8.0, max(3.2, 0.35 * n_classes))  # inches: grows with the class count, within reason
     columns = min(len(runs), 5 if n_classes <= 10 else 3)  # big matrices wrap onto more rows
     rows = -(-len(runs) // columns)
     fig = Figure(figsize=(panel * columns, (panel + 0.6) * rows), dpi=DPI)
     axes = list(fig.subplots(rows, columns, squeeze=False).flat)
     for ax, (mode, run) in zip(axes, runs.items()):
-        cm = run["metrics"]["confusion_matrix"]
+        cm = run["details"]["confusion_matrix"]
         draw_confusion(ax, cm["matrix"], cm["labels"], title=f"{mode} ({run['metrics']['accuracy']:.1%})")
     for ax in axes[len(runs):]:  # the empty cells of the last row
         ax.axis("off")
@@ -146,7 +158,8 @@ def plot_confusions(runs: dict[str, dict]) -> Figure:
 
 
 def summarize(runs: dict[str, dict]) -> dict:
-    table = {mode: {key: run["metrics"][key] for key in SUMMARY_KEYS} for mode, run in runs.items()}
+    table = {mode: {key: {**run["metrics"], **run["details"]}[key] for key in SUMMARY_KEYS}
+             for mode, run in runs.items()}
     # max() keeps the first of equals: a tie goes to the mode listed first in params.
     best = max(table, key=lambda mode: table[mode]["accuracy"])
     return {"modes": table, "best_mode": best}
@@ -159,7 +172,7 @@ def markdown_table(summary: dict, runs: dict[str, dict]) -> str:
         name = f"**{mode}**" if mode == summary["best_mode"] else mode
         lines.append(f"| {name} | {row['accuracy']:.1%} | {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
                      f"| {row['best_epoch']} | {row['train_seconds']:.0f} | {row['trainable_params']:,} |")
-    first = next(iter(runs.values()))["metrics"]
+    first = next(iter(runs.values()))["details"]
     val_images = first.get("val_images")
     on = f" on {val_images} val images" if val_images is not None else ""
     return ("\n".join(lines) + "\n\n"

@@ -1,5 +1,6 @@
-"""Stage evaluate@<mode>: metrics/<mode>.json, per-image predictions (a DVC confusion plot) and a
-grid of the misclassified val images."""
+"""Stage evaluate@<mode>: metrics/<mode>.json (the headline numbers), results/details/<mode>.json
+(per-class scores, confusion matrix, model size), per-image predictions (a DVC confusion plot), a grid
+of the misclassified val images and one of the first val images of each class."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ from stages.backbones import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
 from stages.datasets import RAW_DIR, decode_all, read_split
 from stages.images import open_rgb
-from stages.paths import errors_png, mode_metrics, model_file, predictions_csv, samples_png
+from stages.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
 from stages.training import crop_stack, inference_batch, memory_format, normalized_batches, pick_device, to_device
 
 MAX_ERRORS_SHOWN = 16
@@ -32,14 +33,13 @@ def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], 
     return torch.cat(probs)
 
 
-def compute_metrics(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+def headline_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """The scalar scores a reviewer compares between commits (metrics/<mode>.json)."""
     actual = np.array(labels)
     predicted = probs.argmax(1).numpy()
     indices = list(range(len(names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        actual, predicted, labels=indices, zero_division=0)
     loss = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), torch.tensor(labels)).item()
-    metrics = {
+    scores = {
         "accuracy": float((predicted == actual).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(actual, predicted)),
         "macro_f1": float(f1_score(actual, predicted, labels=indices, average="macro", zero_division=0)),
@@ -47,13 +47,37 @@ def compute_metrics(probs: torch.Tensor, labels: list[int], names: list[str]) ->
     }
     if len(names) > 5:  # top-k only means something with more classes than k
         top5 = probs.topk(5, 1).indices.numpy()
-        metrics["top5_accuracy"] = float((top5 == actual[:, None]).any(1).mean())
-    metrics["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                                   "f1": float(f1[i]), "support": int(support[i])}
-                            for i, name in enumerate(names)}
-    metrics["confusion_matrix"] = {"labels": names,
-                                   "matrix": confusion_matrix(actual, predicted, labels=indices).tolist()}
-    return metrics
+        scores["top5_accuracy"] = float((top5 == actual[:, None]).any(1).mean())
+    return scores
+
+
+def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: actual)."""
+    actual = np.array(labels)
+    predicted = probs.argmax(1).numpy()
+    indices = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=indices, zero_division=0)
+    return {
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(names)},
+        "confusion_matrix": {"labels": names, "matrix": confusion_matrix(actual, predicted, labels=indices).tolist()},
+    }
+
+
+def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int]) -> tuple[dict, dict]:
+    """(metrics, details): metrics/<mode>.json holds numbers only, the few `dvc metrics diff` shows;
+    results/details/<mode>.json the rest that compare and export read (strings, per class, matrix)."""
+    names = meta["class_names"]
+    metrics = {**headline_scores(probs, labels, names), "best_epoch": meta["best_epoch"],
+               "train_seconds": round(meta["train_seconds"], 2)}
+    if meta.get("peak_memory_mib") is not None:  # absent from checkpoints of older runs
+        metrics["train_peak_memory_mib"] = meta["peak_memory_mib"]
+    details = {"mode": mode, "arch": meta["arch"], "val_images": len(labels), "epochs": meta["epochs"],
+               "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
+               **class_scores(probs, labels, names)}
+    return metrics, details
 
 
 def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
@@ -118,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     probs = predict_probabilities(model, decode_all(val.paths, meta["preprocess"]), val.labels, meta["preprocess"],
                                   device)
 
-    metrics = {"mode": mode, "arch": meta["arch"], **compute_metrics(probs, val.labels, names),
-               "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
-               "train_seconds": round(meta["train_seconds"], 2), "best_epoch": meta["best_epoch"],
-               "epochs": meta["epochs"], "val_images": len(val.labels),
-               "train_peak_memory_mib": meta.get("peak_memory_mib")}
+    metrics, details = mode_files(mode, meta, probs, val.labels)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "actual", "predicted", "confidence"])
@@ -133,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     save_figure(error_grid(val.paths, val.labels, probs, names, mode), errors_png(mode))
     save_figure(sample_grid(val.paths, val.labels, probs, names, mode, meta["arch"]),
                 samples_png(mode))
+    write_json(mode_details(mode), details)
     write_json(mode_metrics(mode), metrics)
     log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 

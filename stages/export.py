@@ -1,12 +1,14 @@
 """Stage export: publish the model of the mode named by params `mode`.
 
 Writes models/model.pt (a byte copy of models/<mode>.pt), results/headline.json (that mode's headline
-metrics) and plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png:
-the model's predictions on the first val images of each class). It reads only that mode's files and
-copies them, never loading the model, so switching `mode` re-trains nothing and takes seconds."""
+metrics from metrics/<mode>.json, its name and arch from results/details/<mode>.json) and
+plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
+predictions on the first val images of each class). It reads only that mode's files and copies them,
+never loading the model, so switching `mode` re-trains nothing and takes seconds."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from stages import params as params_module
 from stages.common import UserError, atomic_path, log, read_json, run_main, write_json
@@ -15,12 +17,22 @@ from stages.paths import (
     EXPORTED_MODEL,
     EXPORTED_SAMPLES,
     HEADLINE_JSON,
+    mode_details,
     mode_metrics,
     model_file,
     samples_png,
 )
 
 HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
+def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
+    """{key: value} of `keys` in the JSON object at `path`, written by evaluate@<mode>."""
+    data = read_json(path)
+    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; re-run evaluate@{mode} (dvc repro)")
+    return {key: data[key] for key in keys}
 
 
 @run_main
@@ -32,12 +44,8 @@ def main() -> None:
     for path in (source, samples):
         if not path.is_file():
             raise UserError(f"{path}: missing; run train@{mode} and evaluate@{mode} first (dvc repro)")
-    metrics_file = mode_metrics(mode)
-    metrics = read_json(metrics_file)
-    missing = [key for key in ("arch", *HEADLINE_KEYS) if key not in metrics]
-    if missing:
-        raise UserError(f"{metrics_file}: lacks {', '.join(missing)}; re-run evaluate@{mode} (dvc repro)")
-    headline = {"mode": mode, "arch": metrics["arch"], **{key: metrics[key] for key in HEADLINE_KEYS}}
+    headline = {"mode": mode, "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
+                **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
 
     with atomic_path(EXPORT_PLOTS_DIR) as plots:  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()

@@ -20,6 +20,7 @@ DATA_METRICS = Path("metrics/data.json")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 DVCLIVE_DIR = Path("dvclive")
+DETAILS_DIR = Path("results/details")
 RESUME_DIR = Path(".resume")  # scratch space of a running train stage (in .dvcignore)
 
 # compare
@@ -75,3 +76,9 @@ def errors_png(mode: str) -> Path:
 
 def samples_png(mode: str) -> Path:
     return Path("plots/samples") / f"{mode}.png"
+
+
+def mode_details(mode: str) -> Path:
+    """results/details/<mode>.json: evaluate@<mode>'s per-class scores, confusion matrix, arch and model
+    size; a plain output, not a metric, so `dvc metrics diff` lists only metrics/<mode>.json's scalars."""
+    return DETAILS_DIR / f"{mode}.json"

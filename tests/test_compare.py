@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from stages import compare
-from tests.conftest import ROOT, env_with_venv
+from stages.export import HEADLINE_KEYS
+from tests.conftest import ROOT, env_with_venv, make_project
 
 MODES = ["frozen", "finetune", "freeze_unfreeze"]
 RUNS = {"frozen": (0.85, 4), "finetune": (0.9, 5), "freeze_unfreeze": (0.95, 6)}  # mode: (accuracy, epochs)
@@ -23,16 +24,20 @@ OUTPUTS = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "pl
 
 
 def fake_metrics(mode: str, accuracy: float, epochs: int) -> dict:
-    """A metrics/<mode>.json as evaluate@<mode> writes it (two classes, 20 val images)."""
+    """A metrics/<mode>.json as evaluate@<mode> writes it: the headline numbers only."""
+    return {"accuracy": accuracy, "balanced_accuracy": accuracy - 0.01, "macro_f1": accuracy - 0.02, "loss": 0.3,
+            "best_epoch": epochs - 1, "train_seconds": 12.5 * epochs, "train_peak_memory_mib": 900.0}
+
+
+def fake_details(mode: str, accuracy: float, epochs: int) -> dict:
+    """A results/details/<mode>.json as evaluate@<mode> writes it (two classes, 20 val images)."""
     wrong = round(20 * (1 - accuracy))
     return {
-        "mode": mode, "arch": "efficientnet_lite0", "accuracy": accuracy, "balanced_accuracy": accuracy - 0.01,
-        "macro_f1": accuracy - 0.02, "loss": 0.3,
+        "mode": mode, "arch": "efficientnet_lite0", "val_images": 20, "epochs": epochs,
+        "trainable_params": 1281 if mode == "frozen" else 3_400_000, "total_params": 3_400_000,
         "per_class": {name: {"precision": accuracy, "recall": accuracy, "f1": accuracy, "support": 10}
                       for name in ("ants", "bees")},
         "confusion_matrix": {"labels": ["ants", "bees"], "matrix": [[10, 0], [wrong, 10 - wrong]]},
-        "trainable_params": 1281 if mode == "frozen" else 3_400_000, "total_params": 3_400_000,
-        "train_seconds": 12.5 * epochs, "best_epoch": epochs - 1, "epochs": epochs, "val_images": 20,
     }
 
 
@@ -45,8 +50,10 @@ def write_tsv(path: Path, name: str, values: list[float]) -> None:
 
 
 def write_run(root: Path, mode: str, accuracy: float, epochs: int) -> None:
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / f"{mode}.json").write_text(json.dumps(fake_metrics(mode, accuracy, epochs), indent=2))
+    for path, content in ((f"metrics/{mode}.json", fake_metrics(mode, accuracy, epochs)),
+                          (f"results/details/{mode}.json", fake_details(mode, accuracy, epochs))):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps(content, indent=2))
     logs = root / "dvclive" / mode / "plots" / "metrics"
     val_acc = [accuracy * (step / epochs) ** 0.5 for step in range(1, epochs + 1)]
     for split, accs in (("val", val_acc), ("train", [min(1.0, a + 0.05) for a in val_acc])):
@@ -96,7 +103,7 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     assert list(summary["modes"]) == MODES  # params order, and data.json is not a mode
     # Expected values from the inputs the fixture wrote, not from the summary itself.
     for mode, (accuracy, epochs) in RUNS.items():
-        written = fake_metrics(mode, accuracy, epochs)
+        written = {**fake_metrics(mode, accuracy, epochs), **fake_details(mode, accuracy, epochs)}
         assert summary["modes"][mode] == {key: written[key] for key in SUMMARY_KEYS}, mode
     assert summary["best_mode"] == max(RUNS, key=lambda mode: RUNS[mode][0]) == "freeze_unfreeze"
 
@@ -127,7 +134,8 @@ def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path, mo
     assert list(frozen.get_ydata()) == pytest.approx([0.5, 0.4, 0.2, 0.15])  # error rate: 1 - the later 0.8
 
 
-@pytest.mark.parametrize("missing", ["metrics/finetune.json", "dvclive/frozen/plots/metrics/val/acc.tsv"])
+@pytest.mark.parametrize("missing", ["metrics/finetune.json", "results/details/freeze_unfreeze.json",
+                                     "dvclive/frozen/plots/metrics/val/acc.tsv"])
 def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path, missing: str):
     (compare_dir / missing).unlink()
     proc = run_compare(compare_dir)
@@ -137,16 +145,61 @@ def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path,
     assert len(lines) == 1 and missing in lines[0], proc.stderr
     for name in OUTPUTS:
         assert not (compare_dir / name).exists(), name
-    assert not (compare_dir / "plots").exists() and not (compare_dir / "results").exists()
+    assert not (compare_dir / "plots").exists()
+    assert [p.name for p in (compare_dir / "results").iterdir()] == ["details"]  # the inputs alone
 
 
-def test_compare_malformed_metrics_is_one_line(compare_dir: Path):
-    path = compare_dir / "metrics" / "frozen.json"
+@pytest.mark.parametrize("name, key", [("metrics/frozen.json", "macro_f1"), ("results/details/frozen.json", "epochs")])
+def test_compare_malformed_metrics_is_one_line(compare_dir: Path, name: str, key: str):
+    path = compare_dir / name
     metrics = json.loads(path.read_text())
-    del metrics["macro_f1"]
+    del metrics[key]
     path.write_text(json.dumps(metrics))
     proc = run_compare(compare_dir)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "metrics/frozen.json" in proc.stderr
-    assert "macro_f1" in proc.stderr
-    assert not (compare_dir / "results").exists()
+    assert proc.stderr.strip().count("\n") == 0 and name in proc.stderr
+    assert key in proc.stderr
+    assert not (compare_dir / "results" / "summary.json").exists()
+    assert not (compare_dir / "plots").exists()
+
+
+# ---------------------------------------------------------------------------------------------- dvc metrics
+
+def metrics_diff_rows(markdown: str) -> list[list[str]]:
+    """The body rows of `dvc metrics diff --md` (Path | Metric | HEAD | workspace | Change)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("|")]
+    return rows[2:]  # past the header and the |---| line
+
+
+def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_dataset: Path):
+    """Review: after a change to one mode's row, `dvc metrics diff` lists that mode's metrics alone (and
+    the headline's, as that mode is the exported one), at most 20 rows; `dvc metrics show` lists each
+    number once: summary.json and the per-class scores are not metrics, a mode's file holds scalars."""
+    project = make_project(tmp_path / "project", tiny_dataset, modes=["frozen", "scratch"])
+    assert project.params["mode"] == "frozen"
+    project.dvc("repro")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "baseline")
+
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]  # the workspace: the one revision shown
+    assert sorted(files) == ["dvclive/frozen/metrics.json", "dvclive/scratch/metrics.json", "metrics/data.json",
+                             "metrics/frozen.json", "metrics/scratch.json", "results/headline.json"]
+    for mode in ("frozen", "scratch"):
+        scores = files[f"metrics/{mode}.json"]["data"]
+        assert len(scores) <= 10 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        assert scores == json.loads((project.path / f"metrics/{mode}.json").read_text())
+
+    project.set_params(modes={"frozen": {"lr": 0.001}})
+    project.dvc("repro")
+    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
+    assert "metrics/frozen.json" in diff  # train_seconds changes on every run, if nothing else
+    assert set(diff) <= {"metrics/frozen.json", "dvclive/frozen/metrics.json", "results/headline.json"}, diff
+    # The headline repeats frozen's changed scores, and only those.
+    frozen = diff["metrics/frozen.json"]
+    assert diff.get("results/headline.json", {}) == {key: frozen[key] for key in HEADLINE_KEYS if key in frozen}
+
+    rows = metrics_diff_rows(project.dvc("metrics", "diff", "--md").stdout)
+    assert rows and len(rows) <= 20, rows
+    assert {row[0] for row in rows} == set(diff)
