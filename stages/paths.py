@@ -25,6 +25,15 @@ RESUME_DIR = Path(".resume")  # scratch space of a running train stage (in .dvci
 
 # compare
 COMPARE_PLOTS_DIR = Path("plots/compare")
+COMPARE_ERROR_PNG = COMPARE_PLOTS_DIR / "val_error.png"
+COMPARE_ACCURACY_TIME_PNG = COMPARE_PLOTS_DIR / "accuracy_time.png"
+# One image of every mode's matrix, or one image per mode when the classes are many (see compare).
+COMPARE_CONFUSION_DIR = COMPARE_PLOTS_DIR / "confusion"
+# The data of dvc.yaml's all-modes charts: rows of (epoch, mode, value), every mode in one file.
+COMPARE_VAL_ACC_CSV = COMPARE_PLOTS_DIR / "val_acc.csv"
+COMPARE_TRAIN_LOSS_CSV = COMPARE_PLOTS_DIR / "train_loss.csv"
+# The Vega-Lite template of those charts: a line per mode (colour) and revision (dash).
+BY_MODE_TEMPLATE = Path("stages/plot_templates/linear_by_mode.json")
 SUMMARY_JSON = Path("results/summary.json")
 SUMMARY_MD = Path("results/summary.md")
 

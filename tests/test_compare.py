@@ -1,12 +1,15 @@
 """The compare stage on hand-made inputs in the exact formats train@ and evaluate@ write."""
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -19,7 +22,8 @@ MODES = ["frozen", "finetune", "freeze_unfreeze"]
 RUNS = {"frozen": (0.85, 4), "finetune": (0.9, 5), "freeze_unfreeze": (0.95, 6)}  # mode: (accuracy, epochs)
 SUMMARY_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
                 "trainable_params", "total_params"}
-OUTPUTS = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion.png",
+FIGURES = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion/all_modes.png"]
+OUTPUTS = [*FIGURES, "plots/compare/val_acc.csv", "plots/compare/train_loss.csv",
            "results/summary.json", "results/summary.md"]
 
 
@@ -83,6 +87,23 @@ def compare_dir(tmp_path: Path) -> Path:
     return root
 
 
+def tsv_values(path: Path) -> list[tuple[int, float]]:
+    """(step, value) of each line of a DVCLive TSV."""
+    with open(path, newline="") as f:
+        return [(int(row["step"]), float(row[list(row)[-1]])) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def curve_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """{mode: [(epoch, value), ...]} of a combined curve file compare writes, modes in file order."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader)[:2] == ["epoch", "mode"]
+        for epoch, mode, value in reader:
+            curves.setdefault(mode, []).append((int(epoch), float(value)))
+    return curves
+
+
 def run_compare(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stages.compare"], cwd=root, env=env_with_venv(),
                           capture_output=True, text=True, timeout=300, check=False)
@@ -92,12 +113,13 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     proc = run_compare(compare_dir)
     assert proc.returncode == 0, proc.stderr
 
-    for name in OUTPUTS[:3]:
+    for name in FIGURES:
         with Image.open(compare_dir / name) as img:
             img.verify()  # a complete, valid PNG
             assert img.format == "PNG"
     assert sorted(p.name for p in (compare_dir / "plots" / "compare").iterdir()) == \
-        ["accuracy_time.png", "confusion.png", "val_error.png"]
+        ["accuracy_time.png", "confusion", "train_loss.csv", "val_acc.csv", "val_error.png"]
+    assert [p.name for p in (compare_dir / "plots" / "compare" / "confusion").iterdir()] == ["all_modes.png"]
 
     summary = json.loads((compare_dir / "results" / "summary.json").read_text())
     assert list(summary["modes"]) == MODES  # params order, and data.json is not a mode
@@ -203,3 +225,80 @@ def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_
     rows = metrics_diff_rows(project.dvc("metrics", "diff", "--md").stdout)
     assert rows and len(rows) <= 20, rows
     assert {row[0] for row in rows} == set(diff)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+def plot_specs(html: str) -> dict[str, dict]:
+    """{div id: Vega-Lite spec} of the plots in an HTML file that `dvc plots show` wrote."""
+    found = re.finditer(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\s*vegaEmbed\(',
+                        html, re.S)
+    return {match.group(1): json.loads(match.group(2)) for match in found}
+
+
+def test_a_sixth_mode_joins_the_all_modes_charts_without_touching_dvc_yaml(compare_dir: Path):
+    """A new row in params `modes` is a new line on dvc.yaml's all-modes charts: compare puts every
+    mode's curve in one file (epoch, mode, value) and `dvc plots show`, with the repository's dvc.yaml
+    as it is, draws it coloured by mode."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["modes"]["frozen_long"] = {**params["modes"]["frozen"], "epochs": 80}
+    modes = list(params["modes"])
+    assert len(modes) == 6
+    (compare_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for index, mode in enumerate(modes):
+        write_run(compare_dir, mode, 0.6 + 0.05 * index, 3 + index)
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 0, proc.stderr
+
+    logs = compare_dir / "dvclive"
+    for name, tsv in (("val_acc.csv", "val/acc.tsv"), ("train_loss.csv", "train/loss.tsv")):
+        curves = curve_csv(compare_dir / "plots" / "compare" / name)
+        assert list(curves) == modes, name  # params order
+        assert curves == {mode: tsv_values(logs / mode / "plots" / "metrics" / tsv) for mode in modes}, name
+
+    shutil.copy2(ROOT / "dvc.yaml", compare_dir / "dvc.yaml")  # as committed: no line names a mode
+    env = env_with_venv()
+    for args in (["init", "--no-scm", "-q"], ["plots", "show", "-o", "html"]):
+        dvc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=compare_dir, env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        assert dvc.returncode == 0, dvc.stdout + dvc.stderr
+    specs = plot_specs((compare_dir / "html" / "index.html").read_text())
+    spec = specs["val_accuracy_per_epoch__all_modes"]
+    assert spec["encoding"]["color"]["field"] == "mode"
+    drawn = {(v["mode"], int(v["epoch"]), float(v["acc"])) for v in spec["data"]["values"]}
+    written = curve_csv(compare_dir / "plots" / "compare" / "val_acc.csv")
+    assert drawn == {(mode, step, value) for mode, points in written.items() for step, value in points}
+    assert {v["mode"] for v in specs["train_loss_per_epoch__all_modes"]["data"]["values"]} == set(modes)
+
+
+def with_classes(root: Path, mode: str, n_classes: int) -> list[list[int]]:
+    """Give a mode's details a confusion matrix of n classes (uneven class sizes); returns the matrix."""
+    matrix = [[(3 + i % 4) * 10 if i == j else (1 if j == (i + 1) % n_classes else 0) for j in range(n_classes)]
+              for i in range(n_classes)]
+    path = root / "results" / "details" / f"{mode}.json"
+    details = json.loads(path.read_text())
+    details["confusion_matrix"] = {"labels": [f"class_{i:03d}" for i in range(n_classes)], "matrix": matrix}
+    path.write_text(json.dumps(details))
+    return matrix
+
+
+def test_confusion_matrices_of_100_classes_are_normalised_one_image_per_mode(compare_dir: Path, monkeypatch):
+    """Past a few classes one image per mode (not one wide image of all), each showing the share of each
+    actual class (rows sum to 1, whatever the class sizes), not counts."""
+    matrices = {mode: with_classes(compare_dir, mode, 100) for mode in MODES}
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 0, proc.stderr
+    folder = compare_dir / "plots" / "compare" / "confusion"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{mode}.png" for mode in MODES)
+    for mode in MODES:
+        with Image.open(folder / f"{mode}.png") as img:
+            assert img.format == "PNG" and img.width < 2000  # one mode's matrix, not five side by side
+
+    monkeypatch.chdir(compare_dir)
+    figures = compare.confusion_figures({mode: compare.load_mode(mode) for mode in MODES})
+    assert list(figures) == [f"{mode}.png" for mode in MODES]
+    for mode in MODES:
+        drawn = figures[f"{mode}.png"].axes[0].get_images()[0].get_array()
+        expected = np.array([[value / sum(row) for value in row] for row in matrices[mode]])
+        assert drawn.shape == (100, 100) and np.allclose(drawn, expected), mode
+        assert np.allclose(drawn.sum(axis=1), 1.0)
