@@ -1,14 +1,19 @@
 """Stage compare: put every transfer mode side by side.
 
-Reads metrics/<mode>.json (evaluate@<mode>) and the per-epoch DVCLive logs (train@<mode>) of every
-mode in params `modes`, and writes:
+Reads metrics/<mode>.json and results/details/<mode>.json (evaluate@<mode>) and the per-epoch DVCLive
+logs (train@<mode>) of every mode in params `modes`, and writes:
   plots/compare/val_error.png       val (solid) and train (dashed) error rate per epoch, every mode
   plots/compare/accuracy_time.png   val accuracy and training time per mode
-  plots/compare/confusion.png       the confusion matrices of all modes
-  results/summary.json, results/summary.md   the table of the modes' headline numbers
+  plots/compare/confusion/          the val confusion matrices normalised by actual class: all modes in
+                                    all_modes.png, or <mode>.png each when the classes are many
+  plots/compare/val_acc.csv, train_loss.csv   epoch, mode, value: the data of dvc.yaml's all-modes charts
+  results/summary.json, results/summary.md   the table of the modes' headline numbers (plain outputs,
+                                             not metrics: each number is a metric once, in its mode's file)
 """
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -25,26 +30,35 @@ from stages.common import (
     write_json,
     write_text,
 )
-from stages.plotting import DPI, Figure, draw_confusion
+from stages.paths import (
+    COMPARE_ACCURACY_TIME_PNG,
+    COMPARE_CONFUSION_DIR,
+    COMPARE_ERROR_PNG,
+    COMPARE_PLOTS_DIR,
+    COMPARE_TRAIN_LOSS_CSV,
+    COMPARE_VAL_ACC_CSV,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    live_tsv,
+    mode_details,
+    mode_metrics,
+)
+from stages.plotting import ANNOTATE_MAX_CLASSES, DPI, TICK_LABELS_MAX_CLASSES, Figure
 
-METRICS_DIR = Path("metrics")
-DVCLIVE_DIR = Path("dvclive")
-PLOTS_DIR = Path("plots/compare")
-SUMMARY_JSON = Path("results/summary.json")
-SUMMARY_MD = Path("results/summary.md")
-
-# What the summary copies from each metrics/<mode>.json; the confusion matrix is drawn too.
-SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
-                "trainable_params", "total_params")
-REQUIRED_KEYS = SUMMARY_KEYS + ("confusion_matrix",)
-
-
-def metrics_path(mode: str) -> Path:
-    return METRICS_DIR / f"{mode}.json"
+# What the summary copies from each metrics/<mode>.json and results/details/<mode>.json; the details'
+# confusion matrix is drawn too.
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "train_seconds")
+DETAIL_KEYS = ("epochs", "trainable_params", "total_params")
+SUMMARY_KEYS = METRIC_KEYS + DETAIL_KEYS
+# dvc.yaml's all-modes charts draw these files (the run's series, its column); a row per (epoch, mode),
+# so that a new row of params `modes` is a new line on the chart without editing dvc.yaml.
+CURVE_TABLES = {COMPARE_VAL_ACC_CSV: ("val_acc", "acc"), COMPARE_TRAIN_LOSS_CSV: ("train_loss", "loss")}
+# Up to this many classes every mode's matrix fits side by side in one image; beyond, one image each.
+COMBINED_MAX_CLASSES = 10
 
 
-def curve_path(mode: str, split: str) -> Path:
-    return DVCLIVE_DIR / mode / "plots" / "metrics" / split / "acc.tsv"
+def curve_path(mode: str, split: str, metric: str = "acc") -> Path:
+    return live_tsv(mode, f"{split}/{metric}")
 
 
 def read_curve(path: Path) -> pd.Series:
@@ -65,29 +79,39 @@ def read_curve(path: Path) -> pd.Series:
     return curve[~curve.index.duplicated(keep="last")].sort_index()
 
 
-def load_mode(mode: str) -> dict:
-    """One mode's evaluation metrics and accuracy curves; a missing or malformed file is a UserError."""
-    path = metrics_path(mode)
-    metrics = read_json(path)
-    if not isinstance(metrics, dict):
+def read_mode_file(path: Path, mode: str, required: tuple[str, ...]) -> dict:
+    """A JSON object holding `required`; anything else is a UserError naming the file."""
+    data = read_json(path)
+    if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in metrics]
+    missing = [key for key in required if key not in data]
     if missing:
         raise UserError(f"{path}: lacks {', '.join(missing)}; re-run evaluate@{mode} (dvc repro)")
-    cm = metrics["confusion_matrix"]
+    return data
+
+
+def check_confusion(path: Path, cm) -> None:
     if not (isinstance(cm, dict) and isinstance(cm.get("labels"), list) and isinstance(cm.get("matrix"), list)
             and len(cm["matrix"]) == len(cm["labels"])
             and all(isinstance(row, list) and len(row) == len(cm["labels"]) for row in cm["matrix"])):
         raise UserError(f"{path}: confusion_matrix must hold 'labels' and a square 'matrix' of that size")
-    val = read_curve(curve_path(mode, "val"))
-    # The train curve only adds the dashed line; a log without it still compares on val.
-    train_file = curve_path(mode, "train")
-    train = read_curve(train_file) if train_file.exists() else None
-    return {"metrics": metrics, "val_acc": val, "train_acc": train}
+
+
+def load_mode(mode: str) -> dict:
+    """One mode's evaluation metrics and details and accuracy curves; a missing or malformed file is a
+    UserError."""
+    metrics = read_mode_file(mode_metrics(mode), mode, METRIC_KEYS)
+    details = read_mode_file(mode_details(mode), mode, DETAIL_KEYS + ("confusion_matrix",))
+    check_confusion(mode_details(mode), details["confusion_matrix"])
+    # The train curves only add lines; a log without them still compares on val.
+    train_acc, train_loss = (curve_path(mode, "train", metric) for metric in ("acc", "loss"))
+    return {"metrics": metrics, "details": details, "val_acc": read_curve(curve_path(mode, "val")),
+            "train_acc": read_curve(train_acc) if train_acc.exists() else None,
+            "train_loss": read_curve(train_loss) if train_loss.exists() else None}
 
 
 def missing_inputs(modes: list[str]) -> list[Path]:
-    needed = [p for mode in modes for p in (metrics_path(mode), curve_path(mode, "val"))]
+    needed = [p for mode in modes for p in (mode_metrics(mode), mode_details(mode), curve_path(mode, "val"))]
     return [p for p in needed if not p.exists()]
 
 
@@ -137,25 +161,85 @@ def plot_accuracy_time(summary: dict[str, dict]) -> Figure:
     return fig
 
 
+def row_shares(matrix: list[list[int]]) -> list[list[float]]:
+    """Each row of a confusion matrix over its sum: cell (i, j) is the share of the val images of
+    actual class i predicted as j (0 for a class without val images); comparable across class sizes."""
+    return [[value / total if (total := sum(row)) else 0.0 for value in row] for row in matrix]
+
+
+def draw_shares(ax, cm: dict, title: str):
+    """The normalised matrix on `ax`, shares annotated while they fit; returns the image (colour bar)."""
+    shares = row_shares(cm["matrix"])
+    n = len(shares)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    if n <= ANNOTATE_MAX_CLASSES:
+        for i, row in enumerate(shares):
+            for j, share in enumerate(row):
+                ax.text(j, i, f"{share:.0%}", ha="center", va="center", fontsize=9 if n <= 10 else 6,
+                        color="white" if share > 0.5 else "black")
+    ticks = range(n) if n <= TICK_LABELS_MAX_CLASSES else []  # beyond, names would overlap
+    ax.set_xticks(ticks, cm["labels"] if ticks else [], rotation=45 if n > 2 else 0,
+                  ha="right" if n > 2 else "center", fontsize=8)
+    ax.set_yticks(ticks, cm["labels"] if ticks else [], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    return image
+
+
+def confusion_title(mode: str, run: dict) -> str:
+    return f"{mode} ({run['metrics']['accuracy']:.1%})"
+
+
 def plot_confusions(runs: dict[str, dict]) -> Figure:
-    n_classes = max(len(run["metrics"]["confusion_matrix"]["labels"]) for run in runs.values())
-    panel = min(8.0, max(3.2, 0.35 * n_classes))  # inches: grows with the class count, within reason
-    columns = min(len(runs), 5 if n_classes <= 10 else 3)  # big matrices wrap onto more rows
+    """Every mode's matrix side by side (few classes)."""
+    columns = min(len(runs), 5)
     rows = -(-len(runs) // columns)
-    fig = Figure(figsize=(panel * columns, (panel + 0.6) * rows), dpi=DPI)
+    fig = Figure(figsize=(3.4 * columns, 4.0 * rows), dpi=DPI)
     axes = list(fig.subplots(rows, columns, squeeze=False).flat)
     for ax, (mode, run) in zip(axes, runs.items()):
-        cm = run["metrics"]["confusion_matrix"]
-        draw_confusion(ax, cm["matrix"], cm["labels"], title=f"{mode} ({run['metrics']['accuracy']:.1%})")
+        draw_shares(ax, run["details"]["confusion_matrix"], confusion_title(mode, run))
     for ax in axes[len(runs):]:  # the empty cells of the last row
         ax.axis("off")
-    fig.suptitle("Val confusion matrices (counts; shade: share of the actual class)")
+    fig.suptitle("Val confusion matrices (share of each actual class)")
     fig.tight_layout()
     return fig
 
 
+def plot_confusion(mode: str, run: dict) -> Figure:
+    """One mode's matrix on its own image (many classes), with a colour bar for the shares."""
+    n = len(run["details"]["confusion_matrix"]["labels"])
+    side = min(14.0, max(6.0, 0.14 * n))  # inches: ~14 px a cell at 100 classes
+    fig = Figure(figsize=(side + 1.2, side), dpi=DPI)
+    ax = fig.subplots()
+    image = draw_shares(ax, run["details"]["confusion_matrix"], f"Val confusion matrix, {confusion_title(mode, run)}")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figures(runs: dict[str, dict]) -> dict[str, Figure]:
+    """{file name in plots/compare/confusion/: figure}: all_modes.png, or <mode>.png for each mode."""
+    n_classes = max(len(run["details"]["confusion_matrix"]["labels"]) for run in runs.values())
+    if n_classes <= COMBINED_MAX_CLASSES:
+        return {"all_modes.png": plot_confusions(runs)}
+    return {f"{mode}.png": plot_confusion(mode, run) for mode, run in runs.items()}
+
+
+def curve_table(runs: dict[str, dict], series: str, column: str) -> str:
+    """CSV text: epoch, mode, <column>; modes in params order, a mode without that series has no rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "mode", column])
+    for mode, run in runs.items():
+        if run[series] is not None:
+            writer.writerows([int(epoch), mode, repr(float(value))] for epoch, value in run[series].items())
+    return buffer.getvalue()
+
+
 def summarize(runs: dict[str, dict]) -> dict:
-    table = {mode: {key: run["metrics"][key] for key in SUMMARY_KEYS} for mode, run in runs.items()}
+    table = {mode: {key: {**run["metrics"], **run["details"]}[key] for key in SUMMARY_KEYS}
+             for mode, run in runs.items()}
     # max() keeps the first of equals: a tie goes to the mode listed first in params.
     best = max(table, key=lambda mode: table[mode]["accuracy"])
     return {"modes": table, "best_mode": best}
@@ -168,7 +252,7 @@ def markdown_table(summary: dict, runs: dict[str, dict]) -> str:
         name = f"**{mode}**" if mode == summary["best_mode"] else mode
         lines.append(f"| {name} | {row['accuracy']:.1%} | {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
                      f"| {row['best_epoch']} | {row['train_seconds']:.0f} | {row['trainable_params']:,} |")
-    first = next(iter(runs.values()))["metrics"]
+    first = next(iter(runs.values()))["details"]
     val_images = first.get("val_images")
     on = f" on {val_images} val images" if val_images is not None else ""
     return ("\n".join(lines) + "\n\n"
@@ -188,11 +272,16 @@ def main() -> None:
     runs = {mode: load_mode(mode) for mode in modes}
     summary = summarize(runs)
 
-    with atomic_path(PLOTS_DIR) as plots:  # the whole folder at once: no stale or half-written figure
+    with atomic_path(COMPARE_PLOTS_DIR) as plots:  # the whole folder at once: no stale or half-written figure
         plots.mkdir()
-        save_figure(plot_error_curves(runs), plots / "val_error.png")
-        save_figure(plot_accuracy_time(summary["modes"]), plots / "accuracy_time.png")
-        save_figure(plot_confusions(runs), plots / "confusion.png")
+        inside = lambda path: plots / path.relative_to(COMPARE_PLOTS_DIR)
+        save_figure(plot_error_curves(runs), inside(COMPARE_ERROR_PNG))
+        save_figure(plot_accuracy_time(summary["modes"]), inside(COMPARE_ACCURACY_TIME_PNG))
+        inside(COMPARE_CONFUSION_DIR).mkdir()
+        for name, figure in confusion_figures(runs).items():
+            save_figure(figure, inside(COMPARE_CONFUSION_DIR) / name)
+        for path, (series, column) in CURVE_TABLES.items():
+            inside(path).write_text(curve_table(runs, series, column), encoding="utf-8")
     write_text(SUMMARY_MD, markdown_table(summary, runs))
     write_json(SUMMARY_JSON, summary)
     best = summary["modes"][summary["best_mode"]]

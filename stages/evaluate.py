@@ -1,11 +1,11 @@
-"""Stage evaluate@<mode>: metrics/<mode>.json, per-image predictions (a DVC confusion plot) and a
-grid of the misclassified val images."""
+"""Stage evaluate@<mode>: metrics/<mode>.json (the headline numbers), results/details/<mode>.json
+(per-class scores, confusion matrix, model size), per-image predictions (a DVC confusion plot), a grid
+of the misclassified val images and one of the first val images of each class."""
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,9 +13,10 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 
 from stages.checkpoints import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
-from stages.datasets import RAW_DIR, crop_stack, decode_all, normalized_batches, read_split
+from stages.datasets import crop_stack, decode_all, normalized_batches, read_split
 from stages.devices import inference_batch, memory_format, pick_device, to_device
 from stages.images import open_rgb
+from stages.paths import RAW_DIR, errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
 
 MAX_ERRORS_SHOWN = 16
 SAMPLES_SHOWN = 16
@@ -32,14 +33,13 @@ def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], 
     return torch.cat(probs)
 
 
-def compute_metrics(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+def headline_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """The scalar scores a reviewer compares between commits (metrics/<mode>.json)."""
     actual = np.array(labels)
     predicted = probs.argmax(1).numpy()
     indices = list(range(len(names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        actual, predicted, labels=indices, zero_division=0)
     loss = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), torch.tensor(labels)).item()
-    metrics = {
+    scores = {
         "accuracy": float((predicted == actual).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(actual, predicted)),
         "macro_f1": float(f1_score(actual, predicted, labels=indices, average="macro", zero_division=0)),
@@ -47,13 +47,37 @@ def compute_metrics(probs: torch.Tensor, labels: list[int], names: list[str]) ->
     }
     if len(names) > 5:  # top-k only means something with more classes than k
         top5 = probs.topk(5, 1).indices.numpy()
-        metrics["top5_accuracy"] = float((top5 == actual[:, None]).any(1).mean())
-    metrics["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                                   "f1": float(f1[i]), "support": int(support[i])}
-                            for i, name in enumerate(names)}
-    metrics["confusion_matrix"] = {"labels": names,
-                                   "matrix": confusion_matrix(actual, predicted, labels=indices).tolist()}
-    return metrics
+        scores["top5_accuracy"] = float((top5 == actual[:, None]).any(1).mean())
+    return scores
+
+
+def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: actual)."""
+    actual = np.array(labels)
+    predicted = probs.argmax(1).numpy()
+    indices = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=indices, zero_division=0)
+    return {
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(names)},
+        "confusion_matrix": {"labels": names, "matrix": confusion_matrix(actual, predicted, labels=indices).tolist()},
+    }
+
+
+def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int]) -> tuple[dict, dict]:
+    """(metrics, details): metrics/<mode>.json holds numbers only, the few `dvc metrics diff` shows;
+    results/details/<mode>.json the rest that compare and export read (strings, per class, matrix)."""
+    names = meta["class_names"]
+    metrics = {**headline_scores(probs, labels, names), "best_epoch": meta["best_epoch"],
+               "train_seconds": round(meta["train_seconds"], 2)}
+    if meta.get("peak_memory_mib") is not None:  # absent from checkpoints of older runs
+        metrics["train_peak_memory_mib"] = meta["peak_memory_mib"]
+    details = {"mode": mode, "arch": meta["arch"], "val_images": len(labels), "epochs": meta["epochs"],
+               "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
+               **class_scores(probs, labels, names)}
+    return metrics, details
 
 
 def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
@@ -112,28 +136,25 @@ def main(argv: list[str] | None = None) -> None:
 
     params = params_module.load()
     device = pick_device(params_module.mode_settings(params, mode)["device"])
-    model, meta = load_checkpoint(Path("models") / f"{mode}.pt", device)
+    model, meta = load_checkpoint(model_file(mode), device)
     val = read_split("val")
     names = meta["class_names"]
     probs = predict_probabilities(model, decode_all(val.paths, meta["preprocess"]), val.labels, meta["preprocess"],
                                   device)
 
-    metrics = {"mode": mode, "arch": meta["arch"], **compute_metrics(probs, val.labels, names),
-               "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
-               "train_seconds": round(meta["train_seconds"], 2), "best_epoch": meta["best_epoch"],
-               "epochs": meta["epochs"], "val_images": len(val.labels),
-               "train_peak_memory_mib": meta.get("peak_memory_mib")}
+    metrics, details = mode_files(mode, meta, probs, val.labels)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "actual", "predicted", "confidence"])
     for path, label, p in zip(val.paths, val.labels, probs):
         writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
-    with atomic_path(Path("plots/predictions") / f"{mode}.csv") as tmp:
+    with atomic_path(predictions_csv(mode)) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    save_figure(error_grid(val.paths, val.labels, probs, names, mode), Path("plots/errors") / f"{mode}.png")
+    save_figure(error_grid(val.paths, val.labels, probs, names, mode), errors_png(mode))
     save_figure(sample_grid(val.paths, val.labels, probs, names, mode, meta["arch"]),
-                Path("plots/samples") / f"{mode}.png")
-    write_json(Path("metrics") / f"{mode}.json", metrics)
+                samples_png(mode))
+    write_json(mode_details(mode), details)
+    write_json(mode_metrics(mode), metrics)
     log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 
 

@@ -1,9 +1,10 @@
 """Stage export: publish the model of the mode named by params `mode`.
 
 Writes models/model.pt (a byte copy of models/<mode>.pt), results/headline.json (that mode's headline
-metrics) and plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png:
-the model's predictions on the first val images of each class). It reads only that mode's files and
-copies them, never loading the model, so switching `mode` re-trains nothing and takes seconds."""
+metrics from metrics/<mode>.json, its name and arch from results/details/<mode>.json) and
+plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
+predictions on the first val images of each class). It reads only that mode's files and copies them,
+never loading the model, so switching `mode` re-trains nothing and takes seconds."""
 from __future__ import annotations
 
 import shutil
@@ -11,36 +12,49 @@ from pathlib import Path
 
 from stages import params as params_module
 from stages.common import UserError, atomic_path, log, read_json, run_main, write_json
+from stages.paths import (
+    EXPORT_PLOTS_DIR,
+    EXPORTED_MODEL,
+    EXPORTED_SAMPLES,
+    HEADLINE_JSON,
+    mode_details,
+    mode_metrics,
+    model_file,
+    samples_png,
+)
 
-MODEL_FILE = Path("models/model.pt")
-HEADLINE_FILE = Path("results/headline.json")
-PLOTS_DIR = Path("plots/model")
 HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
+def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
+    """{key: value} of `keys` in the JSON object at `path`, written by evaluate@<mode>."""
+    data = read_json(path)
+    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; re-run evaluate@{mode} (dvc repro)")
+    return {key: data[key] for key in keys}
 
 
 @run_main
 def main() -> None:
     params = params_module.load()
     mode = params["mode"]
-    source = Path("models") / f"{mode}.pt"
-    samples = Path("plots/samples") / f"{mode}.png"
+    source = model_file(mode)
+    samples = samples_png(mode)
     for path in (source, samples):
         if not path.is_file():
             raise UserError(f"{path}: missing; run train@{mode} and evaluate@{mode} first (dvc repro)")
-    metrics = read_json(Path("metrics") / f"{mode}.json")
-    missing = [key for key in ("arch", *HEADLINE_KEYS) if key not in metrics]
-    if missing:
-        raise UserError(f"metrics/{mode}.json: lacks {', '.join(missing)}; re-run evaluate@{mode} (dvc repro)")
-    headline = {"mode": mode, "arch": metrics["arch"], **{key: metrics[key] for key in HEADLINE_KEYS}}
+    headline = {"mode": mode, "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
+                **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
 
-    with atomic_path(PLOTS_DIR) as plots:  # the whole folder: no stale figure of an earlier mode
+    with atomic_path(EXPORT_PLOTS_DIR) as plots:  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()
-        shutil.copyfile(samples, plots / "val_predictions.png")
-    write_json(HEADLINE_FILE, headline)
+        shutil.copyfile(samples, plots / EXPORTED_SAMPLES.relative_to(EXPORT_PLOTS_DIR))
+    write_json(HEADLINE_JSON, headline)
     # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
-    with atomic_path(MODEL_FILE) as tmp:
+    with atomic_path(EXPORTED_MODEL) as tmp:
         shutil.copyfile(source, tmp)
-    log(f"export: {mode} -> {MODEL_FILE} "
+    log(f"export: {mode} -> {EXPORTED_MODEL} "
         f"(val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
 
 

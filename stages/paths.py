@@ -20,10 +20,20 @@ DATA_METRICS = Path("metrics/data.json")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 DVCLIVE_DIR = Path("dvclive")
+DETAILS_DIR = Path("results/details")
 RESUME_DIR = Path(".resume")  # scratch space of a running train stage (in .dvcignore)
 
 # compare
 COMPARE_PLOTS_DIR = Path("plots/compare")
+COMPARE_ERROR_PNG = COMPARE_PLOTS_DIR / "val_error.png"
+COMPARE_ACCURACY_TIME_PNG = COMPARE_PLOTS_DIR / "accuracy_time.png"
+# One image of every mode's matrix, or one image per mode when the classes are many (see compare).
+COMPARE_CONFUSION_DIR = COMPARE_PLOTS_DIR / "confusion"
+# The data of dvc.yaml's all-modes charts: rows of (epoch, mode, value), every mode in one file.
+COMPARE_VAL_ACC_CSV = COMPARE_PLOTS_DIR / "val_acc.csv"
+COMPARE_TRAIN_LOSS_CSV = COMPARE_PLOTS_DIR / "train_loss.csv"
+# The Vega-Lite template of those charts: a line per mode (colour) and revision (dash).
+BY_MODE_TEMPLATE = Path("stages/plot_templates/linear_by_mode.json")
 SUMMARY_JSON = Path("results/summary.json")
 SUMMARY_MD = Path("results/summary.md")
 
@@ -75,3 +85,9 @@ def errors_png(mode: str) -> Path:
 
 def samples_png(mode: str) -> Path:
     return Path("plots/samples") / f"{mode}.png"
+
+
+def mode_details(mode: str) -> Path:
+    """results/details/<mode>.json: evaluate@<mode>'s per-class scores, confusion matrix, arch and model
+    size; a plain output, not a metric, so `dvc metrics diff` lists only metrics/<mode>.json's scalars."""
+    return DETAILS_DIR / f"{mode}.json"

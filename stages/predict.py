@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from stages.common import UserError, run_main
+from stages.paths import EXPORTED_MODEL
 
-DEFAULT_MODEL = Path("models/model.pt")
+DEFAULT_MODEL = EXPORTED_MODEL
 # Folders are searched for these; a file named on the command line is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 BATCH_SIZE = 32

@@ -1,34 +1,47 @@
 """The compare stage on hand-made inputs in the exact formats train@ and evaluate@ write."""
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, env_with_venv
+from stages import compare
+from stages.export import HEADLINE_KEYS
+from tests.conftest import ROOT, env_with_venv, make_project
 
 MODES = ["frozen", "finetune", "freeze_unfreeze"]
-OUTPUTS = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion.png",
+RUNS = {"frozen": (0.85, 4), "finetune": (0.9, 5), "freeze_unfreeze": (0.95, 6)}  # mode: (accuracy, epochs)
+SUMMARY_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
+                "trainable_params", "total_params"}
+FIGURES = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion/all_modes.png"]
+OUTPUTS = [*FIGURES, "plots/compare/val_acc.csv", "plots/compare/train_loss.csv",
            "results/summary.json", "results/summary.md"]
 
 
 def fake_metrics(mode: str, accuracy: float, epochs: int) -> dict:
-    """A metrics/<mode>.json as evaluate@<mode> writes it (two classes, 20 val images)."""
+    """A metrics/<mode>.json as evaluate@<mode> writes it: the headline numbers only."""
+    return {"accuracy": accuracy, "balanced_accuracy": accuracy - 0.01, "macro_f1": accuracy - 0.02, "loss": 0.3,
+            "best_epoch": epochs - 1, "train_seconds": 12.5 * epochs, "train_peak_memory_mib": 900.0}
+
+
+def fake_details(mode: str, accuracy: float, epochs: int) -> dict:
+    """A results/details/<mode>.json as evaluate@<mode> writes it (two classes, 20 val images)."""
     wrong = round(20 * (1 - accuracy))
     return {
-        "mode": mode, "arch": "efficientnet_lite0", "accuracy": accuracy, "balanced_accuracy": accuracy - 0.01,
-        "macro_f1": accuracy - 0.02, "loss": 0.3,
+        "mode": mode, "arch": "efficientnet_lite0", "val_images": 20, "epochs": epochs,
+        "trainable_params": 1281 if mode == "frozen" else 3_400_000, "total_params": 3_400_000,
         "per_class": {name: {"precision": accuracy, "recall": accuracy, "f1": accuracy, "support": 10}
                       for name in ("ants", "bees")},
         "confusion_matrix": {"labels": ["ants", "bees"], "matrix": [[10, 0], [wrong, 10 - wrong]]},
-        "trainable_params": 1281 if mode == "frozen" else 3_400_000, "total_params": 3_400_000,
-        "train_seconds": 12.5 * epochs, "best_epoch": epochs - 1, "epochs": epochs, "val_images": 20,
     }
 
 
@@ -41,8 +54,10 @@ def write_tsv(path: Path, name: str, values: list[float]) -> None:
 
 
 def write_run(root: Path, mode: str, accuracy: float, epochs: int) -> None:
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / f"{mode}.json").write_text(json.dumps(fake_metrics(mode, accuracy, epochs), indent=2))
+    for path, content in ((f"metrics/{mode}.json", fake_metrics(mode, accuracy, epochs)),
+                          (f"results/details/{mode}.json", fake_details(mode, accuracy, epochs))):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps(content, indent=2))
     logs = root / "dvclive" / mode / "plots" / "metrics"
     val_acc = [accuracy * (step / epochs) ** 0.5 for step in range(1, epochs + 1)]
     for split, accs in (("val", val_acc), ("train", [min(1.0, a + 0.05) for a in val_acc])):
@@ -65,11 +80,28 @@ def compare_dir(tmp_path: Path) -> Path:
     params["modes"] = {mode: params["modes"][mode] for mode in MODES}
     params["mode"] = "freeze_unfreeze"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for mode, accuracy, epochs in (("frozen", 0.85, 4), ("finetune", 0.9, 5), ("freeze_unfreeze", 0.95, 6)):
+    for mode, (accuracy, epochs) in RUNS.items():
         write_run(root, mode, accuracy, epochs)
     # The split stage's metrics share the folder; compare must not take it for a mode.
     (root / "metrics" / "data.json").write_text(json.dumps({"classes": 2, "train_images": 40, "val_images": 20}))
     return root
+
+
+def tsv_values(path: Path) -> list[tuple[int, float]]:
+    """(step, value) of each line of a DVCLive TSV."""
+    with open(path, newline="") as f:
+        return [(int(row["step"]), float(row[list(row)[-1]])) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def curve_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """{mode: [(epoch, value), ...]} of a combined curve file compare writes, modes in file order."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader)[:2] == ["epoch", "mode"]
+        for epoch, mode, value in reader:
+            curves.setdefault(mode, []).append((int(epoch), float(value)))
+    return curves
 
 
 def run_compare(root: Path) -> subprocess.CompletedProcess:
@@ -81,24 +113,21 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     proc = run_compare(compare_dir)
     assert proc.returncode == 0, proc.stderr
 
-    for name in OUTPUTS[:3]:
+    for name in FIGURES:
         with Image.open(compare_dir / name) as img:
             img.verify()  # a complete, valid PNG
             assert img.format == "PNG"
     assert sorted(p.name for p in (compare_dir / "plots" / "compare").iterdir()) == \
-        ["accuracy_time.png", "confusion.png", "val_error.png"]
+        ["accuracy_time.png", "confusion", "train_loss.csv", "val_acc.csv", "val_error.png"]
+    assert [p.name for p in (compare_dir / "plots" / "compare" / "confusion").iterdir()] == ["all_modes.png"]
 
     summary = json.loads((compare_dir / "results" / "summary.json").read_text())
     assert list(summary["modes"]) == MODES  # params order, and data.json is not a mode
-    assert summary["best_mode"] == "freeze_unfreeze"
-    for mode in MODES:
-        expected = fake_metrics(mode, summary["modes"][mode]["accuracy"], summary["modes"][mode]["epochs"])
-        for key in ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
-                    "trainable_params", "total_params"):
-            assert summary["modes"][mode][key] == expected[key], (mode, key)
-    assert summary["modes"]["frozen"]["accuracy"] == 0.85
-    assert summary["modes"]["frozen"]["trainable_params"] == 1281
-    assert summary["modes"]["finetune"]["train_seconds"] == 62.5
+    # Expected values from the inputs the fixture wrote, not from the summary itself.
+    for mode, (accuracy, epochs) in RUNS.items():
+        written = {**fake_metrics(mode, accuracy, epochs), **fake_details(mode, accuracy, epochs)}
+        assert summary["modes"][mode] == {key: written[key] for key in SUMMARY_KEYS}, mode
+    assert summary["best_mode"] == max(RUNS, key=lambda mode: RUNS[mode][0]) == "freeze_unfreeze"
 
     table = (compare_dir / "results" / "summary.md").read_text().splitlines()
     assert table[0].startswith("| mode | accuracy |")
@@ -108,18 +137,27 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     assert "**freeze_unfreeze**" in rows[2]
 
 
-def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path):
-    # A resumed run logs a step twice (the later line wins); a log without a timestamp column (as
-    # DVCLive writes with timestamp off) reads the same; a log without the train curve still compares.
+def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path, monkeypatch):
+    """A resumed run logs a step twice (the later line wins); a log without a timestamp column (as
+    DVCLive writes with timestamp off) reads the same; a log without the train curve still compares.
+    Checked on the lines of the error-curve figure, drawn from the files the stage reads."""
     logs = compare_dir / "dvclive" / "frozen" / "plots" / "metrics"
     (logs / "val" / "acc.tsv").write_text("step\tacc\n1\t0.5\n2\t0.6\n3\t0.7\n3\t0.8\n4\t0.85\n")
     (logs / "train" / "acc.tsv").unlink()
     proc = run_compare(compare_dir)
     assert proc.returncode == 0, proc.stderr
-    assert (compare_dir / "plots" / "compare" / "val_error.png").stat().st_size > 0
+
+    monkeypatch.chdir(compare_dir)
+    runs = {mode: compare.load_mode(mode) for mode in MODES}
+    lines = {line.get_label(): line for line in compare.plot_error_curves(runs).axes[0].get_lines()}
+    assert "frozen (train)" not in lines and "finetune (train)" in lines
+    frozen = lines["frozen (val)"]
+    assert list(frozen.get_xdata()) == [1, 2, 3, 4]
+    assert list(frozen.get_ydata()) == pytest.approx([0.5, 0.4, 0.2, 0.15])  # error rate: 1 - the later 0.8
 
 
-@pytest.mark.parametrize("missing", ["metrics/finetune.json", "dvclive/frozen/plots/metrics/val/acc.tsv"])
+@pytest.mark.parametrize("missing", ["metrics/finetune.json", "results/details/freeze_unfreeze.json",
+                                     "dvclive/frozen/plots/metrics/val/acc.tsv"])
 def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path, missing: str):
     (compare_dir / missing).unlink()
     proc = run_compare(compare_dir)
@@ -129,16 +167,138 @@ def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path,
     assert len(lines) == 1 and missing in lines[0], proc.stderr
     for name in OUTPUTS:
         assert not (compare_dir / name).exists(), name
-    assert not (compare_dir / "plots").exists() and not (compare_dir / "results").exists()
+    assert not (compare_dir / "plots").exists()
+    assert [p.name for p in (compare_dir / "results").iterdir()] == ["details"]  # the inputs alone
 
 
-def test_compare_malformed_metrics_is_one_line(compare_dir: Path):
-    path = compare_dir / "metrics" / "frozen.json"
+@pytest.mark.parametrize("name, key", [("metrics/frozen.json", "macro_f1"), ("results/details/frozen.json", "epochs")])
+def test_compare_malformed_metrics_is_one_line(compare_dir: Path, name: str, key: str):
+    path = compare_dir / name
     metrics = json.loads(path.read_text())
-    del metrics["macro_f1"]
+    del metrics[key]
     path.write_text(json.dumps(metrics))
     proc = run_compare(compare_dir)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "metrics/frozen.json" in proc.stderr
-    assert "macro_f1" in proc.stderr
-    assert not (compare_dir / "results").exists()
+    assert proc.stderr.strip().count("\n") == 0 and name in proc.stderr
+    assert key in proc.stderr
+    assert not (compare_dir / "results" / "summary.json").exists()
+    assert not (compare_dir / "plots").exists()
+
+
+# ---------------------------------------------------------------------------------------------- dvc metrics
+
+def metrics_diff_rows(markdown: str) -> list[list[str]]:
+    """The body rows of `dvc metrics diff --md` (Path | Metric | HEAD | workspace | Change)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("|")]
+    return rows[2:]  # past the header and the |---| line
+
+
+def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_dataset: Path):
+    """Review: after a change to one mode's row, `dvc metrics diff` lists that mode's metrics alone (and
+    the headline's, as that mode is the exported one), at most 20 rows; `dvc metrics show` lists each
+    number once: summary.json and the per-class scores are not metrics, a mode's file holds scalars."""
+    project = make_project(tmp_path / "project", tiny_dataset, modes=["frozen", "scratch"])
+    assert project.params["mode"] == "frozen"
+    project.dvc("repro")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "baseline")
+
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]  # the workspace: the one revision shown
+    assert sorted(files) == ["dvclive/frozen/metrics.json", "dvclive/scratch/metrics.json", "metrics/data.json",
+                             "metrics/frozen.json", "metrics/scratch.json", "results/headline.json"]
+    for mode in ("frozen", "scratch"):
+        scores = files[f"metrics/{mode}.json"]["data"]
+        assert len(scores) <= 10 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        assert scores == json.loads((project.path / f"metrics/{mode}.json").read_text())
+
+    project.set_params(modes={"frozen": {"lr": 0.001}})
+    project.dvc("repro")
+    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
+    assert "metrics/frozen.json" in diff  # train_seconds changes on every run, if nothing else
+    assert set(diff) <= {"metrics/frozen.json", "dvclive/frozen/metrics.json", "results/headline.json"}, diff
+    # The headline repeats frozen's changed scores, and only those.
+    frozen = diff["metrics/frozen.json"]
+    assert diff.get("results/headline.json", {}) == {key: frozen[key] for key in HEADLINE_KEYS if key in frozen}
+
+    rows = metrics_diff_rows(project.dvc("metrics", "diff", "--md").stdout)
+    assert rows and len(rows) <= 20, rows
+    assert {row[0] for row in rows} == set(diff)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+def plot_specs(html: str) -> dict[str, dict]:
+    """{div id: Vega-Lite spec} of the plots in an HTML file that `dvc plots show` wrote."""
+    found = re.finditer(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\s*vegaEmbed\(',
+                        html, re.S)
+    return {match.group(1): json.loads(match.group(2)) for match in found}
+
+
+def test_a_sixth_mode_joins_the_all_modes_charts_without_touching_dvc_yaml(compare_dir: Path):
+    """A new row in params `modes` is a new line on dvc.yaml's all-modes charts: compare puts every
+    mode's curve in one file (epoch, mode, value) and `dvc plots show`, with the repository's dvc.yaml
+    as it is, draws it coloured by mode."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["modes"]["frozen_long"] = {**params["modes"]["frozen"], "epochs": 80}
+    modes = list(params["modes"])
+    assert len(modes) == 6
+    (compare_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for index, mode in enumerate(modes):
+        write_run(compare_dir, mode, 0.6 + 0.05 * index, 3 + index)
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 0, proc.stderr
+
+    logs = compare_dir / "dvclive"
+    for name, tsv in (("val_acc.csv", "val/acc.tsv"), ("train_loss.csv", "train/loss.tsv")):
+        curves = curve_csv(compare_dir / "plots" / "compare" / name)
+        assert list(curves) == modes, name  # params order
+        assert curves == {mode: tsv_values(logs / mode / "plots" / "metrics" / tsv) for mode in modes}, name
+
+    shutil.copy2(ROOT / "dvc.yaml", compare_dir / "dvc.yaml")  # as committed: no line names a mode
+    env = env_with_venv()
+    for args in (["init", "--no-scm", "-q"], ["plots", "show", "-o", "html"]):
+        dvc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=compare_dir, env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        assert dvc.returncode == 0, dvc.stdout + dvc.stderr
+    specs = plot_specs((compare_dir / "html" / "index.html").read_text())
+    spec = specs["val_accuracy_per_epoch__all_modes"]
+    assert spec["encoding"]["color"]["field"] == "mode"
+    drawn = {(v["mode"], int(v["epoch"]), float(v["acc"])) for v in spec["data"]["values"]}
+    written = curve_csv(compare_dir / "plots" / "compare" / "val_acc.csv")
+    assert drawn == {(mode, step, value) for mode, points in written.items() for step, value in points}
+    assert {v["mode"] for v in specs["train_loss_per_epoch__all_modes"]["data"]["values"]} == set(modes)
+
+
+def with_classes(root: Path, mode: str, n_classes: int) -> list[list[int]]:
+    """Give a mode's details a confusion matrix of n classes (uneven class sizes); returns the matrix."""
+    matrix = [[(3 + i % 4) * 10 if i == j else (1 if j == (i + 1) % n_classes else 0) for j in range(n_classes)]
+              for i in range(n_classes)]
+    path = root / "results" / "details" / f"{mode}.json"
+    details = json.loads(path.read_text())
+    details["confusion_matrix"] = {"labels": [f"class_{i:03d}" for i in range(n_classes)], "matrix": matrix}
+    path.write_text(json.dumps(details))
+    return matrix
+
+
+def test_confusion_matrices_of_100_classes_are_normalised_one_image_per_mode(compare_dir: Path, monkeypatch):
+    """Past a few classes one image per mode (not one wide image of all), each showing the share of each
+    actual class (rows sum to 1, whatever the class sizes), not counts."""
+    matrices = {mode: with_classes(compare_dir, mode, 100) for mode in MODES}
+    proc = run_compare(compare_dir)
+    assert proc.returncode == 0, proc.stderr
+    folder = compare_dir / "plots" / "compare" / "confusion"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{mode}.png" for mode in MODES)
+    for mode in MODES:
+        with Image.open(folder / f"{mode}.png") as img:
+            assert img.format == "PNG" and img.width < 2000  # one mode's matrix, not five side by side
+
+    monkeypatch.chdir(compare_dir)
+    figures = compare.confusion_figures({mode: compare.load_mode(mode) for mode in MODES})
+    assert list(figures) == [f"{mode}.png" for mode in MODES]
+    for mode in MODES:
+        drawn = figures[f"{mode}.png"].axes[0].get_images()[0].get_array()
+        expected = np.array([[value / sum(row) for value in row] for row in matrices[mode]])
+        assert drawn.shape == (100, 100) and np.allclose(drawn, expected), mode
+        assert np.allclose(drawn.sum(axis=1), 1.0)
