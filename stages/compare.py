@@ -48,6 +48,7 @@ from stages.plotting import ANNOTATE_MAX_CLASSES, DPI, TICK_LABELS_MAX_CLASSES, 
 # What the summary copies from each metrics/<mode>.json and results/details/<mode>.json; the details'
 # confusion matrix is drawn too.
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "train_seconds")
+PARAMS = ("modes",)  # as dvc.yaml's compare stage declares them
 DETAIL_KEYS = ("epochs", "trainable_params", "total_params")
 SUMMARY_KEYS = METRIC_KEYS + DETAIL_KEYS
 # dvc.yaml's all-modes charts draw these files (the run's series, its column); a row per (epoch, mode),
@@ -262,7 +263,7 @@ def markdown_table(summary: dict, runs: dict[str, dict]) -> str:
 
 @run_main
 def main() -> None:
-    params = params_module.load()
+    params = params_module.declared(params_module.load(), PARAMS)
     modes = [str(mode) for mode in params["modes"]]
     missing = missing_inputs(modes)
     if missing:

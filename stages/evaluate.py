@@ -11,25 +11,29 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from stages import params as params_module
 from stages.checkpoints import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
 from stages.datasets import crop_stack, decode_all, normalized_batches, read_split
-from stages.devices import inference_batch, memory_format, pick_device, to_device
+from stages.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
 from stages.images import open_rgb
 from stages.paths import RAW_DIR, errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
 
+PARAMS = ("train.device", "train.inference_dtype", "modes.{mode}")  # as dvc.yaml's evaluate stage declares them
 MAX_ERRORS_SHOWN = 16
 SAMPLES_SHOWN = 16
 
 
 @torch.inference_mode()
 def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], preprocess: dict,
-                          device) -> torch.Tensor:
+                          device, bf16: bool = False) -> torch.Tensor:
     stack = crop_stack(images, preprocess)
     fmt = memory_format(device)  # the faster layout here for a one-off pass (see memory_format)
     model.eval().to(memory_format=fmt)
-    probs = [torch.softmax(model(to_device(x, device, fmt)).float(), 1).cpu()
-             for x, _ in normalized_batches(stack, torch.tensor(labels), preprocess, inference_batch(device))]
+    probs = []
+    for x, _ in normalized_batches(stack, torch.tensor(labels), preprocess, inference_batch(device)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            probs.append(torch.softmax(model(to_device(x, device, fmt)).float(), 1).cpu())
     return torch.cat(probs)
 
 
@@ -132,15 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate one trained mode on the val split.")
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
-    from stages import params as params_module
-
-    params = params_module.load()
-    device = pick_device(params_module.mode_settings(params, mode)["device"])
+    params = params_module.declared(params_module.load(), PARAMS, mode)
+    device = pick_device(params_module.mode_value(params, mode, "device"))
+    bf16 = bf16_inference(device, params_module.mode_value(params, mode, "inference_dtype"))
     model, meta = load_checkpoint(model_file(mode), device)
     val = read_split("val")
     names = meta["class_names"]
     probs = predict_probabilities(model, decode_all(val.paths, meta["preprocess"]), val.labels, meta["preprocess"],
-                                  device)
+                                  device, bf16)
 
     metrics, details = mode_files(mode, meta, probs, val.labels)
     buffer = io.StringIO()

@@ -23,6 +23,7 @@ from stages.paths import (
     samples_png,
 )
 
+PARAMS = ("mode",)  # as dvc.yaml's export stage declares them
 HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
@@ -37,7 +38,7 @@ def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
 
 @run_main
 def main() -> None:
-    params = params_module.load()
+    params = params_module.declared(params_module.load(), PARAMS)
     mode = params["mode"]
     source = model_file(mode)
     samples = samples_png(mode)

@@ -89,6 +89,11 @@ def declared(params: dict, keys: Iterable[str], mode: str | None = None) -> dict
     return view
 
 
+def mode_value(params: dict, mode: str, key: str):
+    """One `train` setting as the mode sees it: the row's own, else the shared default."""
+    return params["modes"][mode].get(key, params["train"][key])
+
+
 def mode_settings(params: dict, mode: str) -> dict:
     """The complete settings of one mode: the shared `train` defaults overlaid with the mode's row,
     and its phases, each complete too: the mode's settings overlaid with the phase's own."""
