@@ -37,8 +37,9 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
 
     from stages import params as params_module
     from stages.backbones import build_model
-    from stages.datasets import RAW_DIR, read_classes, read_split
+    from stages.datasets import read_classes, read_split
     from stages.images import open_rgb
+    from stages.paths import RAW_DIR
 
     params = params_module.load()
     pretrained = params["modes"][mode]["pretrained"]

@@ -24,6 +24,7 @@ from typing import IO
 from tqdm import tqdm
 
 from stages.common import UserError, fail, log
+from stages.paths import RAW_DIR
 
 MIRROR_ENV = "DATASET_MIRROR"
 TRIES = 5
@@ -205,7 +206,7 @@ def _parts(name: str, label: str) -> list[str]:
     name = name.replace("\\", "/")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in parts:
-        fail(f"{label}: member {name!r} would unpack outside data/raw (absolute path or '..'); refusing the archive")
+        fail(f"{label}: member {name!r} would unpack outside {RAW_DIR} (absolute path or '..'); refusing the archive")
     return parts
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from stages import params
 from stages.archives import fetch, file_sha256, is_url, unpack
 from stages.common import atomic_path, fail, log, run_main
-
-RAW = Path("data/raw")
+from stages.paths import RAW_DIR
 
 
 @run_main
@@ -21,7 +20,8 @@ def main() -> None:
     data = params.load()["data"]
     source, expected = data["url"], data["sha256"]
     folder = None if is_url(source) else Path(source).expanduser()
-    with atomic_path(RAW) as raw, tempfile.TemporaryDirectory(prefix=".download.", dir=RAW.parent) as scratch:
+    with atomic_path(RAW_DIR) as raw, \
+            tempfile.TemporaryDirectory(prefix=".download.", dir=RAW_DIR.parent) as scratch:
         if folder is not None and folder.is_dir():
             if expected:
                 fail(f"data.sha256: {source} is a folder; a checksum applies to an archive only")
@@ -33,8 +33,8 @@ def main() -> None:
                 if actual != expected.lower():
                     fail(f"data.sha256: {label}: expected {expected.lower()}, got {actual}")
             unpack(archive, raw, data["max_unpacked_mb"], label)
-    files = sum(1 for path in RAW.rglob("*") if path.is_file())
-    log(f"{RAW}: {files} files from {source}")
+    files = sum(1 for path in RAW_DIR.rglob("*") if path.is_file())
+    log(f"{RAW_DIR}: {files} files from {source}")
 
 
 if __name__ == "__main__":

@@ -27,10 +27,8 @@ from tqdm import tqdm
 from stages import params
 from stages.common import atomic_path, fail, log, run_main, write_json
 from stages.images import UnreadableImage, open_rgb
+from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, SPLIT_DIR, split_csv
 
-RAW = Path("data/raw")
-SPLIT = Path("data/split")
-METRICS = Path("metrics/data.json")
 VAL_FOLDERS = ("val", "valid", "test")  # in order of preference
 PREFIXED = re.compile(r"(\d+)[-_](.+)")
 
@@ -241,28 +239,28 @@ def make_split(raw: Path, data: dict) -> Split:
     duplicates = [{"train": first_in_train[digests[path]], "val": path} for path, _ in val
                   if digests[path] in first_in_train]
     if duplicates:
-        log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {METRICS})")
+        log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {DATA_METRICS})")
     return Split(layout, classes, train, val, skipped, duplicates, warnings)
 
 
 def write_split(split: Split, folder: Path) -> None:
     folder.mkdir(parents=True)
     for part, rows in (("train", split.train), ("val", split.val)):
-        with open(folder / f"{part}.csv", "w", newline="", encoding="utf-8") as f:
+        with open(folder / split_csv(part).name, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "label", "class"])
             writer.writerows((path, label, split.classes[label]["folder"]) for path, label in rows)
-    (folder / "classes.json").write_text(json.dumps({"classes": split.classes, "layout": split.layout},
+    (folder / CLASSES_JSON.name).write_text(json.dumps({"classes": split.classes, "layout": split.layout},
                                                     indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @run_main
 def main() -> None:
     data = params.load()["data"]
-    split = make_split(RAW, data)
-    with atomic_path(SPLIT) as folder:
+    split = make_split(RAW_DIR, data)
+    with atomic_path(SPLIT_DIR) as folder:
         write_split(split, folder)
-    write_json(METRICS, split.metrics())
+    write_json(DATA_METRICS, split.metrics())
     log(f"{split.layout} layout, {len(split.classes)} classes: {len(split.train)} train, {len(split.val)} val, "
         f"{len(split.skipped)} skipped")
 

@@ -15,10 +15,11 @@ from PIL import Image
 from stages import download, split
 from stages.common import UserError
 from stages.images import UnreadableImage, open_rgb
+from stages.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
 from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process
 from tests.imagegen import make_image, write_class_folders
 
-DATA = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]
+DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
 
 def make_split(raw: Path, **data) -> split.Split:
@@ -235,12 +236,12 @@ def test_duplicates_across_splits_are_reported(tmp_path):
 
 
 def test_a_single_class_fails_the_stage_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    write_class_folders(tmp_path / "data" / "raw", {"cats": 3})
-    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    write_class_folders(tmp_path / RAW_DIR, {"cats": 3})
+    shutil.copy2(ROOT / PARAMS_FILE, tmp_path / PARAMS_FILE)
     monkeypatch.chdir(tmp_path)
     assert run_in_process(split.main) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"split: error: {Path('data/raw')}: found 1 class folder(s) (cats); need at least two"]
+        f"split: error: {RAW_DIR}: found 1 class folder(s) (cats); need at least two"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["raw"]
 
@@ -255,10 +256,10 @@ def read_csv(path: Path) -> list[dict]:
 def test_dvc_repro_runs_download_and_split_then_nothing(project):
     first = project.dvc("repro", "split")
     assert project.ran_stages(first.stdout) == ["download", "split"]
-    train = read_csv(project.path / "data" / "split" / "train.csv")
+    train = read_csv(project.path / TRAIN_CSV)
     assert len(train) == 24 and train[0] == {"path": "train/ants/ants_000.jpg", "label": "0", "class": "ants"}
-    assert len(read_csv(project.path / "data" / "split" / "val.csv")) == 12
-    metrics = json.loads((project.path / "metrics" / "data.json").read_text())
+    assert len(read_csv(project.path / VAL_CSV)) == 12
+    metrics = json.loads((project.path / DATA_METRICS).read_text())
     assert metrics["val"]["per_class"] == {"ants": 6, "bees": 6} and metrics["skipped_count"] == 0
     second = project.dvc("repro", "split")
     assert project.ran_stages(second.stdout) == []
@@ -267,12 +268,12 @@ def test_dvc_repro_runs_download_and_split_then_nothing(project):
 @pytest.mark.skipif(not HYMENOPTERA_ZIP.exists(), reason=f"real dataset not present: {HYMENOPTERA_ZIP}")
 def test_real_hymenoptera_dataset_from_the_mirror(tmp_path, monkeypatch):
     """The tutorial's ants/bees zip (default data.url) through the mirror, then split: the known counts."""
-    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy2(ROOT / PARAMS_FILE, tmp_path / PARAMS_FILE)
     monkeypatch.setenv(MIRROR_ENV, str(HYMENOPTERA_ZIP.parent))
     monkeypatch.chdir(tmp_path)
     assert run_in_process(download.main) == 0
     assert run_in_process(split.main) == 0
-    metrics = json.loads((tmp_path / "metrics" / "data.json").read_text())
+    metrics = json.loads((tmp_path / DATA_METRICS).read_text())
     assert metrics["layout"] == "imagefolder"
     assert metrics["train"]["per_class"] == {"ants": 124, "bees": 121}
     assert metrics["val"]["per_class"] == {"ants": 70, "bees": 83}
