@@ -31,14 +31,15 @@ from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, SPLIT_DIR, split_c
 
 VAL_FOLDERS = ("val", "valid", "test")  # in order of preference
 PREFIXED = re.compile(r"(\d+)[-_](.+)")
+Rows = list[tuple[str, int]]  # (path relative to data/raw, label), sorted by label then path
 
 
 @dataclass
 class Split:
     layout: str
     classes: list[dict]                       # {"index", "folder", "name"}, in label order
-    train: list[tuple[str, int]]              # (path relative to data/raw, label), sorted
-    val: list[tuple[str, int]]
+    train: Rows
+    val: Rows
     skipped: list[dict] = field(default_factory=list)     # {"path", "reason"}
     duplicates: list[dict] = field(default_factory=list)  # {"train", "val"}: the same bytes in both
     warnings: list[str] = field(default_factory=list)
@@ -174,15 +175,9 @@ def _val_indices(count: int, folder: str, layout: str, data: dict) -> set[int]:
     return set(rng.sample(range(count), n_val))
 
 
-def make_split(raw: Path, data: dict) -> Split:
-    """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
-    if not raw.is_dir():
-        fail(f"{raw}: missing; run the download stage first (dvc repro)")
-    root = dataset_root(raw)
-    layout = resolve_layout(root, data["layout"])
-    warnings: list[str] = []
-    folders, sources = _class_folders(root, layout, warnings)
-    mapping, mapping_path = _class_names(data["class_names"], root, raw)
+def _named_classes(folders: list[str], layout: str, mapping: dict[str, str], mapping_path: Path | None,
+                   warnings: list[str]) -> list[dict]:
+    """classes.json's entries: each class folder with its label and its name to show."""
     classes = []
     for index, folder in enumerate(folders):
         name = _mapped_name(folder, mapping)
@@ -191,25 +186,39 @@ def make_split(raw: Path, data: dict) -> Split:
                 warnings.append(f"data.class_names: {mapping_path} has no name for {folder}; using the folder name")
             name = PREFIXED.fullmatch(folder).group(2) if layout == "prefix" else folder
         classes.append({"index": index, "folder": folder, "name": name})
+    return classes
 
+
+@dataclass
+class _Checked:
+    """Every candidate file opened once: the usable ones per part and label, and what was found."""
+    usable: dict[str, dict[int, list[str]]]  # part ("train", "val" or "all") -> label -> paths
+    found: list[int]                         # files per label, usable or not
+    digests: dict[str, str | None] = field(default_factory=dict)  # path -> sha1 of its bytes, None if unusable
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mapping_path: Path | None) -> _Checked:
     candidates = []
     for part, source in sources.items():
         for label, folder in enumerate(folders):
             if (source / folder).is_dir():
                 candidates += [(part, label, path) for path in _files(source / folder) if path != mapping_path]
-    usable = {part: {label: [] for label in range(len(folders))} for part in sources}
-    found = [0] * len(folders)
-    digests, skipped = {}, []
+    checked = _Checked({part: {label: [] for label in range(len(folders))} for part in sources}, [0] * len(folders))
     for part, label, path in tqdm(candidates, desc="checking images", unit="img", file=sys.stderr, mininterval=1):
         relative = path.relative_to(raw).as_posix()
-        reason, digests[relative] = _check_image(path)
-        found[label] += 1
+        reason, checked.digests[relative] = _check_image(path)
+        checked.found[label] += 1
         if reason:
             log(f"skipped {relative}: {reason}")
-            skipped.append({"path": relative, "reason": reason})
+            checked.skipped.append({"path": relative, "reason": reason})
         else:
-            usable[part][label].append(relative)
+            checked.usable[part][label].append(relative)
+    return checked
 
+
+def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout: str, data: dict) -> tuple[Rows, Rows]:
+    """(train, val) rows sorted by label then path: as the folders give them, or split here."""
     if layout == "imagefolder":
         train = [(path, label) for label, paths in usable["train"].items() for path in paths]
         val = [(path, label) for label, paths in usable["val"].items() for path in paths]
@@ -221,7 +230,11 @@ def make_split(raw: Path, data: dict) -> Split:
                 (val if i in in_val else train).append((path, label))
     train.sort(key=lambda row: (row[1], row[0]))
     val.sort(key=lambda row: (row[1], row[0]))
+    return train, val
 
+
+def _check_coverage(root: Path, folders: list[str], found: list[int], train: Rows, val: Rows, warnings: list[str]):
+    """A class without training images stops the stage; one without validation images is a warning."""
     in_train = {label for _, label in train}
     in_val = {label for _, label in val}
     for label, folder in enumerate(folders):
@@ -230,17 +243,34 @@ def make_split(raw: Path, data: dict) -> Split:
             fail(f"{root}: class {folder} has no usable {where} (of {found[label]} files)")
         if label not in in_val:
             warnings.append(f"class {folder} has no validation images")
+
+
+def _duplicates(train: Rows, val: Rows, digests: dict[str, str | None]) -> list[dict]:
+    """Validation images byte-identical to a training image, each paired with the first such one."""
+    first_in_train = {digests[path]: path for path, _ in reversed(train)}  # reversed: the first one wins
+    return [{"train": first_in_train[digests[path]], "val": path} for path, _ in val
+            if digests[path] in first_in_train]
+
+
+def make_split(raw: Path, data: dict) -> Split:
+    """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
+    if not raw.is_dir():
+        fail(f"{raw}: missing; run the download stage first (dvc repro)")
+    root = dataset_root(raw)
+    layout = resolve_layout(root, data["layout"])
+    warnings: list[str] = []
+    folders, sources = _class_folders(root, layout, warnings)
+    mapping, mapping_path = _class_names(data["class_names"], root, raw)
+    classes = _named_classes(folders, layout, mapping, mapping_path, warnings)
+    checked = _check_files(raw, sources, folders, mapping_path)
+    train, val = _assign(checked.usable, folders, layout, data)
+    _check_coverage(root, folders, checked.found, train, val, warnings)
     for warning in warnings:
         log(f"warning: {warning}")
-
-    first_in_train = {}
-    for path, _ in train:
-        first_in_train.setdefault(digests[path], path)
-    duplicates = [{"train": first_in_train[digests[path]], "val": path} for path, _ in val
-                  if digests[path] in first_in_train]
+    duplicates = _duplicates(train, val, checked.digests)
     if duplicates:
         log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {DATA_METRICS})")
-    return Split(layout, classes, train, val, skipped, duplicates, warnings)
+    return Split(layout, classes, train, val, checked.skipped, duplicates, warnings)
 
 
 def write_split(split: Split, folder: Path) -> None:
