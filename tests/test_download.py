@@ -301,3 +301,38 @@ def test_stage_error_leaves_no_data_raw(workdir, tmp_path, monkeypatch, capsys):
 def test_missing_local_source_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="^data.url: .*nowhere.zip: no such file or folder$"):
         archives.fetch(str(tmp_path / "nowhere.zip"), tmp_path)
+
+
+# --- local folders ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["data", ".", "data/raw", "data/raw/insects"])
+def test_a_folder_holding_or_inside_data_raw_is_refused_in_one_line(url, workdir, dataset, monkeypatch, capsys):
+    """data.url at the project's own data folder (or the project, or data/raw itself) would copy data/raw
+    into itself without end; one line, and the data/raw of the last run is left as it was."""
+    shutil.copytree(dataset.parent, workdir.path / RAW_DIR)
+    before = tree_bytes(workdir.path / RAW_DIR.parent)
+    workdir.set_params(data={"url": url})
+    monkeypatch.chdir(workdir.path)
+    assert run_in_process(download.main) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"download: error: data.url: {url}: ") and str(RAW_DIR) in line, line
+    assert tree_bytes(workdir.path / RAW_DIR.parent) == before
+    assert sorted(p.name for p in (workdir.path / RAW_DIR.parent).iterdir()) == [RAW_DIR.name]  # nothing aside
+
+
+def test_a_folder_with_a_link_loop_and_a_dangling_link_is_copied_once(workdir, dataset, monkeypatch, capsys):
+    """Links in a source folder are followed as copies, except one back to a folder holding it (a
+    loop, not endless nested copies); a dangling link is skipped and named in a warning."""
+    (dataset / "train" / "ants" / "loop").symlink_to("../..")
+    (dataset / "train" / "bees" / "gone.jpg").symlink_to("nowhere.jpg")
+    (dataset / "val" / "ants" / "alias.jpg").symlink_to(dataset / "val" / "ants" / "ants_000.jpg")
+    workdir.set_params(data={"url": str(dataset)})
+    monkeypatch.chdir(workdir.path)
+    assert run_in_process(download.main) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped {dataset}/train/ants/loop: link to a folder that holds it (a loop)" in err
+    assert f"warning: skipped {dataset}/train/bees/gone.jpg: dangling link to nowhere.jpg" in err
+    copied = tree_bytes(workdir.path / RAW_DIR)
+    assert copied == tree_bytes(dataset)  # rglob follows no folder link and drops the dangling one
+    assert copied["val/ants/alias.jpg"] == copied["val/ants/ants_000.jpg"]
+    assert not any(p.is_symlink() for p in (workdir.path / RAW_DIR).rglob("*"))
