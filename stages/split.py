@@ -5,7 +5,8 @@ Writes data/split/ (train.csv and val.csv with `path,label,class` rows, paths re
 classes.json) and metrics/data.json (counts, skipped files with the reason, duplicates, warnings).
 
 Layouts (params data.layout):
-  imagefolder  train/<class>/... plus val/, valid/ or test/<class>/...: the split is given
+  imagefolder  train/<class>/... plus val/, valid/ or test/<class>/...: the split is given (any case;
+               training/ and validation/ too)
   prefix       <number>-<name>/... per class (000-one): every data.val_every-th image goes to val
   random       <class>/...: a seeded stratified split, data.val_fraction of each class to val
   auto         the first two when the folders look like them, else random
@@ -29,7 +30,8 @@ from stages.common import atomic_path, fail, log, run_main, write_json
 from stages.images import UnreadableImage, open_rgb
 from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, SPLIT_DIR, split_csv
 
-VAL_FOLDERS = ("val", "valid", "test")  # in order of preference
+TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
+VAL_FOLDERS = ("val", "valid", "validation", "test")
 PREFIXED = re.compile(r"(\d+)[-_](.+)")
 Rows = list[tuple[str, int]]  # (path relative to data/raw, label), sorted by label then path
 
@@ -76,7 +78,7 @@ def _files(folder: Path) -> list[Path]:
 def dataset_root(raw: Path) -> Path:
     """`raw`, or the folder that lone wrapping folders (hymenoptera_data/) lead to."""
     root = raw
-    while len(subs := _subfolders(root)) == 1 and subs[0].name not in ("train", *VAL_FOLDERS) \
+    while len(subs := _subfolders(root)) == 1 and subs[0].name.lower() not in (*TRAIN_FOLDERS, *VAL_FOLDERS) \
             and _subfolders(subs[0]):
         root = subs[0]
     return root
@@ -85,18 +87,29 @@ def dataset_root(raw: Path) -> Path:
 def resolve_layout(root: Path, layout: str) -> str:
     """The layout data.layout names, checked against the folders in `root`; auto picks one."""
     names = [p.name for p in _subfolders(root)]
+    splits = _split_folders(root)
     if layout == "auto":
-        if not any(name in names for name in ("train", *VAL_FOLDERS)):
+        if not splits:
             return "prefix" if names and all(PREFIXED.fullmatch(name) for name in names) else "random"
         layout = "imagefolder"  # half of one (no val/) is a mistake to report, not a random layout
-    if layout == "imagefolder" and not ("train" in names and any(name in names for name in VAL_FOLDERS)):
-        fail(f"{root}: the imagefolder layout needs a train/ folder and a val/, valid/ or test/ folder "
-             f"(found: {', '.join(names) or 'no folders'})")
+    if layout == "imagefolder" and not (set(splits) & set(TRAIN_FOLDERS) and set(splits) & set(VAL_FOLDERS)):
+        fail(f"{root}: the imagefolder layout needs a train/ (or training/) folder and a val/, valid/, validation/ "
+             f"or test/ folder (found: {', '.join(names) or 'no folders'})")
     if layout == "prefix":
         for name in names:
             if not PREFIXED.fullmatch(name):
                 fail(f"{root / name}: the prefix layout needs class folders named <number>-<name>, like 000-one")
     return layout
+
+
+def _split_folders(root: Path) -> dict[str, str]:
+    """The folders in `root` that name a split, by lower-case name: {"train": "Train", "val": "Val"}."""
+    found: dict[str, str] = {}
+    for name in (p.name for p in _subfolders(root) if p.name.lower() in (*TRAIN_FOLDERS, *VAL_FOLDERS)):
+        if name.lower() in found:
+            fail(f"{root}: {found[name.lower()]}/ and {name}/ name the same split; keep one")
+        found[name.lower()] = name
+    return found
 
 
 def _class_names(setting: str | None, root: Path, raw: Path) -> tuple[dict[str, str], Path | None]:
@@ -131,11 +144,13 @@ def _class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[s
     """The class folder names in label order, and the folders holding them: {"train":, "val":} when
     the layout gives the split, {"all": root} when the split is made here."""
     if layout == "imagefolder":
-        val_names = [name for name in VAL_FOLDERS if (root / name).is_dir()]
-        if len(val_names) > 1:
-            warnings.append(f"{root}: using {val_names[0]}/ as the validation set; ignoring "
-                            + ", ".join(f"{name}/" for name in val_names[1:]))
-        sources = {"train": root / "train", "val": root / val_names[0]}
+        splits, sources = _split_folders(root), {}
+        for part, role, preferred in (("train", "training", TRAIN_FOLDERS), ("val", "validation", VAL_FOLDERS)):
+            found = [splits[name] for name in preferred if name in splits]
+            if len(found) > 1:
+                warnings.append(f"{root}: using {found[0]}/ as the {role} set; ignoring "
+                                + ", ".join(f"{name}/" for name in found[1:]))
+            sources[part] = root / found[0]
         folders = [p.name for p in _subfolders(sources["train"])]
         for extra in sorted({p.name for p in _subfolders(sources["val"])} - set(folders)):
             fail(f"{sources['val'] / extra}: class missing from {sources['train']}")

@@ -48,6 +48,37 @@ def test_imagefolder_layout(val_name, tmp_path):
     assert result.warnings == [] and result.skipped == [] and result.duplicates == []
 
 
+@pytest.mark.parametrize("train_name, val_name", [("Train", "Val"), ("training", "validation"), ("TRAINING", "Valid")])
+def test_imagefolder_split_folders_in_any_case_and_by_their_long_names(train_name, val_name, tmp_path):
+    """Train/ + Val/ or training/ + validation/ are the given split, not two classes named after them."""
+    raw = tmp_path / "raw"
+    write_class_folders(raw / train_name, {"ants": 3, "bees": 2})
+    write_class_folders(raw / val_name, {"ants": 1, "bees": 2}, seed=1)
+    result = make_split(raw)
+    assert result.layout == "imagefolder" and [c["folder"] for c in result.classes] == ["ants", "bees"]
+    assert per_class(result.train) == {0: 3, 1: 2} and per_class(result.val) == {0: 1, 1: 2}
+    assert result.train[0] == (f"{train_name}/ants/ants_000.jpg", 0) and result.val[0][0].startswith(f"{val_name}/")
+    assert result.warnings == []
+
+
+def test_split_folders_differing_only_in_case_are_a_user_error(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("train", "Train", "val"):
+        write_class_folders(raw / name, {"ants": 1, "bees": 1})
+    with pytest.raises(UserError, match=r"^.*raw: Train/ and train/ name the same split; keep one$"):
+        make_split(raw)
+
+
+def test_train_beside_training_uses_train_and_says_so(tmp_path):
+    raw = tmp_path / "raw"
+    write_class_folders(raw / "train", {"ants": 2, "bees": 2})
+    write_class_folders(raw / "training", {"ants": 1, "bees": 1}, seed=2)
+    write_class_folders(raw / "val", {"ants": 1, "bees": 1}, seed=1)
+    result = make_split(raw)
+    assert all(path.startswith("train/") for path, _ in result.train)
+    assert result.warnings == [f"{raw}: using train/ as the training set; ignoring training/"]
+
+
 def test_imagefolder_prefers_val_and_says_what_it_ignores(tmp_path):
     raw = tmp_path / "raw"
     write_class_folders(raw / "train", {"ants": 2, "bees": 2})
