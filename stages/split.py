@@ -10,7 +10,8 @@ Layouts (params data.layout):
   prefix       <number>-<name>/... per class (000-one): every data.val_every-th image goes to val
   random       <class>/...: a seeded stratified split, data.val_fraction of each class to val
   auto         the first two when the folders look like them, else random
-A single folder wrapping the dataset (hymenoptera_data/) is looked through."""
+A single folder wrapping the dataset (hymenoptera_data/) is looked through, and so is the one folder
+holding a train/val split beside others (docs/)."""
 from __future__ import annotations
 
 import csv
@@ -75,13 +76,27 @@ def _files(folder: Path) -> list[Path]:
     return sorted(found, key=Path.as_posix)
 
 
-def dataset_root(raw: Path) -> Path:
-    """`raw`, or the folder that lone wrapping folders (hymenoptera_data/) lead to."""
+def dataset_root(raw: Path, warnings: list[str]) -> Path:
+    """`raw`, or the folder holding the dataset: through lone wrapping folders (hymenoptera_data/), and
+    into the one folder holding a train/val split when other folders sit beside it (docs/)."""
     root = raw
-    while len(subs := _subfolders(root)) == 1 and subs[0].name.lower() not in (*TRAIN_FOLDERS, *VAL_FOLDERS) \
-            and _subfolders(subs[0]):
-        root = subs[0]
+    while not _split_folders(root) and (inner := _inner_dataset(root, warnings)):
+        root = inner
     return root
+
+
+def _inner_dataset(root: Path, warnings: list[str]) -> Path | None:
+    subs = _subfolders(root)
+    if len(subs) == 1:
+        return subs[0] if _subfolders(subs[0]) else None
+    holding = [sub for sub in subs if _split_folders(dataset_root(sub, []))]
+    if len(holding) > 1:
+        fail(f"{root}: {holding[0].name}/ and {holding[1].name}/ both hold a train/val split; "
+             "point data.url at one of them")
+    if holding:
+        warnings.append(f"{root}: using {holding[0].name}/, which holds the train/val split; ignoring "
+                        + ", ".join(f"{sub.name}/" for sub in subs if sub != holding[0]))
+    return holding[0] if holding else None
 
 
 def resolve_layout(root: Path, layout: str) -> str:
@@ -271,9 +286,9 @@ def make_split(raw: Path, data: dict) -> Split:
     """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
     if not raw.is_dir():
         fail(f"{raw}: missing; run the download stage first (dvc repro)")
-    root = dataset_root(raw)
-    layout = resolve_layout(root, data["layout"])
     warnings: list[str] = []
+    root = dataset_root(raw, warnings)
+    layout = resolve_layout(root, data["layout"])
     folders, sources = _class_folders(root, layout, warnings)
     mapping, mapping_path = _class_names(data["class_names"], root, raw)
     classes = _named_classes(folders, layout, mapping, mapping_path, warnings)

@@ -138,6 +138,29 @@ def test_wrapping_folders_are_looked_through(tmp_path):
     assert len(result.train) == 4 and len(result.val) == 2 and result.skipped == []
 
 
+def test_the_folder_holding_the_split_is_found_beside_other_folders(tmp_path):
+    """hymeno/{train,val} beside docs/: hymeno's classes, not classes named docs and hymeno; docs/ is
+    named in a warning."""
+    raw = tmp_path / "raw"
+    write_class_folders(raw / "hymeno" / "train", {"ants": 2, "bees": 2})
+    write_class_folders(raw / "hymeno" / "val", {"ants": 1, "bees": 1}, seed=1)
+    (raw / "docs").mkdir()
+    make_image(0, seed=3).save(raw / "docs" / "diagram.png")
+    result = make_split(raw)
+    assert result.layout == "imagefolder" and [c["folder"] for c in result.classes] == ["ants", "bees"]
+    assert result.train[0] == ("hymeno/train/ants/ants_000.jpg", 0) and len(result.val) == 2
+    assert result.warnings == [f"{raw}: using hymeno/, which holds the train/val split; ignoring docs/"]
+
+
+def test_two_folders_holding_a_split_are_a_user_error(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("bugs", "cats"):
+        write_class_folders(raw / name / "wrapped" / "train", {"a": 1, "b": 1})
+        write_class_folders(raw / name / "wrapped" / "val", {"a": 1, "b": 1})
+    with pytest.raises(UserError, match=r"raw: bugs/ and cats/ both hold a train/val split; point data.url at one"):
+        make_split(raw)
+
+
 # --- image files ------------------------------------------------------------------------------------
 
 def write_odd_images(folder: Path) -> dict[str, str]:
