@@ -33,12 +33,10 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
     """The PyTorch transfer-learning tutorial's train_model, as written there, on our split."""
     import torch
     from torch import nn
-    from torchvision import transforms
 
     from stages import params as params_module
     from stages.backbones import build_model
-    from stages.datasets import RAW_DIR, read_classes, read_split
-    from stages.images import open_rgb
+    from stages.datasets import read_classes
 
     params = params_module.load()
     pretrained = params["modes"][mode]["pretrained"]
@@ -47,6 +45,39 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
     model, pre = build_model(params["model"]["arch"], len(classes), pretrained)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the tutorial's choice
     model.to(device)
+    loaders = tutorial_loaders(pre)
+    if mode == "frozen":
+        for p in model.body.parameters():
+            p.requires_grad = False
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    criterion = nn.CrossEntropyLoss()
+    best = 0.0
+    started = time.perf_counter()
+    epoch_seconds = []
+    for _ in range(epochs):
+        epoch_started = time.perf_counter()
+        for phase in ("train", "val"):
+            correct = tutorial_phase(model, loaders[phase], phase == "train", criterion, optimizer, device)
+            if phase == "train":
+                scheduler.step()
+            else:
+                best = max(best, correct / len(loaders["val"].dataset))
+        epoch_seconds.append(time.perf_counter() - epoch_started)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "images": epochs * len(loaders["train"].dataset), "best_val_accuracy": best,
+            "epoch_seconds": epoch_seconds, "setup": f"{pre['image_size']} px, batch 4, fp32"}
+
+
+def tutorial_loaders(pre: dict) -> dict:
+    """The tutorial's data: its transforms, every image file decoded again for every sample, batch 4."""
+    import torch
+    from torchvision import transforms
+
+    from stages.datasets import read_split
+    from stages.images import open_rgb
+    from stages.paths import RAW_DIR
+
     norm = transforms.Normalize(pre["mean"], pre["std"])
     tf = {"train": transforms.Compose([transforms.RandomResizedCrop(pre["image_size"]),
                                        transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]),
@@ -66,40 +97,28 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
     # The tutorial's 4 loader workers where there is a GPU; on a small CPU they would only take cores
     # from the model, so the images load in-process there.
     workers = 4 if torch.cuda.is_available() else 0
-    loaders = {s: torch.utils.data.DataLoader(Files(s), batch_size=4, shuffle=True, num_workers=workers)
-               for s in ("train", "val")}
-    if mode == "frozen":
-        for p in model.body.parameters():
-            p.requires_grad = False
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
-    criterion = nn.CrossEntropyLoss()
-    best = 0.0
-    started = time.perf_counter()
-    epoch_seconds = []
-    for _ in range(epochs):
-        epoch_started = time.perf_counter()
-        for phase in ("train", "val"):
-            model.train(phase == "train")
-            correct = 0
-            for x, y in loaders[phase]:
-                x, y = x.to(device), y.to(device)
-                with torch.set_grad_enabled(phase == "train"):
-                    out = model(x)
-                    loss = criterion(out, y)
-                    if phase == "train":
-                        optimizer.zero_grad()
-                        loss.backward()
-                        optimizer.step()
-                correct += (out.argmax(1) == y).sum().item()
-            if phase == "train":
-                scheduler.step()
-            else:
-                best = max(best, correct / len(loaders["val"].dataset))
-        epoch_seconds.append(time.perf_counter() - epoch_started)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": epochs * len(loaders["train"].dataset), "best_val_accuracy": best,
-            "epoch_seconds": epoch_seconds, "setup": f"{pre['image_size']} px, batch 4, fp32"}
+    return {s: torch.utils.data.DataLoader(Files(s), batch_size=4, shuffle=True, num_workers=workers)
+            for s in ("train", "val")}
+
+
+def tutorial_phase(model, loader, training: bool, criterion, optimizer, device) -> int:
+    """One pass of the tutorial's phase loop (the whole network forward, BatchNorm in train mode while
+    training); the number of correct predictions."""
+    import torch
+
+    model.train(training)
+    correct = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.set_grad_enabled(training):
+            out = model(x)
+            loss = criterion(out, y)
+            if training:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        correct += (out.argmax(1) == y).sum().item()
+    return correct
 
 
 def pipeline(mode: str, epochs: int) -> dict:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from stages import params as params_module  # noqa: E402
 from stages.backbones import build_model  # noqa: E402
 from stages.datasets import decode_all, read_classes, read_split, working_preprocess  # noqa: E402
+from stages.paths import PARAMS_FILE  # noqa: E402
 from stages.training import Fit, TrainData, pick_device  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    params = params_module.load(ROOT / "params.yaml")
+    params = params_module.load(ROOT / PARAMS_FILE)
     row = params["modes"][args.mode]
     for item in args.set:
         key, _, value = item.partition("=")

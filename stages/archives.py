@@ -24,6 +24,7 @@ from typing import IO
 from tqdm import tqdm
 
 from stages.common import UserError, fail, log
+from stages.paths import RAW_DIR
 
 MIRROR_ENV = "DATASET_MIRROR"
 TRIES = 5
@@ -205,14 +206,28 @@ def _parts(name: str, label: str) -> list[str]:
     name = name.replace("\\", "/")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in parts:
-        fail(f"{label}: member {name!r} would unpack outside data/raw (absolute path or '..'); refusing the archive")
+        fail(f"{label}: member {name!r} would unpack outside {RAW_DIR} (absolute path or '..'); refusing the archive")
     return parts
 
 
 def _extract(members: list[_Member], open_member: Callable[[object], IO[bytes]], target: Path,
              max_mb: float, label: str) -> None:
-    max_bytes = max_mb * 2**20
-    limit = f"data.max_unpacked_mb = {max_mb:g}"
+    limit = _Limit(max_mb * 2**20, f"data.max_unpacked_mb = {max_mb:g}")
+    by_name, wanted = _plan(members, target, limit, label)
+    target.mkdir(parents=True)
+    _write(wanted, by_name, open_member, limit, label)
+
+
+@dataclass
+class _Limit:
+    max_bytes: float
+    text: str  # how messages name it
+
+
+def _plan(members: list[_Member], target: Path, limit: _Limit,
+          label: str) -> tuple[dict[str, _Member], list[tuple[_Member, Path]]]:
+    """Every member by its normalised name (links resolve through it), and the members to unpack with
+    their paths under `target`: the whole archive is checked before anything is written."""
     by_name = {}
     wanted = []
     declared = 0
@@ -227,11 +242,16 @@ def _extract(members: list[_Member], open_member: Callable[[object], IO[bytes]],
             log(f"{label}: skipping {member.name!r}: not a regular file, folder or link")
             continue
         declared += member.size
-        if declared > max_bytes:
-            fail(f"{label}: member {member.name!r} takes the declared unpacked size past {limit}; "
+        if declared > limit.max_bytes:
+            fail(f"{label}: member {member.name!r} takes the declared unpacked size past {limit.text}; "
                  "refusing a possible archive bomb")
         wanted.append((member, target.joinpath(*parts)))
-    target.mkdir(parents=True)
+    return by_name, wanted
+
+
+def _write(wanted: list[tuple[_Member, Path]], by_name: dict[str, _Member],
+           open_member: Callable[[object], IO[bytes]], limit: _Limit, label: str) -> None:
+    """Create the folders and write the files; a link is written as a copy of the file it points to."""
     written = 0
     for member, path in wanted:
         if member.kind == "dir":
@@ -244,8 +264,8 @@ def _extract(members: list[_Member], open_member: Callable[[object], IO[bytes]],
         path.parent.mkdir(parents=True, exist_ok=True)
         with open_member(source.info) as data, open(path, "wb") as out:
             while chunk := data.read(CHUNK):
-                written += len(chunk)
-                if written > max_bytes:
-                    fail(f"{label}: member {member.name!r} takes the unpacked size past {limit} "
+                written += len(chunk)  # the bytes really written: a header may understate its size
+                if written > limit.max_bytes:
+                    fail(f"{label}: member {member.name!r} takes the unpacked size past {limit.text} "
                          "(more than its header declares); refusing a possible archive bomb")
                 out.write(chunk)

@@ -1,10 +1,11 @@
 """Stage `download`: bring the dataset that params data.url names into data/raw.
 
-data.url is an http(s) URL, a local archive or a local folder (copied as is). An archive is checked
-against data.sha256 when given, then unpacked. data/raw appears only complete: a failed or
-interrupted run leaves none."""
+data.url is an http(s) URL, a local archive or a local folder (copied, links followed as copies). An
+archive is checked against data.sha256 when given, then unpacked. data/raw appears only complete: a
+failed or interrupted run leaves none."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,8 +13,49 @@ from pathlib import Path
 from stages import params
 from stages.archives import fetch, file_sha256, is_url, unpack
 from stages.common import atomic_path, fail, log, run_main
+from stages.paths import RAW_DIR
 
-RAW = Path("data/raw")
+
+def check_source_folder(folder: Path, source: str) -> None:
+    """Refuse a folder that holds data/raw (it would copy itself into itself) or lies inside it (the
+    copy replaces it)."""
+    src, raw = folder.resolve(), RAW_DIR.resolve()
+    if src == raw or src in raw.parents:
+        fail(f"data.url: {source}: holds the output folder {RAW_DIR}; name a dataset folder outside it")
+    if raw in src.parents:
+        fail(f"data.url: {source}: lies inside the output folder {RAW_DIR}, which this stage replaces")
+
+
+def copy_folder(source: Path, target: Path) -> list[str]:
+    """Copy the folder `source` to `target` (created here), a link as a copy of what it points to.
+
+    A link to a folder that holds it is not followed (it would nest copies without end); a dangling
+    link, a file that cannot be read and anything not a file or folder are skipped. Returns
+    "<path>: <reason>" for each thing skipped, paths relative to `source`."""
+    skipped: list[str] = []
+
+    def copy_tree(folder: Path, dest: Path, holders: frozenset[Path]) -> None:
+        dest.mkdir()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            path, relative = Path(entry.path), Path(entry.path).relative_to(source).as_posix()
+            try:
+                if entry.is_dir():
+                    real = path.resolve()
+                    if real in holders:
+                        skipped.append(f"{relative}: link to a folder that holds it (a loop)")
+                    else:
+                        copy_tree(path, dest / entry.name, holders | {real})
+                elif entry.is_file():
+                    shutil.copy2(path, dest / entry.name)
+                elif entry.is_symlink() and not path.exists():
+                    skipped.append(f"{relative}: dangling link to {os.readlink(path)}")
+                else:
+                    skipped.append(f"{relative}: not a regular file or folder")
+            except OSError as err:
+                skipped.append(f"{relative}: {err.strerror or err}")
+
+    copy_tree(source, target, frozenset({source.resolve()}))
+    return skipped
 
 
 @run_main
@@ -21,11 +63,16 @@ def main() -> None:
     data = params.load()["data"]
     source, expected = data["url"], data["sha256"]
     folder = None if is_url(source) else Path(source).expanduser()
-    with atomic_path(RAW) as raw, tempfile.TemporaryDirectory(prefix=".download.", dir=RAW.parent) as scratch:
-        if folder is not None and folder.is_dir():
-            if expected:
-                fail(f"data.sha256: {source} is a folder; a checksum applies to an archive only")
-            shutil.copytree(folder, raw)
+    is_folder = folder is not None and folder.is_dir()
+    if is_folder:
+        check_source_folder(folder, source)
+        if expected:
+            fail(f"data.sha256: {source} is a folder; a checksum applies to an archive only")
+    skipped = []
+    with atomic_path(RAW_DIR) as raw, \
+            tempfile.TemporaryDirectory(prefix=".download.", dir=RAW_DIR.parent) as scratch:
+        if is_folder:
+            skipped = copy_folder(folder, raw)
         else:
             archive, label = fetch(source, Path(scratch))
             if expected:
@@ -33,8 +80,10 @@ def main() -> None:
                 if actual != expected.lower():
                     fail(f"data.sha256: {label}: expected {expected.lower()}, got {actual}")
             unpack(archive, raw, data["max_unpacked_mb"], label)
-    files = sum(1 for path in RAW.rglob("*") if path.is_file())
-    log(f"{RAW}: {files} files from {source}")
+    for item in skipped:
+        log(f"warning: skipped {Path(source) / item}")
+    files = sum(1 for path in RAW_DIR.rglob("*") if path.is_file())
+    log(f"{RAW_DIR}: {files} files from {source}" + (f" ({len(skipped)} skipped)" if skipped else ""))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ Writes data/split/ (train.csv and val.csv with `path,label,class` rows, paths re
 classes.json) and metrics/data.json (counts, skipped files with the reason, duplicates, warnings).
 
 Layouts (params data.layout):
-  imagefolder  train/<class>/... plus val/, valid/ or test/<class>/...: the split is given
+  imagefolder  train/<class>/... plus val/, valid/ or test/<class>/...: the split is given (any case;
+               training/ and validation/ too)
   prefix       <number>-<name>/... per class (000-one): every data.val_every-th image goes to val
   random       <class>/...: a seeded stratified split, data.val_fraction of each class to val
   auto         the first two when the folders look like them, else random
-A single folder wrapping the dataset (hymenoptera_data/) is looked through."""
+A single folder wrapping the dataset (hymenoptera_data/) is looked through, and so is the one folder
+holding a train/val split beside others (docs/)."""
 from __future__ import annotations
 
 import csv
@@ -27,20 +29,20 @@ from tqdm import tqdm
 from stages import params
 from stages.common import atomic_path, fail, log, run_main, write_json
 from stages.images import UnreadableImage, open_rgb
+from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, SPLIT_DIR, split_csv
 
-RAW = Path("data/raw")
-SPLIT = Path("data/split")
-METRICS = Path("metrics/data.json")
-VAL_FOLDERS = ("val", "valid", "test")  # in order of preference
+TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
+VAL_FOLDERS = ("val", "valid", "validation", "test")
 PREFIXED = re.compile(r"(\d+)[-_](.+)")
+Rows = list[tuple[str, int]]  # (path relative to data/raw, label), sorted by label then path
 
 
 @dataclass
 class Split:
     layout: str
     classes: list[dict]                       # {"index", "folder", "name"}, in label order
-    train: list[tuple[str, int]]              # (path relative to data/raw, label), sorted
-    val: list[tuple[str, int]]
+    train: Rows
+    val: Rows
     skipped: list[dict] = field(default_factory=list)     # {"path", "reason"}
     duplicates: list[dict] = field(default_factory=list)  # {"train", "val"}: the same bytes in both
     warnings: list[str] = field(default_factory=list)
@@ -74,30 +76,55 @@ def _files(folder: Path) -> list[Path]:
     return sorted(found, key=Path.as_posix)
 
 
-def dataset_root(raw: Path) -> Path:
-    """`raw`, or the folder that lone wrapping folders (hymenoptera_data/) lead to."""
+def dataset_root(raw: Path, warnings: list[str]) -> Path:
+    """`raw`, or the folder holding the dataset: through lone wrapping folders (hymenoptera_data/), and
+    into the one folder holding a train/val split when other folders sit beside it (docs/)."""
     root = raw
-    while len(subs := _subfolders(root)) == 1 and subs[0].name not in ("train", *VAL_FOLDERS) \
-            and _subfolders(subs[0]):
-        root = subs[0]
+    while not _split_folders(root) and (inner := _inner_dataset(root, warnings)):
+        root = inner
     return root
+
+
+def _inner_dataset(root: Path, warnings: list[str]) -> Path | None:
+    subs = _subfolders(root)
+    if len(subs) == 1:
+        return subs[0] if _subfolders(subs[0]) else None
+    holding = [sub for sub in subs if _split_folders(dataset_root(sub, []))]
+    if len(holding) > 1:
+        fail(f"{root}: {holding[0].name}/ and {holding[1].name}/ both hold a train/val split; "
+             "point data.url at one of them")
+    if holding:
+        warnings.append(f"{root}: using {holding[0].name}/, which holds the train/val split; ignoring "
+                        + ", ".join(f"{sub.name}/" for sub in subs if sub != holding[0]))
+    return holding[0] if holding else None
 
 
 def resolve_layout(root: Path, layout: str) -> str:
     """The layout data.layout names, checked against the folders in `root`; auto picks one."""
     names = [p.name for p in _subfolders(root)]
+    splits = _split_folders(root)
     if layout == "auto":
-        if not any(name in names for name in ("train", *VAL_FOLDERS)):
+        if not splits:
             return "prefix" if names and all(PREFIXED.fullmatch(name) for name in names) else "random"
         layout = "imagefolder"  # half of one (no val/) is a mistake to report, not a random layout
-    if layout == "imagefolder" and not ("train" in names and any(name in names for name in VAL_FOLDERS)):
-        fail(f"{root}: the imagefolder layout needs a train/ folder and a val/, valid/ or test/ folder "
-             f"(found: {', '.join(names) or 'no folders'})")
+    if layout == "imagefolder" and not (set(splits) & set(TRAIN_FOLDERS) and set(splits) & set(VAL_FOLDERS)):
+        fail(f"{root}: the imagefolder layout needs a train/ (or training/) folder and a val/, valid/, validation/ "
+             f"or test/ folder (found: {', '.join(names) or 'no folders'})")
     if layout == "prefix":
         for name in names:
             if not PREFIXED.fullmatch(name):
                 fail(f"{root / name}: the prefix layout needs class folders named <number>-<name>, like 000-one")
     return layout
+
+
+def _split_folders(root: Path) -> dict[str, str]:
+    """The folders in `root` that name a split, by lower-case name: {"train": "Train", "val": "Val"}."""
+    found: dict[str, str] = {}
+    for name in (p.name for p in _subfolders(root) if p.name.lower() in (*TRAIN_FOLDERS, *VAL_FOLDERS)):
+        if name.lower() in found:
+            fail(f"{root}: {found[name.lower()]}/ and {name}/ name the same split; keep one")
+        found[name.lower()] = name
+    return found
 
 
 def _class_names(setting: str | None, root: Path, raw: Path) -> tuple[dict[str, str], Path | None]:
@@ -132,11 +159,13 @@ def _class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[s
     """The class folder names in label order, and the folders holding them: {"train":, "val":} when
     the layout gives the split, {"all": root} when the split is made here."""
     if layout == "imagefolder":
-        val_names = [name for name in VAL_FOLDERS if (root / name).is_dir()]
-        if len(val_names) > 1:
-            warnings.append(f"{root}: using {val_names[0]}/ as the validation set; ignoring "
-                            + ", ".join(f"{name}/" for name in val_names[1:]))
-        sources = {"train": root / "train", "val": root / val_names[0]}
+        splits, sources = _split_folders(root), {}
+        for part, role, preferred in (("train", "training", TRAIN_FOLDERS), ("val", "validation", VAL_FOLDERS)):
+            found = [splits[name] for name in preferred if name in splits]
+            if len(found) > 1:
+                warnings.append(f"{root}: using {found[0]}/ as the {role} set; ignoring "
+                                + ", ".join(f"{name}/" for name in found[1:]))
+            sources[part] = root / found[0]
         folders = [p.name for p in _subfolders(sources["train"])]
         for extra in sorted({p.name for p in _subfolders(sources["val"])} - set(folders)):
             fail(f"{sources['val'] / extra}: class missing from {sources['train']}")
@@ -176,15 +205,9 @@ def _val_indices(count: int, folder: str, layout: str, data: dict) -> set[int]:
     return set(rng.sample(range(count), n_val))
 
 
-def make_split(raw: Path, data: dict) -> Split:
-    """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
-    if not raw.is_dir():
-        fail(f"{raw}: missing; run the download stage first (dvc repro)")
-    root = dataset_root(raw)
-    layout = resolve_layout(root, data["layout"])
-    warnings: list[str] = []
-    folders, sources = _class_folders(root, layout, warnings)
-    mapping, mapping_path = _class_names(data["class_names"], root, raw)
+def _named_classes(folders: list[str], layout: str, mapping: dict[str, str], mapping_path: Path | None,
+                   warnings: list[str]) -> list[dict]:
+    """classes.json's entries: each class folder with its label and its name to show."""
     classes = []
     for index, folder in enumerate(folders):
         name = _mapped_name(folder, mapping)
@@ -193,25 +216,39 @@ def make_split(raw: Path, data: dict) -> Split:
                 warnings.append(f"data.class_names: {mapping_path} has no name for {folder}; using the folder name")
             name = PREFIXED.fullmatch(folder).group(2) if layout == "prefix" else folder
         classes.append({"index": index, "folder": folder, "name": name})
+    return classes
 
+
+@dataclass
+class _Checked:
+    """Every candidate file opened once: the usable ones per part and label, and what was found."""
+    usable: dict[str, dict[int, list[str]]]  # part ("train", "val" or "all") -> label -> paths
+    found: list[int]                         # files per label, usable or not
+    digests: dict[str, str | None] = field(default_factory=dict)  # path -> sha1 of its bytes, None if unusable
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mapping_path: Path | None) -> _Checked:
     candidates = []
     for part, source in sources.items():
         for label, folder in enumerate(folders):
             if (source / folder).is_dir():
                 candidates += [(part, label, path) for path in _files(source / folder) if path != mapping_path]
-    usable = {part: {label: [] for label in range(len(folders))} for part in sources}
-    found = [0] * len(folders)
-    digests, skipped = {}, []
+    checked = _Checked({part: {label: [] for label in range(len(folders))} for part in sources}, [0] * len(folders))
     for part, label, path in tqdm(candidates, desc="checking images", unit="img", file=sys.stderr, mininterval=1):
         relative = path.relative_to(raw).as_posix()
-        reason, digests[relative] = _check_image(path)
-        found[label] += 1
+        reason, checked.digests[relative] = _check_image(path)
+        checked.found[label] += 1
         if reason:
             log(f"skipped {relative}: {reason}")
-            skipped.append({"path": relative, "reason": reason})
+            checked.skipped.append({"path": relative, "reason": reason})
         else:
-            usable[part][label].append(relative)
+            checked.usable[part][label].append(relative)
+    return checked
 
+
+def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout: str, data: dict) -> tuple[Rows, Rows]:
+    """(train, val) rows sorted by label then path: as the folders give them, or split here."""
     if layout == "imagefolder":
         train = [(path, label) for label, paths in usable["train"].items() for path in paths]
         val = [(path, label) for label, paths in usable["val"].items() for path in paths]
@@ -223,7 +260,11 @@ def make_split(raw: Path, data: dict) -> Split:
                 (val if i in in_val else train).append((path, label))
     train.sort(key=lambda row: (row[1], row[0]))
     val.sort(key=lambda row: (row[1], row[0]))
+    return train, val
 
+
+def _check_coverage(root: Path, folders: list[str], found: list[int], train: Rows, val: Rows, warnings: list[str]):
+    """A class without training images stops the stage; one without validation images is a warning."""
     in_train = {label for _, label in train}
     in_val = {label for _, label in val}
     for label, folder in enumerate(folders):
@@ -232,37 +273,54 @@ def make_split(raw: Path, data: dict) -> Split:
             fail(f"{root}: class {folder} has no usable {where} (of {found[label]} files)")
         if label not in in_val:
             warnings.append(f"class {folder} has no validation images")
+
+
+def _duplicates(train: Rows, val: Rows, digests: dict[str, str | None]) -> list[dict]:
+    """Validation images byte-identical to a training image, each paired with the first such one."""
+    first_in_train = {digests[path]: path for path, _ in reversed(train)}  # reversed: the first one wins
+    return [{"train": first_in_train[digests[path]], "val": path} for path, _ in val
+            if digests[path] in first_in_train]
+
+
+def make_split(raw: Path, data: dict) -> Split:
+    """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
+    if not raw.is_dir():
+        fail(f"{raw}: missing; run the download stage first (dvc repro)")
+    warnings: list[str] = []
+    root = dataset_root(raw, warnings)
+    layout = resolve_layout(root, data["layout"])
+    folders, sources = _class_folders(root, layout, warnings)
+    mapping, mapping_path = _class_names(data["class_names"], root, raw)
+    classes = _named_classes(folders, layout, mapping, mapping_path, warnings)
+    checked = _check_files(raw, sources, folders, mapping_path)
+    train, val = _assign(checked.usable, folders, layout, data)
+    _check_coverage(root, folders, checked.found, train, val, warnings)
     for warning in warnings:
         log(f"warning: {warning}")
-
-    first_in_train = {}
-    for path, _ in train:
-        first_in_train.setdefault(digests[path], path)
-    duplicates = [{"train": first_in_train[digests[path]], "val": path} for path, _ in val
-                  if digests[path] in first_in_train]
+    duplicates = _duplicates(train, val, checked.digests)
     if duplicates:
-        log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {METRICS})")
-    return Split(layout, classes, train, val, skipped, duplicates, warnings)
+        log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {DATA_METRICS})")
+    return Split(layout, classes, train, val, checked.skipped, duplicates, warnings)
 
 
 def write_split(split: Split, folder: Path) -> None:
     folder.mkdir(parents=True)
     for part, rows in (("train", split.train), ("val", split.val)):
-        with open(folder / f"{part}.csv", "w", newline="", encoding="utf-8") as f:
+        with open(folder / split_csv(part).name, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "label", "class"])
             writer.writerows((path, label, split.classes[label]["folder"]) for path, label in rows)
-    (folder / "classes.json").write_text(json.dumps({"classes": split.classes, "layout": split.layout},
+    (folder / CLASSES_JSON.name).write_text(json.dumps({"classes": split.classes, "layout": split.layout},
                                                     indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @run_main
 def main() -> None:
     data = params.load()["data"]
-    split = make_split(RAW, data)
-    with atomic_path(SPLIT) as folder:
+    split = make_split(RAW_DIR, data)
+    with atomic_path(SPLIT_DIR) as folder:
         write_split(split, folder)
-    write_json(METRICS, split.metrics())
+    write_json(DATA_METRICS, split.metrics())
     log(f"{split.layout} layout, {len(split.classes)} classes: {len(split.train)} train, {len(split.val)} val, "
         f"{len(split.skipped)} skipped")
 

@@ -15,6 +15,7 @@ import pytest
 
 from stages import archives, download
 from stages.common import UserError
+from stages.paths import PARAMS_FILE, RAW_DIR
 from tests.conftest import MIRROR_ENV, ROOT, Project, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
 
@@ -24,7 +25,7 @@ def workdir(tmp_path: Path) -> Project:
     """The stages and params.yaml in a plain folder: enough to run one stage, without git or DVC."""
     path = tmp_path / "work"
     shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(ROOT / "params.yaml", path / "params.yaml")
+    shutil.copy2(ROOT / PARAMS_FILE, path / PARAMS_FILE)
     return Project(path)
 
 
@@ -141,7 +142,7 @@ def test_mirror_replaces_the_network(workdir, dataset, dataset_zip, monkeypatch,
     monkeypatch.chdir(workdir.path)
     assert run_in_process(download.main) == 0
     assert f"using {mirror / 'insects.zip'}" in capsys.readouterr().err
-    assert tree_bytes(workdir.path / "data" / "raw") == tree_bytes(dataset.parent)
+    assert tree_bytes(workdir.path / RAW_DIR) == tree_bytes(dataset.parent)
 
 
 def test_stage_resumes_a_dropped_download_and_the_mirror_gives_the_same_dvc_lock(tmp_path, serve, dataset,
@@ -152,8 +153,9 @@ def test_stage_resumes_a_dropped_download_and_the_mirror_gives_the_same_dvc_lock
     online = project.dvc("repro", "download")
     assert server.requests == [None, f"bytes={dataset_zip.stat().st_size // 2}-"]
     assert "resuming at byte" in online.stdout + online.stderr
-    assert tree_bytes(project.path / "data" / "raw") == tree_bytes(dataset.parent)
-    assert sorted(p.name for p in (project.path / "data").iterdir()) == [".gitignore", "raw"]  # no scratch left
+    assert tree_bytes(project.path / RAW_DIR) == tree_bytes(dataset.parent)
+    # no scratch folder left beside data/raw
+    assert sorted(p.name for p in (project.path / RAW_DIR.parent).iterdir()) == [".gitignore", RAW_DIR.name]
     lock = (project.path / "dvc.lock").read_text()
 
     project.dvc("repro", "--force", "download", env={MIRROR_ENV: str(dataset_zip.parent)})
@@ -180,7 +182,7 @@ def test_sha256_mismatch_is_one_line_and_unpacks_nothing(workdir, dataset_zip):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"download: error: data.sha256: {dataset_zip}: expected {'0' * 64}, got {actual}"]
-    assert not (workdir.path / "data").exists() or not any((workdir.path / "data").iterdir())
+    assert not (workdir.path / RAW_DIR.parent).exists() or not any((workdir.path / RAW_DIR.parent).iterdir())
 
 
 def test_sha256_match_unpacks_a_local_tar_gz(workdir, dataset, tmp_path, monkeypatch):
@@ -188,7 +190,7 @@ def test_sha256_match_unpacks_a_local_tar_gz(workdir, dataset, tmp_path, monkeyp
     workdir.set_params(data={"url": str(archive), "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()})
     monkeypatch.chdir(workdir.path)
     assert run_in_process(download.main) == 0
-    assert tree_bytes(workdir.path / "data" / "raw") == tree_bytes(dataset.parent)
+    assert tree_bytes(workdir.path / RAW_DIR) == tree_bytes(dataset.parent)
 
 
 # --- unpacking --------------------------------------------------------------------------------------
@@ -293,9 +295,44 @@ def test_stage_error_leaves_no_data_raw(workdir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(workdir.path)
     assert run_in_process(download.main) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    assert list((workdir.path / "data").iterdir()) == [] and not (workdir.path.parent / "evil.txt").exists()
+    assert list((workdir.path / RAW_DIR.parent).iterdir()) == [] and not (workdir.path.parent / "evil.txt").exists()
 
 
 def test_missing_local_source_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="^data.url: .*nowhere.zip: no such file or folder$"):
         archives.fetch(str(tmp_path / "nowhere.zip"), tmp_path)
+
+
+# --- local folders ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["data", ".", "data/raw", "data/raw/insects"])
+def test_a_folder_holding_or_inside_data_raw_is_refused_in_one_line(url, workdir, dataset, monkeypatch, capsys):
+    """data.url at the project's own data folder (or the project, or data/raw itself) would copy data/raw
+    into itself without end; one line, and the data/raw of the last run is left as it was."""
+    shutil.copytree(dataset.parent, workdir.path / RAW_DIR)
+    before = tree_bytes(workdir.path / RAW_DIR.parent)
+    workdir.set_params(data={"url": url})
+    monkeypatch.chdir(workdir.path)
+    assert run_in_process(download.main) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"download: error: data.url: {url}: ") and str(RAW_DIR) in line, line
+    assert tree_bytes(workdir.path / RAW_DIR.parent) == before
+    assert sorted(p.name for p in (workdir.path / RAW_DIR.parent).iterdir()) == [RAW_DIR.name]  # nothing aside
+
+
+def test_a_folder_with_a_link_loop_and_a_dangling_link_is_copied_once(workdir, dataset, monkeypatch, capsys):
+    """Links in a source folder are followed as copies, except one back to a folder holding it (a
+    loop, not endless nested copies); a dangling link is skipped and named in a warning."""
+    (dataset / "train" / "ants" / "loop").symlink_to("../..")
+    (dataset / "train" / "bees" / "gone.jpg").symlink_to("nowhere.jpg")
+    (dataset / "val" / "ants" / "alias.jpg").symlink_to(dataset / "val" / "ants" / "ants_000.jpg")
+    workdir.set_params(data={"url": str(dataset)})
+    monkeypatch.chdir(workdir.path)
+    assert run_in_process(download.main) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped {dataset}/train/ants/loop: link to a folder that holds it (a loop)" in err
+    assert f"warning: skipped {dataset}/train/bees/gone.jpg: dangling link to nowhere.jpg" in err
+    copied = tree_bytes(workdir.path / RAW_DIR)
+    assert copied == tree_bytes(dataset)  # rglob follows no folder link and drops the dangling one
+    assert copied["val/ants/alias.jpg"] == copied["val/ants/ants_000.jpg"]
+    assert not any(p.is_symlink() for p in (workdir.path / RAW_DIR).rglob("*"))

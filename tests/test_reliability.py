@@ -22,6 +22,17 @@ import pytest
 import torch
 from PIL import Image
 
+from stages.paths import (
+    DATA_METRICS,
+    MODELS_DIR,
+    SPLIT_DIR,
+    live_dir,
+    live_tsv,
+    mode_metrics,
+    model_file,
+    resume_dir,
+    resume_state,
+)
 from tests.conftest import Project, make_project
 from tests.imagegen import make_image, write_class_folders
 
@@ -31,6 +42,8 @@ EPOCHS = 3
 TIMING = {"train_seconds", "epoch_seconds", "seconds", "timestamp", "peak_memory_mib", "train_peak_memory_mib"}
 INTERRUPTED = "train: interrupted; finished work is kept, the next run resumes"
 EPOCH_LINE = re.compile(r"^epoch +(\d+) ", re.MULTILINE)
+# The per-epoch series train writes with DVCLive (plots/metrics/<name>.tsv), besides epoch_seconds.
+SERIES = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
 
 
 # --- projects --------------------------------------------------------------------------------------
@@ -62,7 +75,9 @@ def reference(split_project, tmp_path_factory) -> dict:
     """What an uninterrupted `dvc repro` gives: every result file, minus wall-clock timings."""
     project = clone(split_project, tmp_path_factory.mktemp("reference") / "project")
     project.dvc("repro", f"evaluate@{MODE}")
-    return results(project)
+    found = results(project)
+    assert_every_epoch_logged(found, MODE, EPOCHS)
+    return found
 
 
 def without_timing(obj):
@@ -73,23 +88,41 @@ def without_timing(obj):
     return obj
 
 
+def tsv_rows(tsv: Path) -> list[list[str]]:
+    """A DVCLive TSV, header included, without its `timestamp` column (the one field that differs
+    between runs; DVCLive writes it only when asked): `step` (the epoch) and the value stay."""
+    header, *rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    keep = [i for i, name in enumerate(header) if name != "timestamp"]
+    return [[row[i] for i in keep] for row in (header, *rows)]
+
+
 def results(project: Project, mode: str = MODE) -> dict:
-    """metrics/*.json, dvclive/<mode>/ (summary and per-epoch TSVs) and the checkpoint's weights and
-    meta, timings removed: floats are compared exactly (one CPU, seeded)."""
+    """metrics/*.json, dvclive/<mode>/ (summary and per-epoch TSVs: steps and values) and the
+    checkpoint's weights and meta, timings removed: floats are compared exactly (one CPU, seeded)."""
     path = project.path
     found = {}
-    for name in ("metrics/data.json", f"metrics/{mode}.json", f"dvclive/{mode}/metrics.json"):
-        if name != f"metrics/{mode}.json" or (path / name).exists():  # evaluate@<mode> may not have run
-            found[name] = without_timing(json.loads((path / name).read_text(encoding="utf-8")))
-    for tsv in sorted((path / "dvclive" / mode / "plots").rglob("*.tsv")):
+    names = [DATA_METRICS, live_dir(mode) / "metrics.json"]
+    if (path / mode_metrics(mode)).exists():  # evaluate@<mode> may not have run
+        names.append(mode_metrics(mode))
+    for name in names:
+        found[name.as_posix()] = without_timing(json.loads((path / name).read_text(encoding="utf-8")))
+    for tsv in sorted((path / live_dir(mode) / "plots").rglob("*.tsv")):
         if tsv.stem not in TIMING:
-            rows = [line.split("\t")[1:] for line in tsv.read_text().splitlines()]  # drop the timestamp
-            found[tsv.relative_to(path).as_posix()] = rows
-    checkpoint = torch.load(path / "models" / f"{mode}.pt", map_location="cpu", weights_only=False)
+            found[tsv.relative_to(path).as_posix()] = tsv_rows(tsv)
+    checkpoint = torch.load(path / model_file(mode), map_location="cpu", weights_only=False)
     for key in ("state_dict", "last_state_dict"):
         found[f"{key} bytes"] = {name: tensor.numpy().tobytes() for name, tensor in checkpoint.pop(key).items()}
     found["checkpoint meta"] = without_timing(checkpoint)
     return found
+
+
+def assert_every_epoch_logged(found: dict, mode: str, epochs: int) -> None:
+    """The results hold every per-epoch series, each with steps 1..epochs: else comparing them says little."""
+    for series in SERIES:
+        rows = found.get(live_tsv(mode, series).as_posix())
+        assert rows is not None, f"{live_tsv(mode, series)} missing"
+        assert rows[0] == ["step", series.rsplit("/", 1)[-1]], rows[0]
+        assert [int(row[0]) for row in rows[1:]] == list(range(1, epochs + 1)), rows
 
 
 def differences(a: dict, b: dict) -> list[str]:
@@ -147,10 +180,10 @@ def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, sp
         assert code == 130, log
         assert log.rstrip("\n").splitlines()[-1] == INTERRUPTED, log
         assert log.count("interrupted") == 1, log
-    assert not (project.path / "models" / f"{MODE}.pt").exists()
-    assert not (project.path / "dvclive" / MODE).exists()
+    assert not (project.path / model_file(MODE)).exists()
+    assert not (project.path / live_dir(MODE)).exists()
     assert stray_files(project.path) == []
-    state = torch.load(project.path / ".resume" / MODE / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(project.path / resume_state(MODE), map_location="cpu", weights_only=False)
     assert state["epoch"] == last_epoch, "the last finished epoch was not kept"
 
     repro = project.dvc("repro", f"evaluate@{MODE}")
@@ -159,7 +192,7 @@ def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, sp
     assert resumed and int(resumed.group(1)) == last_epoch >= 2, repro.stdout + repro.stderr
     assert [int(n) for n in EPOCH_LINE.findall(repro.stdout + repro.stderr)] == list(
         range(last_epoch + 1, EPOCHS + 1)), "the resumed run did not train exactly the epochs left"
-    assert not (project.path / ".resume" / MODE).exists(), "a finished run leaves no resumable state"
+    assert not (project.path / resume_dir(MODE)).exists(), "a finished run leaves no resumable state"
     assert differences(results(project), reference) == []
     assert json.loads(project.dvc("status", f"evaluate@{MODE}", "--json").stdout) == {}  # dvc.lock up to date
 
@@ -175,6 +208,8 @@ def test_two_phase_mode_resumes_inside_its_second_phase(tmp_path):
     uninterrupted.dvc("repro", "split")
     project = clone(uninterrupted, tmp_path / "interrupted")
     uninterrupted.dvc("repro", f"train@{mode}")
+    expected = results(uninterrupted, mode)
+    assert_every_epoch_logged(expected, mode, 3)
 
     code, log, last_epoch = run_until_epoch(project, signal.SIGINT, epoch=2, mode=mode)
     assert code == 130 and last_epoch == 2, log
@@ -182,7 +217,7 @@ def test_two_phase_mode_resumes_inside_its_second_phase(tmp_path):
     output = repro.stdout + repro.stderr
     assert f"resuming after epoch {last_epoch} " in output, output
     assert [int(n) for n in EPOCH_LINE.findall(output)] == [3], output
-    assert differences(results(project, mode), results(uninterrupted, mode)) == []
+    assert differences(results(project, mode), expected) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
@@ -207,7 +242,7 @@ def test_interrupt_while_starting_is_one_line(sig, split_project, tmp_path):
             proc.kill()
     assert proc.returncode == 130, log
     assert len(log.strip().splitlines()) == 1 and log.startswith("train: interrupted"), log
-    assert not (project.path / "models").exists()
+    assert not (project.path / MODELS_DIR).exists()
 
 
 # --- determinism and atomic writes ------------------------------------------------------------------
@@ -279,12 +314,12 @@ def audited(split_project, tmp_path_factory) -> tuple[Project, dict]:
     log = project.path.parent / "audit.jsonl"
     audit = {}
     for stage in (["download"], ["split"], ["train", MODE], ["evaluate", MODE], ["compare"], ["export"]):
-        before = snapshot(project.path)
+        before = snapshot(project.path.resolve())  # the resolved paths the audit hook logs
         proc = project.run(sys.executable, str(wrapper), f"stages.{stage[0]}", *stage[1:],
                            env={"AUDIT_LOG": str(log)}, check=False)
         assert proc.returncode == 0, f"{stage}: {proc.stderr}"
         events = json.loads(log.read_text().splitlines()[-1])
-        after = snapshot(project.path)
+        after = snapshot(project.path.resolve())
         changed = sorted(path for path, stat in after.items() if before.get(path) != stat)
         audit["@".join(stage)] = (events, changed, set(after))
     return project, audit
@@ -301,6 +336,8 @@ def test_every_file_a_stage_writes_appears_by_a_rename(audited):
         written = {path for kind, path, *_ in events if kind == "write" and path.startswith(root + os.sep)}
         written = {p for p in written if not SKIP_PARTS & set(Path(p).relative_to(root).parts)}
         assert changed, f"{stage} wrote nothing?"
+        # Every stage writes aside in the project first: none seen means the hook, not the stage, failed.
+        assert written, f"{stage}: the audit hook saw no file opened for writing in the project"
         for path in changed:
             assert any(path == dst or path.startswith(dst + os.sep) for dst in renamed), \
                 f"{stage}: {Path(path).relative_to(root)} appeared without a rename"
@@ -323,11 +360,11 @@ def test_another_seed_gives_other_results(audited, reference):
     project.stage("train", MODE)
     project.stage("evaluate", MODE)
     changed = differences(results(project), reference)
-    assert "metrics/data.json" not in changed  # the split has its own seed, data.split_seed
-    for name in (f"dvclive/{MODE}/metrics.json", "state_dict bytes", "last_state_dict bytes"):
+    assert DATA_METRICS.as_posix() not in changed  # the split has its own seed, data.split_seed
+    for name in ((live_dir(MODE) / "metrics.json").as_posix(), "state_dict bytes", "last_state_dict bytes"):
         assert name in changed
-    assert without_timing(json.loads((project.path / "metrics" / f"{MODE}.json").read_text()))["loss"] != \
-        reference[f"metrics/{MODE}.json"]["loss"]
+    assert without_timing(json.loads((project.path / mode_metrics(MODE)).read_text()))["loss"] != \
+        reference[mode_metrics(MODE).as_posix()]["loss"]
 
 
 # --- odd datasets -------------------------------------------------------------------------------------
@@ -354,13 +391,13 @@ def test_odd_dataset_trains_and_evaluates(tmp_path):
     repro = project.dvc("repro", "evaluate@frozen")
     assert "Traceback" not in repro.stdout + repro.stderr
     assert "warning: class één klasse has no validation images" in repro.stdout + repro.stderr
-    split = json.loads((project.path / "metrics" / "data.json").read_text(encoding="utf-8"))
+    split = json.loads((project.path / DATA_METRICS).read_text(encoding="utf-8"))
     assert split["train"]["per_class"] == {"abeilles à miel": 6, "ants": 7, "één klasse": 1}
     assert split["skipped"] == []
-    metrics = json.loads((project.path / "metrics" / "frozen.json").read_text(encoding="utf-8"))
+    metrics = json.loads((project.path / mode_metrics("frozen")).read_text(encoding="utf-8"))
     assert metrics["val_images"] == 6 and metrics["per_class"]["één klasse"]["support"] == 0
     assert metrics["confusion_matrix"]["labels"] == ["abeilles à miel", "ants", "één klasse"]
-    checkpoint = torch.load(project.path / "models" / "frozen.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(project.path / model_file("frozen"), map_location="cpu", weights_only=False)
     assert checkpoint["classes"] == ["abeilles à miel", "ants", "één klasse"]
 
 
@@ -381,6 +418,6 @@ def test_dataset_whose_val_has_a_class_train_lacks_fails_in_one_line(case, tmp_p
     assert len(errors) == 1 and "wasps" in errors[0], output
     expected = "class missing from" if case.startswith("val class") else "has no usable training images"
     assert expected in errors[0]
-    assert not (project.path / "data" / "split").exists()
+    assert not (project.path / SPLIT_DIR).exists()
     assert stray_files(project.path) == []
 

@@ -15,10 +15,11 @@ from PIL import Image
 from stages import download, split
 from stages.common import UserError
 from stages.images import UnreadableImage, open_rgb
+from stages.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
 from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process
 from tests.imagegen import make_image, write_class_folders
 
-DATA = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]
+DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
 
 def make_split(raw: Path, **data) -> split.Split:
@@ -45,6 +46,37 @@ def test_imagefolder_layout(val_name, tmp_path):
     assert result.train[0] == ("train/ants/ants_000.jpg", 0) and per_class(result.train) == {0: 4, 1: 3}
     assert result.val[-1] == (f"{val_name}/bees/bees_001.jpg", 1) and per_class(result.val) == {0: 1, 1: 2}
     assert result.warnings == [] and result.skipped == [] and result.duplicates == []
+
+
+@pytest.mark.parametrize("train_name, val_name", [("Train", "Val"), ("training", "validation"), ("TRAINING", "Valid")])
+def test_imagefolder_split_folders_in_any_case_and_by_their_long_names(train_name, val_name, tmp_path):
+    """Train/ + Val/ or training/ + validation/ are the given split, not two classes named after them."""
+    raw = tmp_path / "raw"
+    write_class_folders(raw / train_name, {"ants": 3, "bees": 2})
+    write_class_folders(raw / val_name, {"ants": 1, "bees": 2}, seed=1)
+    result = make_split(raw)
+    assert result.layout == "imagefolder" and [c["folder"] for c in result.classes] == ["ants", "bees"]
+    assert per_class(result.train) == {0: 3, 1: 2} and per_class(result.val) == {0: 1, 1: 2}
+    assert result.train[0] == (f"{train_name}/ants/ants_000.jpg", 0) and result.val[0][0].startswith(f"{val_name}/")
+    assert result.warnings == []
+
+
+def test_split_folders_differing_only_in_case_are_a_user_error(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("train", "Train", "val"):
+        write_class_folders(raw / name, {"ants": 1, "bees": 1})
+    with pytest.raises(UserError, match=r"^.*raw: Train/ and train/ name the same split; keep one$"):
+        make_split(raw)
+
+
+def test_train_beside_training_uses_train_and_says_so(tmp_path):
+    raw = tmp_path / "raw"
+    write_class_folders(raw / "train", {"ants": 2, "bees": 2})
+    write_class_folders(raw / "training", {"ants": 1, "bees": 1}, seed=2)
+    write_class_folders(raw / "val", {"ants": 1, "bees": 1}, seed=1)
+    result = make_split(raw)
+    assert all(path.startswith("train/") for path, _ in result.train)
+    assert result.warnings == [f"{raw}: using train/ as the training set; ignoring training/"]
 
 
 def test_imagefolder_prefers_val_and_says_what_it_ignores(tmp_path):
@@ -104,6 +136,29 @@ def test_wrapping_folders_are_looked_through(tmp_path):
     assert result.layout == "imagefolder"
     assert result.train[0][0] == "outer/inner/train/ants/ants_000.jpg"
     assert len(result.train) == 4 and len(result.val) == 2 and result.skipped == []
+
+
+def test_the_folder_holding_the_split_is_found_beside_other_folders(tmp_path):
+    """hymeno/{train,val} beside docs/: hymeno's classes, not classes named docs and hymeno; docs/ is
+    named in a warning."""
+    raw = tmp_path / "raw"
+    write_class_folders(raw / "hymeno" / "train", {"ants": 2, "bees": 2})
+    write_class_folders(raw / "hymeno" / "val", {"ants": 1, "bees": 1}, seed=1)
+    (raw / "docs").mkdir()
+    make_image(0, seed=3).save(raw / "docs" / "diagram.png")
+    result = make_split(raw)
+    assert result.layout == "imagefolder" and [c["folder"] for c in result.classes] == ["ants", "bees"]
+    assert result.train[0] == ("hymeno/train/ants/ants_000.jpg", 0) and len(result.val) == 2
+    assert result.warnings == [f"{raw}: using hymeno/, which holds the train/val split; ignoring docs/"]
+
+
+def test_two_folders_holding_a_split_are_a_user_error(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("bugs", "cats"):
+        write_class_folders(raw / name / "wrapped" / "train", {"a": 1, "b": 1})
+        write_class_folders(raw / name / "wrapped" / "val", {"a": 1, "b": 1})
+    with pytest.raises(UserError, match=r"raw: bugs/ and cats/ both hold a train/val split; point data.url at one"):
+        make_split(raw)
 
 
 # --- image files ------------------------------------------------------------------------------------
@@ -235,12 +290,12 @@ def test_duplicates_across_splits_are_reported(tmp_path):
 
 
 def test_a_single_class_fails_the_stage_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    write_class_folders(tmp_path / "data" / "raw", {"cats": 3})
-    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    write_class_folders(tmp_path / RAW_DIR, {"cats": 3})
+    shutil.copy2(ROOT / PARAMS_FILE, tmp_path / PARAMS_FILE)
     monkeypatch.chdir(tmp_path)
     assert run_in_process(split.main) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"split: error: {Path('data/raw')}: found 1 class folder(s) (cats); need at least two"]
+        f"split: error: {RAW_DIR}: found 1 class folder(s) (cats); need at least two"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["raw"]
 
@@ -255,10 +310,10 @@ def read_csv(path: Path) -> list[dict]:
 def test_dvc_repro_runs_download_and_split_then_nothing(project):
     first = project.dvc("repro", "split")
     assert project.ran_stages(first.stdout) == ["download", "split"]
-    train = read_csv(project.path / "data" / "split" / "train.csv")
+    train = read_csv(project.path / TRAIN_CSV)
     assert len(train) == 24 and train[0] == {"path": "train/ants/ants_000.jpg", "label": "0", "class": "ants"}
-    assert len(read_csv(project.path / "data" / "split" / "val.csv")) == 12
-    metrics = json.loads((project.path / "metrics" / "data.json").read_text())
+    assert len(read_csv(project.path / VAL_CSV)) == 12
+    metrics = json.loads((project.path / DATA_METRICS).read_text())
     assert metrics["val"]["per_class"] == {"ants": 6, "bees": 6} and metrics["skipped_count"] == 0
     second = project.dvc("repro", "split")
     assert project.ran_stages(second.stdout) == []
@@ -267,12 +322,12 @@ def test_dvc_repro_runs_download_and_split_then_nothing(project):
 @pytest.mark.skipif(not HYMENOPTERA_ZIP.exists(), reason=f"real dataset not present: {HYMENOPTERA_ZIP}")
 def test_real_hymenoptera_dataset_from_the_mirror(tmp_path, monkeypatch):
     """The tutorial's ants/bees zip (default data.url) through the mirror, then split: the known counts."""
-    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy2(ROOT / PARAMS_FILE, tmp_path / PARAMS_FILE)
     monkeypatch.setenv(MIRROR_ENV, str(HYMENOPTERA_ZIP.parent))
     monkeypatch.chdir(tmp_path)
     assert run_in_process(download.main) == 0
     assert run_in_process(split.main) == 0
-    metrics = json.loads((tmp_path / "metrics" / "data.json").read_text())
+    metrics = json.loads((tmp_path / DATA_METRICS).read_text())
     assert metrics["layout"] == "imagefolder"
     assert metrics["train"]["per_class"] == {"ants": 124, "bees": 121}
     assert metrics["val"]["per_class"] == {"ants": 70, "bees": 83}

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from stages import params as params_module  # noqa: E402
 from stages.backbones import build_model  # noqa: E402
 from stages.datasets import decode_all, read_classes, read_split, train_transform, working_preprocess  # noqa: E402
+from stages.paths import PARAMS_FILE  # noqa: E402
 from stages.training import Fit, TrainData, pick_device, worker_count  # noqa: E402
 
 START = int(os.environ.get("START", "128"))
@@ -41,7 +42,7 @@ class ProgressiveFit(Fit):
 
 def main() -> None:
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    params = params_module.load(ROOT / "params.yaml")
+    params = params_module.load(ROOT / PARAMS_FILE)
     params["modes"]["finetune"]["seed"] = seed
     settings = params_module.mode_settings(params, "finetune")
     classes, train, val = read_classes(), read_split("train"), read_split("val")
