@@ -23,7 +23,7 @@ from stages.paths import CLASSES_JSON, RAW_DIR, SPLIT_DIR, split_csv
 
 
 @dataclass
-class Split:
+class SplitRows:
     paths: list[str]  # relative to the raw data folder
     labels: list[int]
 
@@ -38,13 +38,13 @@ class TrainData:
     preprocess: dict
 
 
-def read_split(name: str, split_dir: Path = SPLIT_DIR) -> Split:
+def read_split(name: str, split_dir: Path = SPLIT_DIR) -> SplitRows:
     path = split_dir / split_csv(name).name
     if not path.exists():
         raise UserError(f"{path}: missing; run the split stage first (dvc repro split)")
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return Split([r["path"] for r in rows], [int(r["label"]) for r in rows])
+    return SplitRows([r["path"] for r in rows], [int(r["label"]) for r in rows])
 
 
 def read_classes(split_dir: Path = SPLIT_DIR) -> list[dict]:

@@ -15,6 +15,8 @@ from stages.archives import fetch, file_sha256, is_url, unpack
 from stages.common import atomic_path, fail, log, run_main
 from stages.paths import RAW_DIR
 
+PARAMS = ("data.url", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
+
 
 def check_source_folder(folder: Path, source: str) -> None:
     """Refuse a folder that holds data/raw (it would copy itself into itself) or lies inside it (the
@@ -60,7 +62,7 @@ def copy_folder(source: Path, target: Path) -> list[str]:
 
 @run_main
 def main() -> None:
-    data = params.load()["data"]
+    data = params.declared(params.load(), PARAMS)["data"]
     source, expected = data["url"], data["sha256"]
     folder = None if is_url(source) else Path(source).expanduser()
     is_folder = folder is not None and folder.is_dir()

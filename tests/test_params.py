@@ -314,3 +314,14 @@ def test_stage_with_bad_params_reports_all_and_writes_nothing(project):
     assert all(LINE.fullmatch(line) for line in lines[1:]), proc.stderr
     assert proc.stdout == ""
     assert tree(project.path) == before
+
+
+def test_a_stage_sees_only_the_params_it_declares():
+    """declared(): the declared keys with their values, and nothing else to read by mistake."""
+    view = params_module.declared(REAL, ("data.url", "modes.{mode}", "train.device"), mode="frozen")
+    assert view == {"data": {"url": REAL["data"]["url"]}, "modes": {"frozen": REAL["modes"]["frozen"]},
+                    "train": {"device": REAL["train"]["device"]}}
+    with pytest.raises(KeyError):
+        view["data"]["layout"]
+    with pytest.raises(UserError, match="unknown mode 'nope'"):
+        params_module.declared(REAL, ("modes.{mode}",), mode="nope")

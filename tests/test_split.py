@@ -22,7 +22,7 @@ from tests.imagegen import make_image, write_class_folders
 DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
 
-def make_split(raw: Path, **data) -> split.Split:
+def make_split(raw: Path, **data) -> split.DatasetSplit:
     return split.make_split(raw, {**DATA, **data})
 
 

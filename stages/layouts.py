@@ -1,0 +1,139 @@
+"""How a dataset folder is laid out: where in data/raw the dataset is, which layout it has, its class
+folders in label order and their display names (stages.split uses these to make the split)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from stages.common import fail
+
+TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
+VAL_FOLDERS = ("val", "valid", "validation", "test")
+PREFIXED = re.compile(r"(\d+)[-_](.+)")
+
+
+def ignored(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not ignored(p.name))
+
+
+def files_under(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [name for name in dirnames if not ignored(name)]
+        found += [Path(dirpath, name) for name in filenames if not ignored(name)]
+    return sorted(found, key=Path.as_posix)
+
+
+def dataset_root(raw: Path, warnings: list[str]) -> Path:
+    """`raw`, or the folder holding the dataset: through lone wrapping folders (hymenoptera_data/), and
+    into the one folder holding a train/val split when other folders sit beside it (docs/)."""
+    root = raw
+    while not split_folders(root) and (inner := inner_dataset(root, warnings)):
+        root = inner
+    return root
+
+
+def inner_dataset(root: Path, warnings: list[str]) -> Path | None:
+    subs = subfolders(root)
+    if len(subs) == 1:
+        return subs[0] if subfolders(subs[0]) else None
+    holding = [sub for sub in subs if split_folders(dataset_root(sub, []))]
+    if len(holding) > 1:
+        fail(f"{root}: {holding[0].name}/ and {holding[1].name}/ both hold a train/val split; "
+             "point data.url at one of them")
+    if holding:
+        warnings.append(f"{root}: using {holding[0].name}/, which holds the train/val split; ignoring "
+                        + ", ".join(f"{sub.name}/" for sub in subs if sub != holding[0]))
+    return holding[0] if holding else None
+
+
+def resolve_layout(root: Path, layout: str) -> str:
+    """The layout data.layout names, checked against the folders in `root`; auto picks one."""
+    names = [p.name for p in subfolders(root)]
+    splits = split_folders(root)
+    if layout == "auto":
+        if not splits:
+            return "prefix" if names and all(PREFIXED.fullmatch(name) for name in names) else "random"
+        layout = "imagefolder"  # half of one (no val/) is a mistake to report, not a random layout
+    if layout == "imagefolder" and not (set(splits) & set(TRAIN_FOLDERS) and set(splits) & set(VAL_FOLDERS)):
+        fail(f"{root}: the imagefolder layout needs a train/ (or training/) folder and a val/, valid/, validation/ "
+             f"or test/ folder (found: {', '.join(names) or 'no folders'})")
+    if layout == "prefix":
+        for name in names:
+            if not PREFIXED.fullmatch(name):
+                fail(f"{root / name}: the prefix layout needs class folders named <number>-<name>, like 000-one")
+    return layout
+
+
+def split_folders(root: Path) -> dict[str, str]:
+    """The folders in `root` that name a split, by lower-case name: {"train": "Train", "val": "Val"}."""
+    found: dict[str, str] = {}
+    for name in (p.name for p in subfolders(root) if p.name.lower() in (*TRAIN_FOLDERS, *VAL_FOLDERS)):
+        if name.lower() in found:
+            fail(f"{root}: {found[name.lower()]}/ and {name}/ name the same split; keep one")
+        found[name.lower()] = name
+    return found
+
+
+def read_class_names(setting: str | None, root: Path, raw: Path) -> tuple[dict[str, str], Path | None]:
+    """The data.class_names mapping (keys as strings) and the file it came from."""
+    if setting is None:
+        return {}, None
+    path = next((base / setting for base in (root, raw) if (base / setting).is_file()), None)
+    if path is None:
+        fail(f"data.class_names: {setting}: no such file in {root} or {raw}")
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        fail(f"data.class_names: {path}: not valid JSON ({err})")
+    if not isinstance(mapping, dict):
+        fail(f"data.class_names: {path}: must be a JSON object mapping class folder names or numbers to names")
+    return {str(key): str(value) for key, value in mapping.items()}, path
+
+
+def mapped_name(folder: str, mapping: dict[str, str]) -> str | None:
+    """The class's name in a data.class_names mapping: keyed by the folder name, or by the folder's
+    number (prefix layout, or a folder named by a number) as any whole-number string: 1, "1", "001"."""
+    if folder in mapping:
+        return mapping[folder]
+    prefixed = PREFIXED.fullmatch(folder)
+    number = prefixed.group(1) if prefixed else folder if folder.isdigit() else None
+    if number is None:
+        return None
+    return next((name for key, name in mapping.items() if key.isdigit() and int(key) == int(number)), None)
+
+
+def class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[str], dict[str, Path]]:
+    """The class folder names in label order, and the folders holding them: {"train":, "val":} when
+    the layout gives the split, {"all": root} when the split is made here."""
+    if layout == "imagefolder":
+        splits, sources = split_folders(root), {}
+        for part, role, preferred in (("train", "training", TRAIN_FOLDERS), ("val", "validation", VAL_FOLDERS)):
+            found = [splits[name] for name in preferred if name in splits]
+            if len(found) > 1:
+                warnings.append(f"{root}: using {found[0]}/ as the {role} set; ignoring "
+                                + ", ".join(f"{name}/" for name in found[1:]))
+            sources[part] = root / found[0]
+        folders = [p.name for p in subfolders(sources["train"])]
+        for extra in sorted({p.name for p in subfolders(sources["val"])} - set(folders)):
+            fail(f"{sources['val'] / extra}: class missing from {sources['train']}")
+    else:
+        sources = {"all": root}
+        folders = [p.name for p in subfolders(root)]
+    if len(folders) < 2:
+        fail(f"{root}: found {len(folders)} class folder(s) ({', '.join(folders) or 'none'}); need at least two")
+    if layout == "prefix":
+        by_number: dict[int, str] = {}
+        for folder in folders:
+            number = int(PREFIXED.fullmatch(folder).group(1))
+            if number in by_number:
+                fail(f"{root}: class folders {by_number[number]} and {folder} have the same number {number}")
+            by_number[number] = folder
+        folders = [by_number[number] for number in sorted(by_number)]
+    return folders, sources
