@@ -125,31 +125,33 @@ def pipeline(mode: str, epochs: int) -> dict:
     """The train stage's work for one mode (decode once, cached features, ...), epochs overridden."""
     import tempfile
 
-    import torch
-
     from stages import params as params_module
-    from stages.backbones import build_model
-    from stages.datasets import decode_all, read_classes, read_split, working_preprocess
-    from stages.training import Fit, TrainData, pick_device
+    from stages.datasets import decode_splits, read_classes
+    from stages.devices import bf16_inference, pick_device, uses_bf16
+    from stages.train import run_training
+    from stages.training import ResumeState
 
     params = params_module.load()
     settings = params_module.mode_settings(params, mode)
     settings["phases"][-1]["epochs"] = epochs - sum(p["epochs"] for p in settings["phases"][:-1])
-    torch.manual_seed(settings["seed"])
-    classes = read_classes()
-    train, val = read_split("train"), read_split("val")
-    model, pre = build_model(settings["arch"], len(classes), settings["pretrained"])
-    started = time.perf_counter()  # from here on, as in the tutorial loop: decoding is part of the work
-    pre = working_preprocess(pre, settings["image_size"])
-    data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+    started = []
+
+    def decoded(preprocess):  # from here on, as in the tutorial loop: decoding is part of the work
+        started.append(time.perf_counter())
+        return decode_splits(preprocess)
+
     with tempfile.TemporaryDirectory() as tmp:
-        fit = Fit(model, data, settings, pick_device(settings["device"]), Path(tmp) / "state.pt", "bench")
-        result = fit.run()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": epochs * len(train.paths), "best_val_accuracy": result.best_accuracy,
+        _, data, result = run_training(settings, len(read_classes()), ResumeState(Path(tmp) / "state.pt", "bench"),
+                                       decoded)
+    seconds = time.perf_counter() - started[0]
+    device = pick_device(settings["device"])
+    precision = f"{'bf16' if uses_bf16(device) else 'fp32'}"
+    if bf16_inference(device, settings["inference_dtype"]) and not uses_bf16(device):
+        precision += ", frozen pass bf16"
+    return {"seconds": seconds, "images": epochs * len(data.train_labels), "best_val_accuracy": result.best_accuracy,
             "epoch_seconds": [row["seconds"] for row in result.history],
-            "setup": f"{size_text(settings['augment'].get('crop_size'), pre['image_size'])}, "
-                     f"batch {settings['batch_size']}, {'bf16' if fit.amp else 'fp32'}"}
+            "setup": f"{size_text(settings['augment'].get('crop_size'), data.preprocess['image_size'])}, "
+                     f"batch {settings['batch_size']}, {precision}"}
 
 
 def size_text(crop: int | None, size: int) -> str:

@@ -33,7 +33,7 @@ def main() -> None:
     from stages.backbones import build_model
     from stages.datasets import TensorImages, decode_all, read_classes, read_split, train_transform, working_preprocess
     from stages.paths import PARAMS_FILE
-    from stages.training import EpochSampler
+    from stages.sources import EpochSampler
 
     settings = params_module.mode_settings(params_module.load(ROOT / PARAMS_FILE), args.mode)
     _, pre = build_model(settings["arch"], len(read_classes()), False)

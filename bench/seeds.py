@@ -18,17 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages import params as params_module  # noqa: E402
-from stages.backbones import build_model  # noqa: E402
-from stages.datasets import decode_all, read_classes, read_split, working_preprocess  # noqa: E402
+from stages.datasets import decode_splits, read_classes  # noqa: E402
 from stages.paths import PARAMS_FILE  # noqa: E402
-from stages.training import Fit, TrainData, pick_device  # noqa: E402
+from stages.train import run_training  # noqa: E402
+from stages.training import ResumeState  # noqa: E402
 
 
 def main() -> None:
@@ -43,21 +42,16 @@ def main() -> None:
         key, _, value = item.partition("=")
         row[key] = yaml.safe_load(value)
     classes = read_classes()
-    train, val = read_split("train"), read_split("val")
-    data = None  # decoded once: the seed changes the training, not the images
+    data = {}  # decoded once: the seed changes the training, not the images
     accuracies = []
     for seed in args.seeds:
         row["seed"] = seed
         params_module.check(params)
         settings = params_module.mode_settings(params, args.mode)
-        torch.manual_seed(seed)
-        model, pre = build_model(settings["arch"], len(classes), settings["pretrained"])
-        if data is None:
-            pre = working_preprocess(pre, settings["image_size"])
-            data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            result = Fit(model, data, settings, pick_device(settings["device"]), Path(tmp) / "state.pt", "seeds").run()
+            _, _, result = run_training(settings, len(classes), ResumeState(Path(tmp) / "state.pt", "seeds"),
+                                        lambda pre: data.setdefault("images", decode_splits(pre)))
         accuracies.append(result.best_accuracy)
         print(f"{args.mode} seed {seed}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
               f"({time.perf_counter() - started:.0f} s) {' '.join(args.set)}", flush=True)

@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages import params as params_module  # noqa: E402
 from stages.backbones import build_model, frozen_split  # noqa: E402
-from stages.datasets import decode_all, read_classes, read_split  # noqa: E402
-from stages.training import TrainData, cached_features  # noqa: E402
+from stages.datasets import decode_splits, read_classes  # noqa: E402
+from stages.devices import memory_format  # noqa: E402
+from stages.sources import PhaseRun, cached_features  # noqa: E402
 
 GRID = {"views": [2, 4, 8], "epochs": [10, 25, 50], "lr": [0.003, 0.01, 0.03, 0.1], "optimizer": ["sgd", "adamw"],
         "label_smoothing": [0.0, 0.1], "weight_decay": [1e-4, 1e-2]}
@@ -66,13 +67,13 @@ def main() -> None:
     args = parser.parse_args()
     params = params_module.load()
     settings = params_module.mode_settings(params, "frozen")
-    train, val = read_split("train"), read_split("val")
     model, pre = build_model(settings["arch"], len(read_classes()), pretrained=True)
-    data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+    data = decode_splits(pre)
     encoder, _ = frozen_split(model, "head")
-    feats, val_feats = cached_features(encoder, data, settings, max(GRID["views"]), torch.device("cpu"), False,
-                                      torch.channels_last)
-    labels, val_labels = torch.tensor(train.labels), torch.tensor(val.labels)
+    cpu = torch.device("cpu")  # features in float32, as the sweep behind the frozen defaults had them
+    run = PhaseRun(data, settings["phases"][0], cpu, memory_format(cpu), False, False)
+    feats, val_feats = cached_features(encoder, run, max(GRID["views"]))
+    labels, val_labels = torch.tensor(data.train_labels), torch.tensor(data.val_labels)
     torch.set_num_threads(1)  # tiny problems: one thread is fastest
     rows = []
     for values in itertools.product(*GRID.values()):

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from stages.paths import mode_details
 from tests.conftest import ROOT, Project, make_project
 from tests.imagegen import write_class_folders
 
@@ -101,9 +102,9 @@ def plot_specs(html: str) -> dict[str, dict]:
     return {match.group(1): json.loads(match.group(2)) for match in found}
 
 
-def tsv_points(path: Path, column: str) -> set[tuple[str, str]]:
+def tsv_points(path: Path, column: str) -> set[tuple[int, float]]:
     with open(path, newline="") as f:
-        return {(row["step"], row[column]) for row in csv.DictReader(f, delimiter="\t")}
+        return {(int(row["step"]), float(row[column])) for row in csv.DictReader(f, delimiter="\t")}
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -189,7 +190,7 @@ def test_plots_show_renders_all_modes_curves_and_confusions(full, tmp_path):
         values = specs[plot_id]["data"]["values"]
         for mode in MODES:
             tsv = f"{mode}/plots/metrics/{split}/{column}.tsv"
-            points = {(v["step"], v[column]) for v in values if v["filename"].endswith(tsv)}
+            points = {(int(v["epoch"]), float(v[column])) for v in values if v["mode"] == mode}
             assert points, f"{plot_id}: no curve of {mode}"
             assert points == tsv_points(project.path / "dvclive" / tsv, column), f"{plot_id}: {mode}"
 
@@ -202,7 +203,7 @@ def test_plots_show_renders_all_modes_curves_and_confusions(full, tmp_path):
         encoding = spec["spec"]["encoding"]
         assert (encoding["x"]["field"], encoding["y"]["field"]) == ("actual", "predicted"), mode
 
-    for image in ["plots_compare_val_error.png", "plots_compare_accuracy_time.png", "plots_compare_confusion.png",
+    for image in ["plots_compare_val_error.png", "plots_compare_accuracy_time.png", "plots_compare_confusion_all_modes.png",
                   *[f"plots_errors_{m}.png" for m in MODES]]:
         assert (out / "static" / f"workspace_{image}").stat().st_size > 0, image
         assert f"static/workspace_{image}" in html, image
@@ -403,8 +404,8 @@ def test_data_change_reruns_split_and_everything_after_it(scratch):
     project.set_params(data={"class_names": "class_names.json"})
     run = project.dvc("repro")
     assert reran(run.stdout) == sorted(["split", "train@scratch", "evaluate@scratch", "compare", "export"])
-    metrics = read_json(project.path / "metrics/scratch.json")
-    assert metrics["confusion_matrix"]["labels"] == list(CLASS_NAMES.values())
+    details = read_json(project.path / mode_details("scratch"))
+    assert details["confusion_matrix"]["labels"] == list(CLASS_NAMES.values())
     assert_up_to_date(project)
 
 
@@ -419,7 +420,7 @@ def test_second_backbone_runs_the_same_stages(scratch):
     assert reran(run.stdout) == sorted(["train@scratch", "evaluate@scratch", "compare", "export"])
     assert md5(project.path / "models/model.pt") != model
     assert read_json(project.path / "results/headline.json")["arch"] == "resnet18"
-    assert read_json(project.path / "metrics/scratch.json")["arch"] == "resnet18"
+    assert read_json(project.path / mode_details("scratch"))["arch"] == "resnet18"
     assert_up_to_date(project)
 
 

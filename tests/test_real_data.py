@@ -47,7 +47,8 @@ def test_prefix_layout_of_the_real_photos_splits_5_to_1_and_runs_end_to_end(tmp_
     assert [(c["index"], c["folder"], c["name"]) for c in classes] == [(0, "000-ants", "ants"), (1, "001-bees", "bees")]
 
     metrics = json.loads((project.path / "metrics/frozen.json").read_text())
-    assert metrics["val_images"] == 194 // 5 + 204 // 5
-    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["val_images"]
+    details = json.loads((project.path / "results/details/frozen.json").read_text())
+    assert details["val_images"] == 194 // 5 + 204 // 5
+    assert sum(map(sum, details["confusion_matrix"]["matrix"])) == details["val_images"]
     assert metrics["accuracy"] > 0.6  # ImageNet features separate ants from bees even at 32 px
     assert (project.path / "models/model.pt").exists()

@@ -28,6 +28,7 @@ from stages.paths import (
     SPLIT_DIR,
     live_dir,
     live_tsv,
+    mode_details,
     mode_metrics,
     model_file,
     resume_dir,
@@ -103,15 +104,14 @@ def results(project: Project, mode: str = MODE) -> dict:
     found = {}
     names = [DATA_METRICS, live_dir(mode) / "metrics.json"]
     if (path / mode_metrics(mode)).exists():  # evaluate@<mode> may not have run
-        names.append(mode_metrics(mode))
+        names += [mode_metrics(mode), mode_details(mode)]
     for name in names:
         found[name.as_posix()] = without_timing(json.loads((path / name).read_text(encoding="utf-8")))
     for tsv in sorted((path / live_dir(mode) / "plots").rglob("*.tsv")):
         if tsv.stem not in TIMING:
             found[tsv.relative_to(path).as_posix()] = tsv_rows(tsv)
-    checkpoint = torch.load(path / model_file(mode), map_location="cpu", weights_only=False)
-    for key in ("state_dict", "last_state_dict"):
-        found[f"{key} bytes"] = {name: tensor.numpy().tobytes() for name, tensor in checkpoint.pop(key).items()}
+    checkpoint = torch.load(path / model_file(mode), map_location="cpu", weights_only=True)
+    found["state_dict bytes"] = {name: tensor.numpy().tobytes() for name, tensor in checkpoint.pop("state_dict").items()}
     found["checkpoint meta"] = without_timing(checkpoint)
     return found
 
@@ -183,7 +183,7 @@ def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, sp
     assert not (project.path / model_file(MODE)).exists()
     assert not (project.path / live_dir(MODE)).exists()
     assert stray_files(project.path) == []
-    state = torch.load(project.path / resume_state(MODE), map_location="cpu", weights_only=False)
+    state = torch.load(project.path / resume_state(MODE), map_location="cpu", weights_only=True)
     assert state["epoch"] == last_epoch, "the last finished epoch was not kept"
 
     repro = project.dvc("repro", f"evaluate@{MODE}")
@@ -361,7 +361,7 @@ def test_another_seed_gives_other_results(audited, reference):
     project.stage("evaluate", MODE)
     changed = differences(results(project), reference)
     assert DATA_METRICS.as_posix() not in changed  # the split has its own seed, data.split_seed
-    for name in ((live_dir(MODE) / "metrics.json").as_posix(), "state_dict bytes", "last_state_dict bytes"):
+    for name in ((live_dir(MODE) / "metrics.json").as_posix(), "state_dict bytes"):
         assert name in changed
     assert without_timing(json.loads((project.path / mode_metrics(MODE)).read_text()))["loss"] != \
         reference[mode_metrics(MODE).as_posix()]["loss"]
@@ -394,10 +394,10 @@ def test_odd_dataset_trains_and_evaluates(tmp_path):
     split = json.loads((project.path / DATA_METRICS).read_text(encoding="utf-8"))
     assert split["train"]["per_class"] == {"abeilles à miel": 6, "ants": 7, "één klasse": 1}
     assert split["skipped"] == []
-    metrics = json.loads((project.path / mode_metrics("frozen")).read_text(encoding="utf-8"))
-    assert metrics["val_images"] == 6 and metrics["per_class"]["één klasse"]["support"] == 0
-    assert metrics["confusion_matrix"]["labels"] == ["abeilles à miel", "ants", "één klasse"]
-    checkpoint = torch.load(project.path / model_file("frozen"), map_location="cpu", weights_only=False)
+    details = json.loads((project.path / mode_details("frozen")).read_text(encoding="utf-8"))
+    assert details["val_images"] == 6 and details["per_class"]["één klasse"]["support"] == 0
+    assert details["confusion_matrix"]["labels"] == ["abeilles à miel", "ants", "één klasse"]
+    checkpoint = torch.load(project.path / model_file("frozen"), map_location="cpu", weights_only=True)
     assert checkpoint["classes"] == ["abeilles à miel", "ants", "één klasse"]
 
 

@@ -20,10 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from stages import params as params_module  # noqa: E402
-from stages.backbones import build_model  # noqa: E402
-from stages.datasets import decode_all, read_classes, read_split, train_transform, working_preprocess  # noqa: E402
+from stages import sources, training  # noqa: E402
+from stages.datasets import read_classes, train_transform  # noqa: E402
+from stages.devices import worker_count  # noqa: E402
 from stages.paths import PARAMS_FILE  # noqa: E402
-from stages.training import Fit, TrainData, pick_device, worker_count  # noqa: E402
+from stages.train import run_training  # noqa: E402
 
 START = int(os.environ.get("START", "128"))
 
@@ -33,11 +34,14 @@ def size_at(epoch: int, epochs: int, full: int) -> int:
     return int(round((START + t * (full - START)) / 32) * 32)
 
 
-class ProgressiveFit(Fit):
-    def train_on_images(self, stepper, loader, epoch):
-        size = size_at(epoch, self.s["epochs"], self.data.preprocess["image_size"])
-        loader.dataset.transform = train_transform(self.data.preprocess, {**self.s["augment"], "crop_size": size})
-        return super().train_on_images(stepper, loader, epoch)
+class ProgressiveImages(sources.AugmentedImages):
+    """Augmented images whose training crops grow with the epoch: a source, plugged into the loop."""
+
+    def train_batches(self, epoch):
+        phase, pre = self.run.phase, self.run.data.preprocess
+        size = size_at(epoch, phase["epochs"], pre["image_size"])
+        self.loader.dataset.transform = train_transform(pre, {**phase["augment"], "crop_size": size})
+        return super().train_batches(epoch)
 
 
 def main() -> None:
@@ -45,17 +49,13 @@ def main() -> None:
     params = params_module.load(ROOT / PARAMS_FILE)
     params["modes"]["finetune"]["seed"] = seed
     settings = params_module.mode_settings(params, "finetune")
-    classes, train, val = read_classes(), read_split("train"), read_split("val")
-    torch.manual_seed(seed)
-    model, pre = build_model(settings["arch"], len(classes), True)
-    pre = working_preprocess(pre, settings["image_size"])
-    data = TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+    settings["device"] = "cpu"
+    if worker_count(settings["workers"], torch.device("cpu")):  # workers would keep the transform they started with
+        sys.exit("progressive_resize: needs in-process loading: set train.workers to 0 in params.yaml")
+    training.make_source = lambda model, run, first_epoch: ProgressiveImages(model, run)  # finetune: images only
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        fit = ProgressiveFit(model, data, settings, pick_device("cpu"), Path(tmp) / "state.pt", "progressive")
-        if worker_count(fit.s["workers"], fit.device):  # workers would keep the transform they started with
-            sys.exit("progressive_resize: needs in-process loading: set train.workers to 0 in params.yaml")
-        result = fit.run()
+        _, _, result = run_training(settings, len(read_classes()), training.ResumeState(Path(tmp) / "state.pt", "p"))
     print(f"START={START} seed {seed}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}, "
           f"{time.perf_counter() - started:.0f} s", flush=True)
 
