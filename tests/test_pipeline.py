@@ -203,8 +203,8 @@ def test_plots_show_renders_all_modes_curves_and_confusions(full, tmp_path):
         encoding = spec["spec"]["encoding"]
         assert (encoding["x"]["field"], encoding["y"]["field"]) == ("actual", "predicted"), mode
 
-    for image in ["plots_compare_val_error.png", "plots_compare_accuracy_time.png", "plots_compare_confusion_all_modes.png",
-                  *[f"plots_errors_{m}.png" for m in MODES]]:
+    for image in ["plots_compare_val_error.png", "plots_compare_accuracy_time.png",
+                  "plots_compare_confusion_all_modes.png", *[f"plots_errors_{m}.png" for m in MODES]]:
         assert (out / "static" / f"workspace_{image}").stat().st_size > 0, image
         assert f"static/workspace_{image}" in html, image
 

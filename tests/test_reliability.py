@@ -111,7 +111,8 @@ def results(project: Project, mode: str = MODE) -> dict:
         if tsv.stem not in TIMING:
             found[tsv.relative_to(path).as_posix()] = tsv_rows(tsv)
     checkpoint = torch.load(path / model_file(mode), map_location="cpu", weights_only=True)
-    found["state_dict bytes"] = {name: tensor.numpy().tobytes() for name, tensor in checkpoint.pop("state_dict").items()}
+    weights = checkpoint.pop("state_dict")
+    found["state_dict bytes"] = {name: tensor.numpy().tobytes() for name, tensor in weights.items()}
     found["checkpoint meta"] = without_timing(checkpoint)
     return found
 
