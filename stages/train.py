@@ -12,7 +12,7 @@ import torch
 from stages import params as params_module
 from stages.backbones import TransferNet, build_model, check_arch, count_params
 from stages.checkpoints import save_checkpoint
-from stages.common import UserError, atomic_path, log, run_main
+from stages.common import UserError, log, run_main
 from stages.datasets import TrainData, decode_splits, read_classes, train_transform, working_preprocess
 from stages.devices import pick_device
 from stages.imports import code_digest
@@ -39,7 +39,7 @@ def new_model(settings: dict, num_classes: int) -> tuple[TransferNet, dict]:
 
 
 def run_training(settings: dict, num_classes: int, resume: ResumeState, make_data=decode_splits,
-                 before_training=None) -> tuple[TransferNet, TrainData, FitResult]:
+                 before_training=None, on_epoch=None) -> tuple[TransferNet, TrainData, FitResult]:
     """The whole set-up of a training run, shared by the stage, the bench scripts and the tests:
     build the seeded model, decode the data at its working size (`make_data(preprocess)`), fit."""
     device = pick_device(settings["device"])
@@ -50,24 +50,33 @@ def run_training(settings: dict, num_classes: int, resume: ResumeState, make_dat
         f"at {preprocess['image_size']} px")
     if before_training:
         before_training(model)
-    return model, data, fit(model, data, settings, device, resume)
+    return model, data, fit(model, data, settings, device, resume, on_epoch)
 
 
-def write_logs(mode: str, history: list[dict], batch_grid) -> None:
-    """dvclive/<mode>/: per-epoch metrics as DVC plots and a summary, written whole at the end."""
-    from dvclive import Live
+class LiveLog:
+    """dvclive/<mode>/ as training runs: each epoch's metrics (DVC plots and a summary) as soon as the
+    epoch is saved, so that `dvc exp show`, DVC's editor integrations and Studio follow a running
+    stage. A resumed run starts the folder again and logs the restored epochs first (DVC removes a
+    stage's outputs before it runs it)."""
 
-    with atomic_path(live_dir(mode)) as tmp:
-        live = Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None)
-        for row in history:
-            live.step = row["epoch"]
-            for split in ("train", "val"):
-                live.log_metric(f"{split}/loss", row[f"{split}_loss"])
-                live.log_metric(f"{split}/acc", row[f"{split}_acc"])
-            live.log_metric("lr", row["lr"])
-            live.log_metric("epoch_seconds", round(row["seconds"], 3), plot=True)
-        live.log_image("train_batch.png", batch_grid)
-        live.end()
+    def __init__(self, mode: str):
+        from dvclive import Live
+
+        self.live = Live(dir=str(live_dir(mode)), save_dvc_exp=False, dvcyaml=None, report=None)
+
+    def epoch(self, row: dict) -> None:
+        live = self.live
+        live.step = row["epoch"]
+        for split in ("train", "val"):
+            live.log_metric(f"{split}/loss", row[f"{split}_loss"])
+            live.log_metric(f"{split}/acc", row[f"{split}_acc"])
+        live.log_metric("lr", row["lr"])
+        live.log_metric("epoch_seconds", round(row["seconds"], 3), plot=True)
+        live.next_step()
+
+    def end(self, batch_grid) -> None:
+        self.live.log_image("train_batch.png", batch_grid)
+        self.live.end()
 
 
 def augmented_batch_grid(data: TrainData, settings: dict, class_names: list[str], count: int = 8):
@@ -117,14 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     classes = read_classes()
     try:
         resume = ResumeState(resume_state(mode), fingerprint(settings))
-        model, data, result = run_training(settings, len(classes), resume)
+        live = LiveLog(mode)
+        model, data, result = run_training(settings, len(classes), resume, on_epoch=live.epoch)
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"out of GPU memory at train.batch_size {settings['batch_size']}; try a smaller one, "
                         f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, settings['batch_size'] // 2)}"
                         ) from None
     model.load_state_dict(result.best_state)
     meta = checkpoint_meta(mode, settings, classes, data.preprocess, result, count_params(model)[1])
-    write_logs(mode, result.history, augmented_batch_grid(data, settings, meta["class_names"]))
+    live.end(augmented_batch_grid(data, settings, meta["class_names"]))
     save_checkpoint(model_file(mode), model.cpu(), meta)
     shutil.rmtree(resume_dir(mode), ignore_errors=True)
     log(f"train@{mode}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}, "

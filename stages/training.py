@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -117,14 +118,27 @@ def phase_epochs(phases: list[dict]) -> list[tuple[dict, int, int]]:
     return spans
 
 
-def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.device, resume: ResumeState) -> FitResult:
-    """Run the mode's phases, resuming after the last finished epoch of an interrupted run."""
+def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.device, resume: ResumeState,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Run the mode's phases, resuming after the last finished epoch of an interrupted run.
+
+    `on_epoch(row)` hears of every epoch of the run once it is saved: first those a resumed run
+    restored, then each new one as it ends (live logs)."""
     state = resume.load()
     result, done = FitResult(), 0
     if state:
         done, result = state["epoch"], FitResult(**state["result"])
         model.load_state_dict(state["model"])
         log(f"resuming after epoch {done} (state in {resume.path})")
+
+    def finished(row: dict, optimizer, scheduler) -> None:
+        record(result, model, row)
+        resume.save(row["epoch"], model, optimizer, scheduler, result)
+        if on_epoch:
+            on_epoch(row)
+
+    for row in result.history if on_epoch else ():
+        on_epoch(row)
     fmt = memory_format(device, settings["batch_size"])
     model.to(device).to(memory_format=fmt)
     folded = fold_batchnorm(model, data.preprocess["image_size"])
@@ -133,12 +147,12 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
         if done < last:
             inference_amp = bf16_inference(device, phase["inference_dtype"])
             run = PhaseRun(data, phase, device, fmt, uses_bf16(device), inference_amp)
-            run_phase(model, run, (first, last), result, resume, done, state if first <= done else None)
+            run_phase(model, run, (first, last), result, done, state if first <= done else None, finished)
     return result
 
 
-def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: FitResult, resume: ResumeState,
-              done: int, state: dict | None) -> None:
+def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: FitResult, done: int,
+              state: dict | None, finished: Callable[[dict, object, object], None]) -> None:
     """The plain epoch loop of one phase: train an epoch, validate, keep the best, save the state."""
     phase, (first, last) = run.phase, span
     set_trainable(model, phase["trainable"], phase["top_blocks"])
@@ -164,8 +178,7 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
         val_loss, val_acc = evaluate_batches(source.module, source.val_batches(), criterion, run.device, run.amp)
         row = {"epoch": epoch, "trainable": phase["trainable"], "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started}
-        record(result, model, row)
-        resume.save(epoch, model, optimizer, scheduler, result)
+        finished(row, optimizer, scheduler)
         # Logged once saved: an epoch the log calls finished survives any interruption.
         log(f"epoch {epoch:3d} [{phase['trainable']}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | {row['seconds']:.1f} s")

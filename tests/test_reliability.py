@@ -167,7 +167,7 @@ def run_until_epoch(project: Project, sig: int, epoch: int = 2, mode: str = MODE
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, split_project, reference, tmp_path):
     """Killed after epoch 2 (Ctrl-C, SIGTERM, kill -9): one line and exit 130 (kill -9: nothing to say),
-    no model and no half-written file, the state of the last finished epoch kept; the next `dvc repro`
+    no model and no half-written file, the state and live logs of the last finished epoch kept; the next `dvc repro`
     says it resumes after that epoch (at most the epoch in progress is lost) and its model, metrics
     and logs equal those of a run never interrupted."""
     project = clone(split_project, tmp_path / "project")
@@ -182,7 +182,9 @@ def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, sp
         assert log.rstrip("\n").splitlines()[-1] == INTERRUPTED, log
         assert log.count("interrupted") == 1, log
     assert not (project.path / model_file(MODE)).exists()
-    assert not (project.path / live_dir(MODE)).exists()
+    # The live logs hold the finished epochs, each once (DVC starts them again when it re-runs the stage).
+    steps = [row[0] for row in tsv_rows(project.path / live_dir(MODE) / "plots" / "metrics" / "val" / "acc.tsv")[1:]]
+    assert steps == [str(epoch) for epoch in range(1, last_epoch + 1)], steps
     assert stray_files(project.path) == []
     state = torch.load(project.path / resume_state(MODE), map_location="cpu", weights_only=True)
     assert state["epoch"] == last_epoch, "the last finished epoch was not kept"
