@@ -58,17 +58,3 @@ def test_imports_are_followed_into_functions_and_through_the_package():
 def test_the_closure_reaches_modules_imported_only_indirectly():
     """train imports training, which imports sources, which imports devices: all of them are train's code."""
     assert {"stages/training.py", "stages/sources.py", "stages/devices.py"} <= set(stage_code_files("stages.train"))
-
-
-def test_code_shape():
-    """Small enough to read: no module of the pipeline over 300 lines, no function over 60."""
-    long = []
-    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "bench").rglob("*.py")]):
-        text = path.read_text(encoding="utf-8")
-        rel = path.relative_to(ROOT).as_posix()
-        if text.count("\n") > 300:
-            long.append(f"{rel}: {text.count(chr(10))} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
-                long.append(f"{rel}: {node.name}() {node.end_lineno - node.lineno + 1} lines")
-    assert long == []
