@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from stages import pack, split
+from stages import params as params_module
 from stages.common import UserError
 from stages.datasets import read_split, resize_short_side
 from stages.images import open_rgb
@@ -121,6 +122,21 @@ def test_pack_is_deterministic(workdir):
 
 
 # --- stale, damaged or bad input: one line ------------------------------------------------------------
+
+def test_bad_pack_params_are_one_line_each():
+    bad = {"short_side": 8, "interpolation": "cubic", "encoding": "webp", "jpeg_quality": 0, "jpeg_draft": "yes",
+           "shard_mb": 0, "shards": 3}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["pack"] = bad
+    with pytest.raises(UserError) as err:
+        params_module.check(params)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{len(bad)} problems in params.yaml:"
+    assert sorted(line.split(": ")[1] for line in lines[1:]) == sorted(f"pack.{key}" for key in bad), lines
+    del params["pack"]
+    with pytest.raises(UserError, match="params.yaml: pack: must be a mapping"):
+        params_module.check(params)
+
 
 def test_truncated_or_missing_shard_fails_in_one_line(workdir):
     assert run_pack() == 0
