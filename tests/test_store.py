@@ -86,6 +86,10 @@ def test_png_store_gives_exactly_the_in_memory_decode(workdir, shard_mb):
         assert all(torch.equal(a, b) for a, b in zip(load_split(name), map(expected, rows.paths)))
         with pytest.raises(IndexError):
             store[len(store)]
+    store.require(SHORT_SIDE, "bicubic")
+    with pytest.raises(UserError) as err:  # what training asks of the store
+        store.require(SHORT_SIDE + 1, "bicubic")
+    one_error_line(err, f"packed at a short side of {SHORT_SIDE} px", "set pack.short_side", "dvc repro pack")
     shards = sorted(STORE_DIR.glob("*.tar"))
     if shard_mb < 1:
         assert len(shards) > 4 and all(path.stat().st_size <= shard_mb * 2**20 for path in shards)
