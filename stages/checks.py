@@ -28,6 +28,10 @@ MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", 
 # The shorthand of a two-phase mode, which a row with `phases:` gives inside its phases instead.
 PHASE_SHORTHAND = ("trainable", "top_blocks", "head_epochs", "head_lr", "epochs")
 AUGMENT_KEYS = {"crop_scale", "crop_size", "hflip", "vflip", "rotation", "color_jitter", "grayscale"}
+PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_draft", "shard_mb"}
+# torchvision's InterpolationMode values (checked here without importing torchvision)
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "split_seed", "class_names"}
 
 
@@ -110,6 +114,16 @@ def check_data(c: Checker, data: Any) -> None:
     c.number(data, "data", "split_seed", kind=int)
     if data.get("class_names") is not None and not isinstance(data["class_names"], str):
         c.bad("data.class_names", f"must be null or the path of a JSON file, got {data['class_names']!r}")
+
+
+def check_pack(c: Checker, pack: Any) -> None:
+    pack = c.section(pack, "pack", PACK_KEYS)
+    c.number(pack, "pack", "short_side", kind=int, low=MIN_IMAGE_SIZE)
+    c.choice(pack, "pack", "interpolation", INTERPOLATIONS)
+    c.choice(pack, "pack", "encoding", ENCODINGS)
+    c.number(pack, "pack", "jpeg_quality", kind=int, low=1, high=100)
+    c.boolean(pack, "pack", "jpeg_draft")
+    c.number(pack, "pack", "shard_mb", low=0, low_open=True)
 
 
 def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from stages.checks import TRAIN_KEYS, Checker, check_data, check_mode, check_train
+from stages.checks import TRAIN_KEYS, Checker, check_data, check_mode, check_pack, check_train
 from stages.common import UserError
 from stages.paths import PARAMS_FILE
 
-SECTIONS = {"mode", "data", "model", "train", "modes"}
+SECTIONS = {"mode", "data", "pack", "model", "train", "modes"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -42,6 +42,7 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
                         f"got {type(params).__name__}")
     top = c.section(params, "", SECTIONS)
     check_data(c, top.get("data"))
+    check_pack(c, top.get("pack"))
     model = c.section(top.get("model"), "model", {"arch"})
     train = c.section(top.get("train"), "train", TRAIN_KEYS)
     check_train(c, train, "train", partial=False)

@@ -16,6 +16,10 @@ VAL_CSV = SPLIT_DIR / "val.csv"
 CLASSES_JSON = SPLIT_DIR / "classes.json"
 DATA_METRICS = Path("metrics/data.json")
 
+# split -> pack: every image decoded once, re-encoded in tar shards, and their index
+STORE_DIR = Path("data/store")
+STORE_INDEX = STORE_DIR / "index.json"
+
 # train@<mode> and evaluate@<mode>
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
