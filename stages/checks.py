@@ -20,9 +20,10 @@ RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model
 
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
-              "cached_views", "workers", "keep_bn_stats", "inference_dtype"}
+              "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb"}
 # What one phase of a mode sets: what trains, and any `train` key that may change between phases.
-PHASE_KEYS = (TRAIN_KEYS - {"seed", "device", "image_size"}) | {"trainable", "top_blocks", "backbone_lr_scale"}
+PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb"})
+              | {"trainable", "top_blocks", "backbone_lr_scale"})
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
 MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale", "phases"}
 # The shorthand of a two-phase mode, which a row with `phases:` gives inside its phases instead.
@@ -138,6 +139,7 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "lr", low=0, low_open=True, optional=opt)
     c.number(node, key, "momentum", low=0, high=1, high_open=True, optional=opt)
     c.number(node, key, "weight_decay", low=0, optional=opt)
+    c.number(node, key, "memory_budget_mb", low=0, low_open=True, optional=opt)
     c.choice(node, key, "scheduler", SCHEDULERS, optional=opt)
     c.choice(node, key, "inference_dtype", INFERENCE_DTYPES, optional=opt)
     c.number(node, key, "warmup_epochs", low=0, optional=opt)

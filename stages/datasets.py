@@ -1,13 +1,17 @@
-"""Data for training and evaluation: manifests in, decoded-once image tensors and their transforms out.
+"""Data for training and evaluation: the split's images at the backbone's working size, and their transforms.
 
-Every image is decoded and resized once per run to the backbone's working size (`resize_size`, the
-short side before the crop) and kept as a uint8 tensor; each epoch then only crops, flips and
-normalises those tensors. The tutorials' loop decodes every JPEG every epoch instead."""
+Stage `pack` decodes every image once into data/store (stages.store), at a short side of
+pack.short_side. Training and evaluation read images from there as uint8 tensors whose short side is
+the backbone's working size (`resize_size`, the short side before the crop): held in memory while the
+split fits `train.memory_budget_mb`, read from the store image by image beyond it, so that memory does
+not grow with the dataset. Each epoch then only crops, flips and normalises. The tutorials' loop
+decodes every JPEG every epoch instead."""
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +32,15 @@ class SplitRows:
     labels: list[int]
 
 
+Images = Sequence[torch.Tensor]  # uint8 CHW, short side = preprocess["resize_size"]: a list, or read on access
+
+
 @dataclass
 class TrainData:
-    """The decoded train and val images of a run, at the working size of its backbone."""
-    train_images: list[torch.Tensor]  # uint8 CHW, short side = preprocess["resize_size"]
+    """The train and val images of a run, at the working size of its backbone."""
+    train_images: Images
     train_labels: list[int]
-    val_images: list[torch.Tensor]
+    val_images: Images
     val_labels: list[int]
     preprocess: dict
 
@@ -75,11 +82,52 @@ def decode_all(paths: list[str], preprocess: dict, root: Path = RAW_DIR) -> list
         return list(pool.map(load, paths))
 
 
-def decode_splits(preprocess: dict, split_dir: Path = SPLIT_DIR, root: Path = RAW_DIR) -> TrainData:
-    """The split's train and val images, decoded once at the working size."""
-    train, val = read_split("train", split_dir), read_split("val", split_dir)
-    return TrainData(decode_all(train.paths, preprocess, root), train.labels,
-                     decode_all(val.paths, preprocess, root), val.labels, preprocess)
+class StoreImages(Sequence):
+    """A split of data/store at the working size: image i read on access, and resized only when the
+    working short side differs from the store's (a smaller backbone size, scratch's 96 px)."""
+
+    def __init__(self, split: str, preprocess: dict):
+        from stages.store import ImageStore
+
+        self.store, self.preprocess = ImageStore(split), preprocess
+        size = preprocess["resize_size"]
+        if size > self.store.short_side:
+            raise UserError(f"data/store: packed at a short side of {self.store.short_side} px, but the model's "
+                            f"working size needs {size} px; set pack.short_side to {size} or more (dvc repro)")
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = self.store[i]
+        size = self.preprocess["resize_size"]
+        if min(image.shape[1:]) == size:
+            return image
+        return TF.resize(image, size, interpolation=InterpolationMode(self.preprocess["interpolation"]),
+                         antialias=True)
+
+
+def image_bytes(preprocess: dict) -> int:
+    """About what one image takes in memory at the working size (a 4:3 photo, uint8 RGB)."""
+    return preprocess["resize_size"] ** 2 * 4 // 3 * 3
+
+
+def load_images(split: str, preprocess: dict, budget_mb: float) -> Images:
+    """The split's images from data/store: all in memory when they fit `budget_mb` (read once, on all
+    cores), else read from the store on access."""
+    images = StoreImages(split, preprocess)
+    if len(images) * image_bytes(preprocess) > budget_mb * 2**20:
+        return images
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(images.__getitem__, range(len(images))))
+
+
+def store_splits(preprocess: dict, budget_mb: float) -> TrainData:
+    """The train and val images of data/store, with their labels, within a memory budget shared by both."""
+    train, val = read_split("train"), read_split("val")
+    share = budget_mb * len(train.paths) / max(1, len(train.paths) + len(val.paths))
+    return TrainData(load_images("train", preprocess, share), train.labels,
+                     load_images("val", preprocess, budget_mb - share), val.labels, preprocess)
 
 
 def _normalize(preprocess: dict) -> list:
@@ -131,11 +179,22 @@ def is_random(augment: dict) -> bool:
     return any(augment.get(key) for key in ("crop_scale", "hflip", "vflip", "rotation", "color_jitter", "grayscale"))
 
 
-def crop_stack(images: list[torch.Tensor], preprocess: dict) -> torch.Tensor:
-    """Center-cropped uint8 batch of the val images (normalised per batch on the device)."""
+def crop_stack(images: Images, preprocess: dict, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Center-cropped uint8 batch of images[start:stop] (normalised per batch on the device)."""
     size = preprocess["image_size"]
     crop = eval_transform_tensor(preprocess).transforms[0]
-    return torch.stack([crop(img) for img in images]) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    stop = len(images) if stop is None else min(stop, len(images))
+    if stop <= start:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return torch.stack([crop(images[i]) for i in range(start, stop)])
+
+
+def eval_batches(images: Images, labels: list[int], preprocess: dict, batch_size: int):
+    """Normalised center crops and labels, a batch at a time: no more than a batch in memory."""
+    targets = torch.tensor(labels)
+    for i in range(0, len(images), batch_size):
+        yield from normalized_batches(crop_stack(images, preprocess, i, i + batch_size), targets[i:i + batch_size],
+                                      preprocess, batch_size)
 
 
 def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: dict, batch_size: int):

@@ -10,14 +10,14 @@ import io
 import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from torchvision.transforms.v2.functional import to_pil_image
 
 from stages import params as params_module
 from stages.checkpoints import load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
-from stages.datasets import crop_stack, decode_all, normalized_batches, read_split
+from stages.datasets import Images, StoreImages, eval_batches, read_split
 from stages.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
-from stages.images import open_rgb
-from stages.paths import RAW_DIR, errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
+from stages.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
 
 PARAMS = ("train.device", "train.inference_dtype", "modes.{mode}")  # as dvc.yaml's evaluate stage declares them
 MAX_ERRORS_SHOWN = 16
@@ -25,13 +25,12 @@ SAMPLES_SHOWN = 16
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images: list[torch.Tensor], labels: list[int], preprocess: dict,
+def predict_probabilities(model, images: Images, labels: list[int], preprocess: dict,
                           device, bf16: bool = False) -> torch.Tensor:
-    stack = crop_stack(images, preprocess)
     fmt = memory_format(device)  # the faster layout here for a one-off pass (see memory_format)
     model.eval().to(memory_format=fmt)
     probs = []
-    for x, _ in normalized_batches(stack, torch.tensor(labels), preprocess, inference_batch(device)):
+    for x, _ in eval_batches(images, labels, preprocess, inference_batch(device)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             probs.append(torch.softmax(model(to_device(x, device, fmt)).float(), 1).cpu())
     return torch.cat(probs)
@@ -84,7 +83,7 @@ def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int]) ->
     return metrics, details
 
 
-def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
+def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
     from stages.plotting import WRONG_COLOR, image_grid
 
     predicted = probs.argmax(1).tolist()
@@ -96,7 +95,7 @@ def error_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: 
         fig = Figure(figsize=(4, 1.2), dpi=100)
         fig.text(0.5, 0.5, f"{mode}: no misclassified val images", ha="center", va="center")
         return fig
-    return image_grid([open_rgb(RAW_DIR / paths[i]) for i in shown],
+    return image_grid([to_pil_image(images[i]) for i in shown],
                       [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in shown],
                       colors=[WRONG_COLOR] * len(shown), columns=4,
                       title=f"{mode}: {len(wrong)} of {len(labels)} val images misclassified")
@@ -117,7 +116,7 @@ def round_robin(labels: list[int], num_classes: int, count: int) -> list[int]:
     return picked
 
 
-def sample_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names: list[str], mode: str, arch: str):
+def sample_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str, arch: str):
     """The model's predictions on the first val images of each class in turn, right green, wrong red
     (export publishes the published mode's copy as plots/model/val_predictions.png)."""
     from stages.plotting import RIGHT_COLOR, WRONG_COLOR, image_grid
@@ -125,7 +124,7 @@ def sample_grid(paths: list[str], labels: list[int], probs: torch.Tensor, names:
     picks = round_robin(labels, len(names), SAMPLES_SHOWN)
     predicted = probs.argmax(1).tolist()
     right = sum(predicted[i] == labels[i] for i in picks)
-    return image_grid([open_rgb(RAW_DIR / paths[i]) for i in picks],
+    return image_grid([to_pil_image(images[i]) for i in picks],
                       [f"pred: {names[predicted[i]]} ({probs[i].max():.2f})\ntrue: {names[labels[i]]}" for i in picks],
                       colors=[RIGHT_COLOR if predicted[i] == labels[i] else WRONG_COLOR for i in picks], columns=4,
                       title=f"{mode} ({arch}): {right} of {len(picks)} val images right")
@@ -142,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     model, meta = load_checkpoint(model_file(mode), device)
     val = read_split("val")
     names = meta["class_names"]
-    probs = predict_probabilities(model, decode_all(val.paths, meta["preprocess"]), val.labels, meta["preprocess"],
-                                  device, bf16)
+    images = StoreImages("val", meta["preprocess"])  # read a batch at a time: memory flat in the dataset size
+    probs = predict_probabilities(model, images, val.labels, meta["preprocess"], device, bf16)
 
     metrics, details = mode_files(mode, meta, probs, val.labels)
     buffer = io.StringIO()
@@ -153,9 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
     with atomic_path(predictions_csv(mode)) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    save_figure(error_grid(val.paths, val.labels, probs, names, mode), errors_png(mode))
-    save_figure(sample_grid(val.paths, val.labels, probs, names, mode, meta["arch"]),
-                samples_png(mode))
+    save_figure(error_grid(images, val.labels, probs, names, mode), errors_png(mode))
+    save_figure(sample_grid(images, val.labels, probs, names, mode, meta["arch"]), samples_png(mode))
     write_json(mode_details(mode), details)
     write_json(mode_metrics(mode), metrics)
     log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")

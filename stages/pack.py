@@ -21,7 +21,7 @@ from stages.datasets import read_classes, read_split, resize_short_side
 from stages.images import UnreadableImage, open_rgb
 from stages.paths import RAW_DIR, SPLIT_DIR, STORE_DIR
 
-KEYS = ("pack.short_side", "pack.interpolation", "pack.encoding", "pack.jpeg_quality", "pack.jpeg_draft",
+PARAMS = ("pack.short_side", "pack.interpolation", "pack.encoding", "pack.jpeg_quality", "pack.jpeg_draft",
         "pack.shard_mb")
 IN_FLIGHT_PER_WORKER = 4  # images decoded ahead of the writer: enough to keep every core busy
 
@@ -84,7 +84,7 @@ def pack_store(settings: dict, folder: Path, raw: Path = RAW_DIR, split_dir: Pat
 
 @run_main
 def main() -> None:
-    settings = params.declared(params.load(), KEYS)["pack"]
+    settings = params.declared(params.load(), PARAMS)["pack"]
     started = time.perf_counter()
     with atomic_path(STORE_DIR) as folder:
         index = pack_store(settings, folder)

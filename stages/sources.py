@@ -22,7 +22,15 @@ import torch
 from torch import nn
 
 from stages.backbones import TransferNet, frozen_split
-from stages.datasets import TensorImages, TrainData, crop_stack, is_random, normalized_batches, train_transform
+from stages.datasets import (
+    TensorImages,
+    TrainData,
+    crop_stack,
+    eval_batches,
+    is_random,
+    normalized_batches,
+    train_transform,
+)
 from stages.devices import inference_batch, to_device, worker_count
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -77,7 +85,7 @@ class CachedFeatures:
         self.module, self.run, self.first_epoch = rest, run, first_epoch
         phase = run.phase
         views = phase["cached_views"] if is_random(phase["augment"]) else 1  # without randomness, one view is all
-        self.train_feats, self.val_feats = cached_features(encoder, run, views)
+        self.train_feats, self.val_feats = compact(*cached_features(encoder, run, views), phase["memory_budget_mb"])
         self.train_labels = torch.tensor(run.data.train_labels).to(run.device)
         self.val_labels = torch.tensor(run.data.val_labels).to(run.device)
         self.batch_size = phase["batch_size"]
@@ -96,12 +104,19 @@ class CachedFeatures:
             order = order[:len(order) - 1]
         for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
-            yield feats[idx], self.train_labels[idx]
+            yield feats[idx].float(), self.train_labels[idx]
 
     def val_batches(self) -> Iterator[Batch]:
         size = inference_batch(self.run.device)
         for i in range(0, len(self.val_feats), size):
-            yield self.val_feats[i:i + size], self.val_labels[i:i + size]
+            yield self.val_feats[i:i + size].float(), self.val_labels[i:i + size]
+
+
+def compact(train: torch.Tensor, val: torch.Tensor, budget_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached features as they are, or in bfloat16 (half the memory) when they exceed the budget."""
+    if (train.nbytes + val.nbytes) <= budget_mb * 2**20:
+        return train, val
+    return train.to(torch.bfloat16), val.to(torch.bfloat16)
 
 
 @torch.inference_mode()
@@ -118,14 +133,13 @@ def cached_features(encoder: nn.Module, run: PhaseRun, views: int) -> tuple[torc
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.inference_amp):
             return encoder(to_device(xs, device, run.fmt)).float()
 
+    images, count = data.train_images, len(data.train_images)
     train = []
     for _ in range(views):
-        feats = [encode(torch.stack([transform(img) for img in data.train_images[i:i + batch]]))
-                 for i in range(0, len(data.train_images), batch)]
+        feats = [encode(torch.stack([transform(images[j]) for j in range(i, min(i + batch, count))]))
+                 for i in range(0, count, batch)]
         train.append(torch.cat(feats))
-    val_stack = crop_stack(data.val_images, data.preprocess)
-    val_labels = torch.tensor(data.val_labels)
-    val = torch.cat([encode(x) for x, _ in normalized_batches(val_stack, val_labels, data.preprocess, batch)])
+    val = torch.cat([encode(x) for x, _ in eval_batches(data.val_images, data.val_labels, data.preprocess, batch)])
     return torch.stack(train), val
 
 
@@ -153,8 +167,10 @@ class AugmentedImages:
     def __init__(self, model: TransferNet, run: PhaseRun):
         self.module, self.run = model, run
         data, phase = run.data, run.phase
-        # Cropped once; on a GPU the stack stays there, so validation moves no images per epoch.
-        self.val_stack = crop_stack(data.val_images, data.preprocess).to(run.device)
+        # Held in memory, the val images are cropped once; on a GPU the stack stays there, so validation
+        # moves no images per epoch. Read from the store, they are cropped a batch at a time.
+        in_memory = isinstance(data.val_images, list)
+        self.val_stack = crop_stack(data.val_images, data.preprocess).to(run.device) if in_memory else None
         self.val_labels = torch.tensor(data.val_labels)
         self.loader = image_loader(data, phase, run.device)
         self.steps_per_epoch = steps(len(data.train_labels), phase["batch_size"])
@@ -167,9 +183,12 @@ class AugmentedImages:
             yield to_device(x, self.run.device, self.run.fmt), y.to(self.run.device, non_blocking=True)
 
     def val_batches(self) -> Iterator[Batch]:
-        run = self.run
-        for x, y in normalized_batches(self.val_stack, self.val_labels, run.data.preprocess,
-                                       inference_batch(run.device)):
+        run, size = self.run, inference_batch(self.run.device)
+        if self.val_stack is not None:
+            batches = normalized_batches(self.val_stack, self.val_labels, run.data.preprocess, size)
+        else:
+            batches = eval_batches(run.data.val_images, run.data.val_labels, run.data.preprocess, size)
+        for x, y in batches:
             yield to_device(x, run.device, run.fmt), y.to(run.device)
 
 

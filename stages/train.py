@@ -13,7 +13,7 @@ from stages import params as params_module
 from stages.backbones import TransferNet, build_model, check_arch, count_params
 from stages.checkpoints import save_checkpoint
 from stages.common import UserError, log, run_main
-from stages.datasets import TrainData, decode_splits, read_classes, train_transform, working_preprocess
+from stages.datasets import TrainData, read_classes, store_splits, train_transform, working_preprocess
 from stages.devices import pick_device
 from stages.imports import code_digest
 from stages.paths import CLASSES_JSON, TRAIN_CSV, VAL_CSV, live_dir, model_file, resume_dir, resume_state
@@ -38,13 +38,14 @@ def new_model(settings: dict, num_classes: int) -> tuple[TransferNet, dict]:
     return model, working_preprocess(preprocess, settings["image_size"])
 
 
-def run_training(settings: dict, num_classes: int, resume: ResumeState, make_data=decode_splits,
+def run_training(settings: dict, num_classes: int, resume: ResumeState, make_data=None,
                  before_training=None, on_epoch=None) -> tuple[TransferNet, TrainData, FitResult]:
     """The whole set-up of a training run, shared by the stage, the bench scripts and the tests:
-    build the seeded model, decode the data at its working size (`make_data(preprocess)`), fit."""
+    build the seeded model, get the data at its working size (`make_data(preprocess)`; by default
+    data/store within train.memory_budget_mb), fit."""
     device = pick_device(settings["device"])
     model, preprocess = new_model(settings, num_classes)
-    data = make_data(preprocess)
+    data = make_data(preprocess) if make_data else store_splits(preprocess, settings["memory_budget_mb"])
     log(f"train@{settings['mode']}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) "
         f"on {device}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
         f"at {preprocess['image_size']} px")

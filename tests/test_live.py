@@ -30,7 +30,7 @@ def test_logs_grow_while_training_runs_and_a_resumed_run_logs_each_epoch_once(tm
     write_class_folders(data / "val", {"ants": 2, "bees": 2}, seed=1)
     project = make_project(tmp_path / "project", data, modes=["finetune"])
     project.set_params(modes={"finetune": {"epochs": EPOCHS}})
-    project.dvc("repro", "split")
+    project.dvc("repro", "pack")
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "finetune"], cwd=project.path, env=project.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = []

@@ -63,11 +63,11 @@ def clone(template: Project, path: Path) -> Project:
 
 @pytest.fixture(scope="module")
 def split_project(tmp_path_factory) -> Project:
-    """finetune alone, 3 epochs at 32 px, on 16 train / 8 val images; download and split already run."""
+    """finetune alone, 3 epochs at 32 px, on 16 train / 8 val images; download, split and pack already run."""
     root = tmp_path_factory.mktemp("reliability")
     project = make_project(root / "template", small_dataset(root / "data"), modes=[MODE])
     project.set_params(modes={MODE: {"epochs": EPOCHS}})
-    project.dvc("repro", "split")
+    project.dvc("repro", "pack")
     return project
 
 
@@ -208,7 +208,7 @@ def test_two_phase_mode_resumes_inside_its_second_phase(tmp_path):
     mode = "freeze_unfreeze"
     uninterrupted = make_project(tmp_path / "uninterrupted", small_dataset(tmp_path / "data"), modes=[mode])
     uninterrupted.set_params(modes={mode: {"head_epochs": 1, "epochs": 2}})
-    uninterrupted.dvc("repro", "split")
+    uninterrupted.dvc("repro", "pack")
     project = clone(uninterrupted, tmp_path / "interrupted")
     uninterrupted.dvc("repro", f"train@{mode}")
     expected = results(uninterrupted, mode)

@@ -64,7 +64,7 @@ def test_evaluate_and_a_resumed_train_never_run_code_from_their_files(tmp_path):
     write_class_folders(data / "train", {"ants": 4, "bees": 4})
     write_class_folders(data / "val", {"ants": 2, "bees": 2}, seed=1)
     project = make_project(tmp_path / "project", data, modes=["frozen"])
-    project.dvc("repro", "split")
+    project.dvc("repro", "pack")
     marker = tmp_path / "ran"
     (project.path / "models").mkdir()
     hostile_file(project.path / "models" / "frozen.pt", marker)
@@ -90,7 +90,7 @@ def test_a_resume_state_of_other_code_is_not_resumed(tmp_path):
     write_class_folders(data / "val", {"ants": 2, "bees": 2}, seed=1)
     project = make_project(tmp_path / "project", data, modes=["finetune"])
     project.set_params(modes={"finetune": {"epochs": 3}})
-    project.dvc("repro", "split")
+    project.dvc("repro", "pack")
 
     def interrupted_after_epoch_1():
         proc = subprocess.Popen([sys.executable, "-m", "stages.train", "finetune"], cwd=project.path,
