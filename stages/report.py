@@ -128,9 +128,8 @@ def plot_versions(items: list[dict]) -> dict[str, object]:
 
 
 def changed_plots(data: dict, base: str, head: str) -> list[tuple[str, list[dict]]]:
-    """[(plot name, its dvc items)] of the plots whose images or data differ between base and head."""
-    if base == head:
-        return []
+    """[(plot name, its dvc items)] of the plots whose images or data differ between base and head.
+    (A revision named twice is one revision to DVC: its plots equal themselves.)"""
     changed = []
     for name, items in data.items():
         versions = plot_versions(items)
