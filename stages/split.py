@@ -39,6 +39,7 @@ from stages.layouts import (
 from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, SPLIT_DIR, split_csv
 
 PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.split_seed", "data.class_names")
+CHECK_SIZE = 32  # px: the smallest short side a check decodes large JPEGs to
 Rows = list[tuple[str, int]]  # (path relative to data/raw, label), sorted by label then path
 
 
@@ -66,9 +67,13 @@ class DatasetSplit:
 
 
 def _check_image(path: Path) -> tuple[str | None, str | None]:
-    """(reason it is unusable, None) or (None, sha1 of its bytes)."""
+    """(reason it is unusable, None) or (None, sha1 of its bytes).
+
+    A large JPEG is checked at 1/8 scale (draft mode): all its compressed data is still read and
+    entropy-decoded, so a truncated or corrupt file fails as it would in full, for a fraction of the
+    work; pack then decodes each image once more, at the working size."""
     try:
-        open_rgb(path)
+        open_rgb(path, draft_size=CHECK_SIZE)
     except UnreadableImage as err:
         return str(err), None
     return None, hashlib.sha1(path.read_bytes()).hexdigest()
