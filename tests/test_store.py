@@ -290,3 +290,39 @@ def test_dvc_repro_pack_is_deterministic_and_follows_the_dataset(tmp_path, tiny_
     index = json.loads((project.path / STORE_INDEX).read_text())
     assert "train/ants/ants_new.jpg" in index["splits"]["train"]["paths"]
     assert project.ran_stages(project.dvc("repro", "pack").stdout) == []
+
+
+def tiny_settings(mode: str, budget_mb: float) -> dict:
+    """The mode of the real params.yaml at 32 px (working short side 37), 1 epoch, float32 throughout."""
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["train"].update(epochs=1, batch_size=8, image_size=32, cached_views=2, workers=0, inference_dtype="float32",
+                           memory_budget_mb=budget_mb)
+    row = params["modes"][mode]
+    for key in ("epochs", "batch_size", "image_size", "cached_views"):
+        row.pop(key, None)
+    row.get("augment", {}).pop("crop_size", None)
+    return params_module.mode_settings(params_module.check(params), mode)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])  # cached features; augmented image batches
+@pytest.mark.parametrize("budget_mb", [512, 1e-6])  # images held in memory; read from the store on access
+def test_training_from_the_store_equals_training_from_memory(workdir, tmp_path, mode, budget_mb):
+    """Lossless store at the working size: the same weights and history, to the bit, as from images
+    decoded into memory from data/raw, whether the store's images are held in memory or streamed."""
+    from stages.datasets import TrainData, decode_all
+    from stages.train import run_training
+    from stages.training import ResumeState
+
+    assert run_pack(short_side=37, jpeg_draft=False) == 0
+    settings = tiny_settings(mode, budget_mb)
+
+    def in_memory(pre):
+        train, val = read_split("train"), read_split("val")
+        return TrainData(decode_all(train.paths, pre), train.labels, decode_all(val.paths, pre), val.labels, pre)
+
+    _, from_store, a = run_training(settings, 2, ResumeState(tmp_path / "store" / "state.pt", "t"))
+    _, _, b = run_training(settings, 2, ResumeState(tmp_path / "memory" / "state.pt", "t"), in_memory)
+    assert isinstance(from_store.train_images, list) == (budget_mb == 512)
+    assert [dict(h, seconds=0) for h in a.history] == [dict(h, seconds=0) for h in b.history]
+    assert a.best_state.keys() == b.best_state.keys()
+    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
