@@ -28,7 +28,7 @@ from tests.conftest import ROOT, Project, make_project
 from tests.imagegen import write_class_folders
 
 MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
-ALL_STAGES = ["download", "split", *[f"train@{m}" for m in MODES], *[f"evaluate@{m}" for m in MODES],
+ALL_STAGES = ["download", "split", "pack", *[f"train@{m}" for m in MODES], *[f"evaluate@{m}" for m in MODES],
               "compare", "export"]
 FROZEN_BRANCH = ["train@frozen", "evaluate@frozen", "compare"]
 VAL_IMAGES = 12
@@ -371,7 +371,7 @@ def test_queued_experiments_run_with_queue_start(full):
 
 def test_scratch_project_first_repro_runs_every_stage(scratch):
     """Promise 1 for a one-mode pipeline (the baseline of the data.* / model.arch tests below)."""
-    assert reran(scratch.first) == sorted(["download", "split", "train@scratch", "evaluate@scratch",
+    assert reran(scratch.first) == sorted(["download", "split", "pack", "train@scratch", "evaluate@scratch",
                                            "compare", "export"])
     restore(scratch.project)
 
@@ -398,12 +398,12 @@ def test_data_param_with_unchanged_output_reruns_its_stage_only(scratch, key, va
 
 def test_data_change_reruns_split_and_everything_after_it(scratch):
     """Promise 6: a data.* change that changes the split (data.class_names) re-runs split and every stage
-    downstream of it, but not download."""
+    downstream of it (pack: the store records the split it was made from), but not download."""
     project = scratch.project
     restore(project)
     project.set_params(data={"class_names": "class_names.json"})
     run = project.dvc("repro")
-    assert reran(run.stdout) == sorted(["split", "train@scratch", "evaluate@scratch", "compare", "export"])
+    assert reran(run.stdout) == sorted(["split", "pack", "train@scratch", "evaluate@scratch", "compare", "export"])
     details = read_json(project.path / mode_details("scratch"))
     assert details["confusion_matrix"]["labels"] == list(CLASS_NAMES.values())
     assert_up_to_date(project)
