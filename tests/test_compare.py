@@ -197,7 +197,8 @@ def metrics_diff_rows(markdown: str) -> list[list[str]]:
 def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_dataset: Path):
     """Review: after a change to one mode's row, `dvc metrics diff` lists that mode's metrics alone (and
     the headline's, as that mode is the exported one), at most 20 rows; `dvc metrics show` lists each
-    number once: summary.json and the per-class scores are not metrics, a mode's file holds scalars."""
+    number once: summary.json, the per-class scores and DVCLive's last-epoch summary are not metrics, a
+    mode's file holds scalars."""
     project = make_project(tmp_path / "project", tiny_dataset, modes=["frozen", "scratch"])
     assert project.params["mode"] == "frozen"
     project.dvc("repro")
@@ -206,8 +207,8 @@ def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_
 
     shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]  # the workspace: the one revision shown
-    assert sorted(files) == ["dvclive/frozen/metrics.json", "dvclive/scratch/metrics.json", "metrics/data.json",
-                             "metrics/frozen.json", "metrics/scratch.json", "results/headline.json"]
+    assert sorted(files) == ["metrics/data.json", "metrics/frozen.json", "metrics/scratch.json",
+                             "results/headline.json"]
     for mode in ("frozen", "scratch"):
         scores = files[f"metrics/{mode}.json"]["data"]
         assert len(scores) <= 10 and all(isinstance(v, (int, float)) for v in scores.values()), scores
@@ -217,7 +218,7 @@ def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_
     project.dvc("repro")
     diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
     assert "metrics/frozen.json" in diff  # train_seconds changes on every run, if nothing else
-    assert set(diff) <= {"metrics/frozen.json", "dvclive/frozen/metrics.json", "results/headline.json"}, diff
+    assert set(diff) <= {"metrics/frozen.json", "results/headline.json"}, diff
     # The headline repeats frozen's changed scores, and only those.
     frozen = diff["metrics/frozen.json"]
     assert diff.get("results/headline.json", {}) == {key: frozen[key] for key in HEADLINE_KEYS if key in frozen}
