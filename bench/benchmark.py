@@ -1,6 +1,6 @@
 """Benchmark: the plain tutorial loop against the pipeline's training, same data, machine and backbone.
 
-Run by hand from the project root after `dvc repro split` (never in CI):
+Run by hand from the project root after `dvc repro pack` (never in CI):
 
     python bench/benchmark.py                 # frozen, finetune, scratch; 25 / 3 / 25 epochs
     python bench/benchmark.py --quick         # a short run of each (smoke test)
@@ -126,7 +126,7 @@ def pipeline(mode: str, epochs: int) -> dict:
     import tempfile
 
     from stages import params as params_module
-    from stages.datasets import decode_splits, read_classes
+    from stages.datasets import read_classes, store_splits
     from stages.devices import bf16_inference, pick_device, uses_bf16
     from stages.train import run_training
     from stages.training import ResumeState
@@ -138,7 +138,7 @@ def pipeline(mode: str, epochs: int) -> dict:
 
     def decoded(preprocess):  # from here on, as in the tutorial loop: decoding is part of the work
         started.append(time.perf_counter())
-        return decode_splits(preprocess)
+        return store_splits(preprocess, settings["memory_budget_mb"])
 
     with tempfile.TemporaryDirectory() as tmp:
         _, data, result = run_training(settings, len(read_classes()), ResumeState(Path(tmp) / "state.pt", "bench"),

@@ -1,7 +1,7 @@
 """bfloat16 against float32 for the passes without gradients: speed of inference, and the accuracy of
 the modes whose frozen part's outputs are computed in that pass.
 
-Run from the project root after `dvc repro split` (minutes on a 2-core CPU):
+Run from the project root after `dvc repro pack` (minutes on a 2-core CPU):
 
     python bench/inference_dtype.py                      # frozen, partial, freeze_unfreeze; seed 0
     python bench/inference_dtype.py --modes frozen --seeds 0 1 2
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages import params as params_module  # noqa: E402
 from stages.backbones import build_model  # noqa: E402
-from stages.datasets import decode_splits, read_classes  # noqa: E402
+from stages.datasets import read_classes, store_splits  # noqa: E402
 from stages.devices import cpu_has_bf16  # noqa: E402
 from stages.folding import fold_batchnorm  # noqa: E402
 from stages.train import run_training  # noqa: E402
@@ -58,7 +58,13 @@ def main() -> None:
         print(f"inference {dtype:9s} {inference_ms(dtype == 'bfloat16'):6.2f} ms/image", flush=True)
     params = params_module.load(ROOT / "params.yaml")
     classes = read_classes()
-    data = {}  # decoded once per working size: the dtype and seed change the run, not the images
+    data = {}  # read once per working size: the dtype and seed change the run, not the images
+    budget = params["train"]["memory_budget_mb"]
+
+    def images(pre):
+        if pre["resize_size"] not in data:
+            data[pre["resize_size"]] = store_splits(pre, budget)
+        return data[pre["resize_size"]]
     for mode in args.modes:
         for seed in args.seeds:
             for dtype in DTYPES:
@@ -66,7 +72,7 @@ def main() -> None:
                 settings = params_module.mode_settings(params_module.check(params), mode)
                 with tempfile.TemporaryDirectory() as tmp:
                     _, _, result = run_training(settings, len(classes), ResumeState(Path(tmp) / "state.pt", "bench"),
-                                                lambda pre: data.setdefault(pre["resize_size"], decode_splits(pre)))
+                                                images)
                 frozen_pass = result.train_seconds - sum(row["seconds"] for row in result.history)
                 print(f"{mode:16s} seed {seed} {dtype:9s} best val accuracy {result.best_accuracy:.4f} "
                       f"(epoch {result.best_epoch}), train {result.train_seconds:6.1f} s, "

@@ -1,7 +1,7 @@
 """The training loader alone: images per second out of the decoded-once images, with a fresh loader
 per epoch against one whose workers persist, for several worker counts.
 
-Run by hand from the project root after `dvc repro split`:
+Run by hand from the project root after `dvc repro split` (it decodes data/raw itself):
 
     python bench/loader_speed.py                     # finetune's augmentations, batch 16
     python bench/loader_speed.py --mode scratch --workers 0 2 4 8

@@ -1,7 +1,7 @@
 """How steady a mode's result is: train one mode on the real split once per seed, print each best val
 accuracy and their mean and worst.
 
-Run by hand from the project root after `dvc repro split` (minutes per seed on a 2-core CPU):
+Run by hand from the project root after `dvc repro pack` (minutes per seed on a 2-core CPU):
 
     python bench/seeds.py finetune --seeds 0 1 2
     python bench/seeds.py finetune --seeds 0 1 2 --set warmup_epochs=1 lr=0.02
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages import params as params_module  # noqa: E402
-from stages.datasets import decode_splits, read_classes  # noqa: E402
+from stages.datasets import read_classes, store_splits  # noqa: E402
 from stages.paths import PARAMS_FILE  # noqa: E402
 from stages.train import run_training  # noqa: E402
 from stages.training import ResumeState  # noqa: E402
@@ -42,7 +42,13 @@ def main() -> None:
         key, _, value = item.partition("=")
         row[key] = yaml.safe_load(value)
     classes = read_classes()
-    data = {}  # decoded once: the seed changes the training, not the images
+    data = {}  # read once: the seed changes the training, not the images
+    budget = params["train"]["memory_budget_mb"]
+
+    def images(pre):
+        if "images" not in data:
+            data["images"] = store_splits(pre, budget)
+        return data["images"]
     accuracies = []
     for seed in args.seeds:
         row["seed"] = seed
@@ -50,8 +56,7 @@ def main() -> None:
         settings = params_module.mode_settings(params, args.mode)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            _, _, result = run_training(settings, len(classes), ResumeState(Path(tmp) / "state.pt", "seeds"),
-                                        lambda pre: data.setdefault("images", decode_splits(pre)))
+            _, _, result = run_training(settings, len(classes), ResumeState(Path(tmp) / "state.pt", "seeds"), images)
         accuracies.append(result.best_accuracy)
         print(f"{args.mode} seed {seed}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
               f"({time.perf_counter() - started:.0f} s) {' '.join(args.set)}", flush=True)

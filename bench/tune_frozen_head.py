@@ -1,6 +1,6 @@
 """How the frozen mode's defaults were chosen: a sweep of head settings on cached features.
 
-Run by hand from the project root after `dvc repro split` (a few minutes on a 2-core CPU):
+Run by hand from the project root after `dvc repro pack` (a few minutes on a 2-core CPU):
 
     python bench/tune_frozen_head.py [--seeds 8] [--top 15]
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages import params as params_module  # noqa: E402
 from stages.backbones import build_model, frozen_split  # noqa: E402
-from stages.datasets import decode_splits, read_classes  # noqa: E402
+from stages.datasets import read_classes, store_splits  # noqa: E402
 from stages.devices import memory_format  # noqa: E402
 from stages.sources import PhaseRun, cached_features  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> None:
     params = params_module.load()
     settings = params_module.mode_settings(params, "frozen")
     model, pre = build_model(settings["arch"], len(read_classes()), pretrained=True)
-    data = decode_splits(pre)
+    data = store_splits(pre, settings["memory_budget_mb"])
     encoder, _ = frozen_split(model, "head")
     cpu = torch.device("cpu")  # features in float32, as the sweep behind the frozen defaults had them
     run = PhaseRun(data, settings["phases"][0], cpu, memory_format(cpu), False, False)
