@@ -69,24 +69,17 @@ def test_split_folders_differing_only_in_case_are_a_user_error(tmp_path):
         make_split(raw)
 
 
-def test_train_beside_training_uses_train_and_says_so(tmp_path):
-    raw = tmp_path / "raw"
-    write_class_folders(raw / "train", {"ants": 2, "bees": 2})
-    write_class_folders(raw / "training", {"ants": 1, "bees": 1}, seed=2)
-    write_class_folders(raw / "val", {"ants": 1, "bees": 1}, seed=1)
-    result = make_split(raw)
-    assert all(path.startswith("train/") for path, _ in result.train)
-    assert result.warnings == [f"{raw}: using train/ as the training set; ignoring training/"]
-
-
-def test_imagefolder_prefers_val_and_says_what_it_ignores(tmp_path):
+@pytest.mark.parametrize("extra, part, used, role", [("training", "train", "train", "training"),
+                                                      ("test", "val", "val", "validation")])
+def test_imagefolder_prefers_one_folder_per_split_and_says_what_it_ignores(tmp_path, extra, part, used, role):
+    """train/ beside training/ uses train/; val/ beside test/ uses val/; each says what it ignores."""
     raw = tmp_path / "raw"
     write_class_folders(raw / "train", {"ants": 2, "bees": 2})
     write_class_folders(raw / "val", {"ants": 1, "bees": 1}, seed=1)
-    write_class_folders(raw / "test", {"ants": 1, "bees": 1}, seed=2)
+    write_class_folders(raw / extra, {"ants": 1, "bees": 1}, seed=2)
     result = make_split(raw)
-    assert all(path.startswith("val/") for path, _ in result.val)
-    assert result.warnings == [f"{raw}: using val/ as the validation set; ignoring test/"]
+    assert all(path.startswith(f"{used}/") for path, _ in getattr(result, part))
+    assert result.warnings == [f"{raw}: using {used}/ as the {role} set; ignoring {extra}/"]
 
 
 def test_prefix_layout_puts_every_fifth_image_in_val(tmp_path):
