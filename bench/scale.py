@@ -9,12 +9,9 @@ data/store, train and evaluate read it), on the same generated datasets in one r
 Per N: N seeded JPEG photos in --work (outside the repository, reused later), 4 classes told apart by
 colour and shape, 10% at 4032x3024. Per N and checkout: a project of its stages/, params.yaml (data.url
 the photos, mode frozen alone, 1 epoch, cached_views 1, train.workers 0), dvc.yaml; download, split,
-pack (new path only), train, evaluate run there as `python -m stages.<name>`, timed, peak RSS from
-os.wait4. Then new/old ratios, RSS growth and time per image across N beside the targets.
-
-How long: generating 20k photos ~5 minutes on 2 cores, once. A stage starts in ~20 s, then train costs
-a frozen forward pass and a decode per image: on 2 cores roughly an hour for N=1,000 (both paths), a
-day for the defaults; a few hours on 16. Disk: ~0.35 MB a photo, plus one project at a time."""
+pack (new path only), train, evaluate run there as `python -m stages.<name>`; wall and CPU seconds
+(user + system: steadier on a shared machine), peak RSS from os.wait4; then new/old ratios, growth
+across N, targets. 2 cores: ~40 min for N=1,000 and 5,000 on both paths, an hour more for 20,000."""
 from __future__ import annotations
 
 import argparse
@@ -178,7 +175,8 @@ def run_stage(project: Path, stage: list[str]) -> dict:
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": time.perf_counter() - started, "rss_kib": usage.ru_maxrss, "rc": proc.returncode, "log": log}
+    return {"seconds": time.perf_counter() - started, "cpu": usage.ru_utime + usage.ru_stime,
+            "rss_kib": usage.ru_maxrss, "rc": proc.returncode, "log": log}
 
 
 def run_path(name: str, code: Path, project: Path, dataset: Path, args: argparse.Namespace) -> dict:
@@ -191,7 +189,7 @@ def run_path(name: str, code: Path, project: Path, dataset: Path, args: argparse
     for stage in stages:
         print(f"  {project.name}: {' '.join(stage)} ...", end="", flush=True)
         run = run_stage(project, stage)
-        print(f" {run['seconds']:.1f} s, {run['rss_kib'] / 1024:.0f} MiB", flush=True)
+        print(f" {run['seconds']:.1f} s ({run['cpu']:.1f} s CPU), {run['rss_kib'] / 1024:.0f} MiB", flush=True)
         if run["rc"] != 0:
             tail = "\n    ".join(run["log"].read_text(errors="replace").splitlines()[-15:])
             print(f"  {stage[0]} failed (exit {run['rc']}); the end of {run['log']}:\n    {tail}")
@@ -226,13 +224,14 @@ def measure(results: dict, n: int, path: str, stage: str, key: str) -> float | N
 def print_table(results: dict, sizes: list[int]) -> None:
     """Per N and path: each stage's seconds, images per second (train reads train + val, evaluate val)
     and peak RSS; then per N the ratios new/old."""
-    print(f"\n{'N':>7} {'path':>4} {'stage':>9} {'seconds':>9} {'images':>7} {'img/s':>8} {'peak RSS MiB':>13}")
+    print(f"\n{'N':>7} {'path':>4} {'stage':>9} {'seconds':>9} {'CPU s':>8} {'images':>7} {'img/s':>8} "
+          f"{'peak RSS MiB':>13}")
     for (n, path), result in results.items():
         for stage, run in result["stages"].items():
             counts = result["counts"] or {"train": 0, "val": 0}
             images = {"train": counts["train"] + counts["val"], "evaluate": counts["val"]}.get(stage)
             rate = f"{images / run['seconds']:.1f}" if images else ""
-            print(f"{n:>7} {path:>4} {stage:>9} {run['seconds']:>9.1f} {images or '':>7} {rate:>8} "
+            print(f"{n:>7} {path:>4} {stage:>9} {run['seconds']:>9.1f} {run['cpu']:>8.1f} {images or '':>7} {rate:>8} "
                   f"{run['rss_kib'] / 1024:>13.0f}")
         if result["failed"]:
             print(f"{n:>7} {path:>4} {result['failed']:>9} {'failed':>9}")
@@ -265,15 +264,16 @@ def print_growth(results: dict, sizes: list[int]) -> None:
     for path in ("old", "new"):
         for stage in MEASURED:
             rss = [(n, v) for n in sizes if (v := measure(results, n, path, stage, "rss_kib"))]
-            secs = [(n, v) for n in sizes if (v := measure(results, n, path, stage, "seconds"))]
             if len(rss) < 2:
                 continue
             print(f"  {path} {stage:>8} RSS: " + growth_line(rss, measure(results, TARGET_N, path, stage, "rss_kib")))
-            per = [(n, s / n / (secs[0][1] / secs[0][0])) for n, s in secs]
-            added = [f"{(s2 - s1) / (n2 - n1) * 1000:.1f}" for (n1, s1), (n2, s2) in zip(secs, secs[1:])]
-            verdict = "PASS" if all(r <= 1 + TARGET_TIME_SPREAD for _, r in per) else "FAIL"
-            print(f"  {path} {stage:>8} time: " + ", ".join(f"N={n:,} {r:.2f}" for n, r in per)
-                  + f"; ms per added image {', '.join(added)}  {verdict}")
+            for key, what in (("seconds", "time"), ("cpu", "CPU time")):
+                secs = [(n, v) for n in sizes if (v := measure(results, n, path, stage, key))]
+                per = [(n, s / n / (secs[0][1] / secs[0][0])) for n, s in secs]
+                added = [f"{(s2 - s1) / (n2 - n1) * 1000:.1f}" for (n1, s1), (n2, s2) in zip(secs, secs[1:])]
+                verdict = "PASS" if all(r <= 1 + TARGET_TIME_SPREAD for _, r in per) else "FAIL"
+                print(f"  {path} {stage:>8} {what}: " + ", ".join(f"N={n:,} {r:.2f}" for n, r in per)
+                      + f"; ms per added image {', '.join(added)}  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
