@@ -13,6 +13,8 @@ A new input (a store on disk, a shard of the data per process) is another class 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from stages.datasets import (
     train_transform,
 )
 from stages.devices import inference_batch, to_device, worker_count
+from stages.paths import RESUME_DIR
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -85,7 +88,7 @@ class CachedFeatures:
         self.module, self.run, self.first_epoch = rest, run, first_epoch
         phase = run.phase
         views = phase["cached_views"] if is_random(phase["augment"]) else 1  # without randomness, one view is all
-        self.train_feats, self.val_feats = compact(*cached_features(encoder, run, views), phase["memory_budget_mb"])
+        self.train_feats, self.val_feats = cached_features(encoder, run, views, phase["memory_budget_mb"])
         self.train_labels = torch.tensor(run.data.train_labels).to(run.device)
         self.val_labels = torch.tensor(run.data.val_labels).to(run.device)
         self.batch_size = phase["batch_size"]
@@ -112,35 +115,93 @@ class CachedFeatures:
             yield self.val_feats[i:i + size].float(), self.val_labels[i:i + size]
 
 
-def compact(train: torch.Tensor, val: torch.Tensor, budget_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cached features as they are, or in bfloat16 (half the memory) when they exceed the budget."""
-    if (train.nbytes + val.nbytes) <= budget_mb * 2**20:
-        return train, val
-    return train.to(torch.bfloat16), val.to(torch.bfloat16)
+class DiskRows:
+    """Rows of bfloat16 features in a file: rows[i:j] and rows[index_tensor] read just those rows, so
+    memory holds a batch of them, never the whole cache."""
+
+    def __init__(self, file, first: int, count: int, row_shape: tuple[int, ...]):
+        self.file, self.first, self.count, self.row_shape = file, first, count, tuple(row_shape)
+        self.row_bytes = math.prod(self.row_shape) * 2
+        self.shape = (count, *self.row_shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.count)
+            return self._read(start, max(0, stop - start))
+        rows = [self._read(int(i), 1) for i in key]
+        return torch.cat(rows) if rows else torch.empty(0, *self.row_shape, dtype=torch.bfloat16)
+
+    def _read(self, start: int, count: int) -> torch.Tensor:
+        data = os.pread(self.file.fileno(), self.row_bytes * count, (self.first + start) * self.row_bytes)
+        return torch.frombuffer(bytearray(data), dtype=torch.bfloat16).view(count, *self.row_shape)
+
+
+class FeatureSink:
+    """Where the frozen part's outputs go, batch by batch, chosen by the first batch's size: float32 in
+    memory within the budget, else bfloat16 (half), else bfloat16 in an unnamed file under
+    RESUME_DIR (gone when the process ends, even when killed). Never more than one batch in float32."""
+
+    def __init__(self, rows: int, budget_mb: float):
+        self.rows, self.budget, self.filled = rows, budget_mb * 2**20, 0
+        self.memory: torch.Tensor | None = None
+        self.file = None
+
+    def add(self, feats: torch.Tensor) -> None:
+        feats = feats.cpu()
+        if self.memory is None and self.file is None:
+            self._allocate(feats.shape[1:])
+        if self.file is not None:
+            self.file.write(feats.to(torch.bfloat16).contiguous().view(torch.uint8).numpy().tobytes())
+        else:
+            self.memory[self.filled:self.filled + len(feats)] = feats
+        self.filled += len(feats)
+
+    def _allocate(self, row_shape: torch.Size) -> None:
+        size = self.rows * math.prod(row_shape)
+        if size * 4 <= self.budget or size * 2 <= self.budget:
+            dtype = torch.float32 if size * 4 <= self.budget else torch.bfloat16
+            self.memory = torch.empty(self.rows, *row_shape, dtype=dtype)
+        else:
+            RESUME_DIR.mkdir(parents=True, exist_ok=True)
+            self.file, self.row_shape = tempfile.TemporaryFile(dir=RESUME_DIR), tuple(row_shape)
+
+    def rows_of(self, first: int, count: int):
+        if self.file is not None:
+            self.file.flush()
+            return DiskRows(self.file, first, count, self.row_shape)
+        return self.memory[first:first + count]
 
 
 @torch.inference_mode()
-def cached_features(encoder: nn.Module, run: PhaseRun, views: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen-encoder outputs for `views` augmented views of every training image ([views, N, ...])
-    and for every val image: the frozen part's work done once, not once per epoch."""
+def cached_features(encoder: nn.Module, run: PhaseRun, views: int, budget_mb: float = math.inf):
+    """Frozen-encoder outputs for `views` augmented views of every training image (one set of rows per
+    view) and for every val image: the frozen part's work done once, not once per epoch. Kept as
+    FeatureSink decides by `budget_mb`: tensors in memory ([views, N, ...] and [N_val, ...]) or
+    DiskRows."""
     encoder.eval()
     data, device = run.data, run.device
     batch = inference_batch(device)
     transform = train_transform(data.preprocess, run.phase["augment"])
     torch.manual_seed(run.phase["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
+    images, count = data.train_images, len(data.train_images)
+    sink = FeatureSink(views * count + len(data.val_images), budget_mb)
 
     def encode(xs):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.inference_amp):
-            return encoder(to_device(xs, device, run.fmt)).float()
+            sink.add(encoder(to_device(xs, device, run.fmt)).float())
 
-    images, count = data.train_images, len(data.train_images)
-    train = []
     for _ in range(views):
-        feats = [encode(torch.stack([transform(images[j]) for j in range(i, min(i + batch, count))]))
-                 for i in range(0, count, batch)]
-        train.append(torch.cat(feats))
-    val = torch.cat([encode(x) for x, _ in eval_batches(data.val_images, data.val_labels, data.preprocess, batch)])
-    return torch.stack(train), val
+        for i in range(0, count, batch):
+            encode(torch.stack([transform(images[j]) for j in range(i, min(i + batch, count))]))
+    for x, _ in eval_batches(data.val_images, data.val_labels, data.preprocess, batch):
+        encode(x)
+    val = sink.rows_of(views * count, len(data.val_images))
+    if sink.file is not None:
+        return [sink.rows_of(v * count, count) for v in range(views)], val
+    return sink.rows_of(0, views * count).view(views, count, *sink.memory.shape[1:]), val
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -413,3 +413,32 @@ def test_frozen_without_random_augmentation_caches_one_view():
                                              memory_format(torch.device("cpu")), False, False), 1)
         assert isinstance(source, CachedFeatures)
         assert source.train_feats.shape[:2] == (views, 20)
+
+
+def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same(tmp_path, monkeypatch):
+    """Cached features that exceed train.memory_budget_mb are kept in bfloat16; beyond that even, in an
+    unnamed file read a batch at a time: the same numbers as bfloat16 in memory, weights to the bit."""
+    from stages.devices import memory_format
+    from stages.sources import DiskRows, PhaseRun, cached_features
+
+    monkeypatch.chdir(tmp_path)  # the file goes under .resume/ of the stage's folder
+    s = settings_for("partial")
+    model, pre = build_model(s["arch"], 2, pretrained=True)
+    pre, cpu = working_preprocess(pre, SIZE), torch.device("cpu")
+    run = PhaseRun(tiny_data(pre), s["phases"][0], cpu, memory_format(cpu), False, False)
+    encoder, _ = frozen_split(model, "top", s["phases"][0]["top_blocks"])
+    full_train, full_val = cached_features(encoder, run, 2)
+    fp32_mb = (full_train.nbytes + full_val.nbytes) / 2**20
+    half_train, half_val = cached_features(encoder, run, 2, fp32_mb * 0.75)
+    disk_train, disk_val = cached_features(encoder, run, 2, fp32_mb * 0.25)
+    assert half_train.dtype == torch.bfloat16 and torch.equal(half_train, full_train.to(torch.bfloat16))
+    assert isinstance(disk_val, DiskRows) and all(isinstance(rows, DiskRows) for rows in disk_train)
+    assert torch.equal(disk_val[:], half_val) and torch.equal(disk_val[2:5], half_val[2:5])
+    order = torch.randperm(20)
+    assert all(torch.equal(disk_train[v][order], half_train[v][order]) for v in range(2))
+    assert not any((tmp_path / ".resume").iterdir())  # unnamed: nothing left behind, even after a kill
+
+    _, _, in_memory = train("partial", tmp_path / "memory", memory_budget_mb=fp32_mb * 0.75)
+    _, _, on_disk = train("partial", tmp_path / "disk", memory_budget_mb=fp32_mb * 0.25)
+    assert [dict(h, seconds=0) for h in on_disk.history] == [dict(h, seconds=0) for h in in_memory.history]
+    assert all(torch.equal(on_disk.best_state[n], in_memory.best_state[n]) for n in in_memory.best_state)
