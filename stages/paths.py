@@ -10,6 +10,7 @@ PARAMS_FILE = Path("params.yaml")
 
 # download -> split
 RAW_DIR = Path("data/raw")
+RAW_SKIPPED = RAW_DIR / ".skipped.json"  # what download left out and why (hidden: no layout sees it)
 SPLIT_DIR = Path("data/split")
 TRAIN_CSV = SPLIT_DIR / "train.csv"
 VAL_CSV = SPLIT_DIR / "val.csv"
