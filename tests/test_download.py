@@ -16,7 +16,7 @@ import pytest
 
 from stages import archives, download
 from stages.common import UserError
-from stages.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
+from stages.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
 from tests.conftest import MIRROR_ENV, ROOT, Project, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
 
@@ -156,7 +156,8 @@ def test_stage_resumes_a_dropped_download_and_the_mirror_gives_the_same_dvc_lock
     assert "resuming at byte" in online.stdout + online.stderr
     assert tree_bytes(project.path / RAW_DIR) == tree_bytes(dataset.parent)
     # no scratch folder left beside data/raw
-    assert sorted(p.name for p in (project.path / RAW_DIR.parent).iterdir()) == [".gitignore", RAW_DIR.name]
+    assert sorted(p.name for p in (project.path / RAW_DIR.parent).iterdir()) == [
+        ".gitignore", RAW_DIR.name, SOURCE_JSON.name]
     lock = (project.path / "dvc.lock").read_text()
 
     project.dvc("repro", "--force", "download", env={MIRROR_ENV: str(dataset_zip.parent)})
