@@ -130,14 +130,21 @@ def file_sha256(path: Path) -> str:
 
 
 def archive_kind(path: Path) -> str | None:
-    """"zip", "tar" (plain or compressed) or None, judged by the content rather than the name."""
+    """"zip", "tar:" plus its compression ("tar:gz", ...; tarfile's mode) or None, judged by the content
+    rather than the name."""
     with open(path, "rb") as f:
         head = f.read(512)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
-        return "tar"
+    for magic, compression in TAR_COMPRESSIONS.items():
+        if head.startswith(magic):
+            return f"tar:{compression}"
+    if head[257:262] == b"ustar":
+        return "tar:"
     return "zip" if zipfile.is_zipfile(path) else None
+
+
+TAR_COMPRESSIONS = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}  # by magic bytes
 
 
 @dataclass
@@ -164,12 +171,12 @@ def unpack(archive: Path, target: Path, max_mb: float, label: str) -> list[dict]
             with zipfile.ZipFile(archive) as zf:
                 members = [_zip_member(zf, info, label) for info in zf.infolist()]
                 return _extract(members, zf.open, target, max_mb, label)
-        with tarfile.open(archive, "r:*") as tf:
+        with tarfile.open(archive, f"r{kind.removeprefix('tar')}") as tf:
             return _extract([_tar_member(info) for info in tf.getmembers()], tf.extractfile, target, max_mb, label)
     except CORRUPT_ERRORS as err:
         if disk_full(err):  # the disk, not the archive: run_main names it
             raise
-        fail(f"{label}: truncated or corrupt archive ({err or type(err).__name__})")
+        fail(f"{label}: truncated or corrupt archive ({' '.join(str(err).split()) or type(err).__name__})")
 
 
 def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> _Member:
