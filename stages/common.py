@@ -31,6 +31,20 @@ def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 
 
+def out_of_memory(err: BaseException) -> str | None:
+    """"GPU", "MPS" or "CPU" when `err` is torch (or Python) running out of that device's memory, else
+    None. Judged by type name and message, so that this module needs no torch."""
+    if not isinstance(err, (RuntimeError, MemoryError)):
+        return None
+    text = str(err)
+    if "MPS backend out of memory" in text:
+        return "MPS"
+    if isinstance(err, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text \
+            or "DefaultCPUAllocator: not enough memory" in text:
+        return "CPU"
+    return "GPU" if type(err).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text else None
+
+
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, clean up, exit
     raise KeyboardInterrupt
 
@@ -52,6 +66,12 @@ def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except UserError as err:
             print(f"{name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except (RuntimeError, MemoryError) as err:
+            if not out_of_memory(err):
+                raise
+            print(f"{name}: error: out of {out_of_memory(err)} memory; close other programs or use a smaller "
+                  "batch (train.batch_size)", file=sys.stderr)
             sys.exit(2)
         except OSError as err:
             if not disk_full(err):
