@@ -284,4 +284,7 @@ def _write(wanted: list[tuple[_Member, Path]], by_name: dict[str, _Member],
                 if written > limit.max_bytes:
                     fail(f"{label}: member {member.name!r} takes the unpacked size past {limit.text} "
                          "(more than its header declares); refusing a possible archive bomb")
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as err:  # name the file: a disk-full error carries none
+                    raise OSError(err.errno, err.strerror, str(path)) from None
