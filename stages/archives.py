@@ -23,7 +23,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from stages.common import UserError, fail, log
+from stages.common import UserError, disk_full, fail, log
 from stages.paths import RAW_DIR
 
 MIRROR_ENV = "DATASET_MIRROR"
@@ -130,14 +130,21 @@ def file_sha256(path: Path) -> str:
 
 
 def archive_kind(path: Path) -> str | None:
-    """"zip", "tar" (plain or compressed) or None, judged by the content rather than the name."""
+    """"zip", "tar:" plus its compression ("tar:gz", ...; tarfile's mode) or None, judged by the content
+    rather than the name."""
     with open(path, "rb") as f:
         head = f.read(512)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
-        return "tar"
+    for magic, compression in TAR_COMPRESSIONS.items():
+        if head.startswith(magic):
+            return f"tar:{compression}"
+    if head[257:262] == b"ustar":
+        return "tar:"
     return "zip" if zipfile.is_zipfile(path) else None
+
+
+TAR_COMPRESSIONS = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}  # by magic bytes
 
 
 @dataclass
@@ -149,12 +156,13 @@ class _Member:
     link: str = ""     # what a link points to, relative to the archive's root; "" when outside it
 
 
-def unpack(archive: Path, target: Path, max_mb: float, label: str) -> None:
+def unpack(archive: Path, target: Path, max_mb: float, label: str) -> list[dict]:
     """Unpack a zip or tar archive into the folder `target` (created here).
 
     Refuses members that would land outside `target`, and archives that unpack to more than
     `max_mb` MiB (data.max_unpacked_mb). Hidden files and macOS `__MACOSX/` metadata are left out.
-    A link becomes a copy of the file it points to, so that no link on disk leads anywhere else."""
+    A link becomes a copy of the file it points to, so that no link on disk leads anywhere else.
+    Returns {"path", "reason"} for each member skipped (devices, FIFOs, links to no file)."""
     kind = archive_kind(archive)
     if kind is None:
         fail(f"{label}: not a zip or tar archive")
@@ -162,12 +170,13 @@ def unpack(archive: Path, target: Path, max_mb: float, label: str) -> None:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
                 members = [_zip_member(zf, info, label) for info in zf.infolist()]
-                _extract(members, zf.open, target, max_mb, label)
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                _extract([_tar_member(info) for info in tf.getmembers()], tf.extractfile, target, max_mb, label)
+                return _extract(members, zf.open, target, max_mb, label)
+        with tarfile.open(archive, f"r{kind.removeprefix('tar')}") as tf:
+            return _extract([_tar_member(info) for info in tf.getmembers()], tf.extractfile, target, max_mb, label)
     except CORRUPT_ERRORS as err:
-        fail(f"{label}: truncated or corrupt archive ({err or type(err).__name__})")
+        if disk_full(err):  # the disk, not the archive: run_main names it
+            raise
+        fail(f"{label}: truncated or corrupt archive ({' '.join(str(err).split()) or type(err).__name__})")
 
 
 def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> _Member:
@@ -211,11 +220,18 @@ def _parts(name: str, label: str) -> list[str]:
 
 
 def _extract(members: list[_Member], open_member: Callable[[object], IO[bytes]], target: Path,
-             max_mb: float, label: str) -> None:
+             max_mb: float, label: str) -> list[dict]:
     limit = _Limit(max_mb * 2**20, f"data.max_unpacked_mb = {max_mb:g}")
-    by_name, wanted = _plan(members, target, limit, label)
+    skipped: list[dict] = []
+    by_name, wanted = _plan(members, target, limit, label, skipped)
     target.mkdir(parents=True)
-    _write(wanted, by_name, open_member, limit, label)
+    _write(wanted, by_name, open_member, limit, label, skipped)
+    return skipped
+
+
+def _skip(skipped: list[dict], label: str, name: str, reason: str) -> None:
+    log(f"{label}: skipping {name!r}: {reason}")
+    skipped.append({"path": name, "reason": reason})
 
 
 @dataclass
@@ -224,8 +240,8 @@ class _Limit:
     text: str  # how messages name it
 
 
-def _plan(members: list[_Member], target: Path, limit: _Limit,
-          label: str) -> tuple[dict[str, _Member], list[tuple[_Member, Path]]]:
+def _plan(members: list[_Member], target: Path, limit: _Limit, label: str,
+          skipped: list[dict]) -> tuple[dict[str, _Member], list[tuple[_Member, Path]]]:
     """Every member by its normalised name (links resolve through it), and the members to unpack with
     their paths under `target`: the whole archive is checked before anything is written."""
     by_name = {}
@@ -239,7 +255,7 @@ def _plan(members: list[_Member], target: Path, limit: _Limit,
         if not parts or any(part.startswith(".") or part == "__MACOSX" for part in parts):
             continue
         if member.kind == "other":
-            log(f"{label}: skipping {member.name!r}: not a regular file, folder or link")
+            _skip(skipped, label, member.name, "not a regular file, folder or link (a device or FIFO)")
             continue
         declared += member.size
         if declared > limit.max_bytes:
@@ -250,7 +266,7 @@ def _plan(members: list[_Member], target: Path, limit: _Limit,
 
 
 def _write(wanted: list[tuple[_Member, Path]], by_name: dict[str, _Member],
-           open_member: Callable[[object], IO[bytes]], limit: _Limit, label: str) -> None:
+           open_member: Callable[[object], IO[bytes]], limit: _Limit, label: str, skipped: list[dict]) -> None:
     """Create the folders and write the files; a link is written as a copy of the file it points to."""
     written = 0
     for member, path in wanted:
@@ -259,7 +275,7 @@ def _write(wanted: list[tuple[_Member, Path]], by_name: dict[str, _Member],
             continue
         source = by_name.get(member.link) if member.kind == "link" else member
         if source is None or source.kind != "file":
-            log(f"{label}: skipping link {member.name!r}: {member.link!r} is not a file in the archive")
+            _skip(skipped, label, member.name, f"link to {member.link!r}, which is not a file in the archive")
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         with open_member(source.info) as data, open(path, "wb") as out:
@@ -268,4 +284,7 @@ def _write(wanted: list[tuple[_Member, Path]], by_name: dict[str, _Member],
                 if written > limit.max_bytes:
                     fail(f"{label}: member {member.name!r} takes the unpacked size past {limit.text} "
                          "(more than its header declares); refusing a possible archive bomb")
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as err:  # name the file: a disk-full error carries none
+                    raise OSError(err.errno, err.strerror, str(path)) from None

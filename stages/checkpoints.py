@@ -46,6 +46,19 @@ def read_checkpoint(path: str | Path) -> dict:
     return contents
 
 
+def check_belongs(meta: dict, path: str | Path, mode: str, classes: list[dict]) -> None:
+    """Refuse a model file of another mode, or one trained on other classes than data/split's (another
+    project's, or another dataset's): evaluate would report its numbers as this mode's."""
+    if meta.get("mode") != mode:
+        raise UserError(f"{path}: a model of mode {meta.get('mode')!r}, not {mode!r}; re-run dvc repro train@{mode}")
+    folders = [c["folder"] for c in classes]
+    if meta["classes"] != folders:
+        def shown(names):
+            return ", ".join(map(str, names[:4])) + (", ..." if len(names) > 4 else "")
+        raise UserError(f"{path}: trained on the classes {shown(meta['classes'])}, but data/split has "
+                        f"{shown(folders)}; re-run dvc repro train@{mode}")
+
+
 def format_problems(contents) -> str:
     if not isinstance(contents, dict) or contents.get("format") != FORMAT:
         return "no pipeline checkpoint format tag; train it again with this version (dvc repro)"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -20,6 +21,28 @@ class UserError(Exception):
 
 def fail(message: str) -> None:
     raise UserError(message)
+
+
+# A write the disk refused: full, over a quota, or past the size limit of a file (ulimit -f).
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """"GPU", "MPS" or "CPU" when `err` is torch (or Python) running out of that device's memory, else
+    None. Judged by type name and message, so that this module needs no torch."""
+    if not isinstance(err, (RuntimeError, MemoryError)):
+        return None
+    text = str(err)
+    if "MPS backend out of memory" in text:
+        return "MPS"
+    if isinstance(err, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text \
+            or "DefaultCPUAllocator: not enough memory" in text:
+        return "CPU"
+    return "GPU" if type(err).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text else None
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, clean up, exit
@@ -43,6 +66,19 @@ def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except UserError as err:
             print(f"{name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except (RuntimeError, MemoryError) as err:
+            if not out_of_memory(err):
+                raise
+            print(f"{name}: error: out of {out_of_memory(err)} memory; close other programs or use a smaller "
+                  "batch (train.batch_size)", file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:
+            if not disk_full(err):
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            print(f"{name}: error: the disk refused a write{where} ({err.strerror}); free some space and "
+                  "re-run (nothing half-written is kept)", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print(f"{name}: interrupted; finished work is kept, the next run resumes", file=sys.stderr)

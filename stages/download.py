@@ -2,9 +2,11 @@
 
 data.url is an http(s) URL, a local archive or a local folder (copied, links followed as copies). An
 archive is checked against data.sha256 when given, then unpacked. data/raw appears only complete: a
-failed or interrupted run leaves none."""
+failed or interrupted run leaves none. What was skipped (dangling links, unreadable files, devices and FIFOs)
+is listed in data/raw/.skipped.json, which split reports in metrics/data.json."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,8 +14,8 @@ from pathlib import Path
 
 from stages import params
 from stages.archives import fetch, file_sha256, is_url, unpack
-from stages.common import atomic_path, fail, log, run_main
-from stages.paths import RAW_DIR
+from stages.common import atomic_path, disk_full, fail, log, run_main
+from stages.paths import RAW_DIR, RAW_SKIPPED
 
 PARAMS = ("data.url", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
 
@@ -28,13 +30,17 @@ def check_source_folder(folder: Path, source: str) -> None:
         fail(f"data.url: {source}: lies inside the output folder {RAW_DIR}, which this stage replaces")
 
 
-def copy_folder(source: Path, target: Path) -> list[str]:
+def copy_folder(source: Path, target: Path) -> list[dict]:
     """Copy the folder `source` to `target` (created here), a link as a copy of what it points to.
 
     A link to a folder that holds it is not followed (it would nest copies without end); a dangling
-    link, a file that cannot be read and anything not a file or folder are skipped. Returns
-    "<path>: <reason>" for each thing skipped, paths relative to `source`."""
-    skipped: list[str] = []
+    link, a file that cannot be read (or vanishes while copied) and anything not a file or folder are
+    skipped; a full disk stops the copy. Returns {"path", "reason"} for each thing skipped, paths
+    relative to `source`."""
+    skipped: list[dict] = []
+
+    def skip(relative: str, reason: str) -> None:
+        skipped.append({"path": relative, "reason": reason})
 
     def copy_tree(folder: Path, dest: Path, holders: frozenset[Path]) -> None:
         dest.mkdir()
@@ -44,17 +50,19 @@ def copy_folder(source: Path, target: Path) -> list[str]:
                 if entry.is_dir():
                     real = path.resolve()
                     if real in holders:
-                        skipped.append(f"{relative}: link to a folder that holds it (a loop)")
+                        skip(relative, "link to a folder that holds it (a loop)")
                     else:
                         copy_tree(path, dest / entry.name, holders | {real})
                 elif entry.is_file():
                     shutil.copy2(path, dest / entry.name)
                 elif entry.is_symlink() and not path.exists():
-                    skipped.append(f"{relative}: dangling link to {os.readlink(path)}")
+                    skip(relative, f"dangling link to {os.readlink(path)}")
                 else:
-                    skipped.append(f"{relative}: not a regular file or folder")
+                    skip(relative, "not a regular file or folder (a device or FIFO)")
             except OSError as err:
-                skipped.append(f"{relative}: {err.strerror or err}")
+                if disk_full(err):
+                    raise
+                skip(relative, err.strerror or str(err))
 
     copy_tree(source, target, frozenset({source.resolve()}))
     return skipped
@@ -81,10 +89,14 @@ def main() -> None:
                 actual = file_sha256(archive)
                 if actual != expected.lower():
                     fail(f"data.sha256: {label}: expected {expected.lower()}, got {actual}")
-            unpack(archive, raw, data["max_unpacked_mb"], label)
-    for item in skipped:
-        log(f"warning: skipped {Path(source) / item}")
-    files = sum(1 for path in RAW_DIR.rglob("*") if path.is_file())
+            skipped = unpack(archive, raw, data["max_unpacked_mb"], label)
+        record = raw / RAW_SKIPPED.name
+        record.unlink(missing_ok=True)  # a source's own file of that name is no record of this run
+        if skipped:  # hidden, so no layout sees it; split reports it
+            record.write_text(json.dumps(skipped, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for item in skipped if is_folder else ():
+        log(f"warning: skipped {Path(source) / item['path']}: {item['reason']}")
+    files = sum(1 for path in RAW_DIR.rglob("*") if path.is_file() and path != RAW_SKIPPED)
     log(f"{RAW_DIR}: {files} files from {source}" + (f" ({len(skipped)} skipped)" if skipped else ""))
 
 

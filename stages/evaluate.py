@@ -13,9 +13,9 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 from torchvision.transforms.v2.functional import to_pil_image
 
 from stages import params as params_module
-from stages.checkpoints import load_checkpoint
+from stages.checkpoints import check_belongs, load_checkpoint
 from stages.common import atomic_path, log, run_main, save_figure, write_json
-from stages.datasets import Images, StoreImages, eval_batches, read_split
+from stages.datasets import Images, StoreImages, eval_batches, read_classes, read_split
 from stages.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
 from stages.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(params_module.mode_value(params, mode, "device"))
     bf16 = bf16_inference(device, params_module.mode_value(params, mode, "inference_dtype"))
     model, meta = load_checkpoint(model_file(mode), device)
+    check_belongs(meta, model_file(mode), mode, read_classes())  # not another mode's or project's model
     val = read_split("val")
     names = meta["class_names"]
     images = StoreImages("val", meta["preprocess"])  # read a batch at a time: memory flat in the dataset size

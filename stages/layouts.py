@@ -88,6 +88,9 @@ def read_class_names(setting: str | None, root: Path, raw: Path) -> tuple[dict[s
     path = next((base / setting for base in (root, raw) if (base / setting).is_file()), None)
     if path is None:
         fail(f"data.class_names: {setting}: no such file in {root} or {raw}")
+    if raw.resolve() not in path.resolve().parents:  # only a file in data/raw is a dep of split
+        fail(f"data.class_names: {setting}: lies outside the dataset ({path.resolve()}), where a change to it "
+             f"would go unnoticed; put it in the dataset folder and name it relative to that")
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -137,3 +140,12 @@ def class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[st
             by_number[number] = folder
         folders = [by_number[number] for number in sorted(by_number)]
     return folders, sources
+
+
+def unused_files(raw: Path, root: Path, sources: dict[str, Path], keep: Path | None) -> list[str]:
+    """Files no class folder holds, so that no split uses them: loose beside the class folders, in
+    train/ or val/ themselves, or beside the folders wrapping the dataset. Paths relative to `raw`."""
+    folders = [root, *(p for p in root.parents if p == raw or raw in p.parents), *sources.values()]
+    found = {p for folder in folders for p in folder.iterdir()
+             if p.is_file() and not ignored(p.name) and p != keep}
+    return sorted(p.relative_to(raw).as_posix() for p in found)

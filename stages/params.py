@@ -52,7 +52,7 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
         modes = {}
     for name, row in modes.items():
         check_mode(c, name, row, train)
-    if top.get("mode") not in modes:
+    if not isinstance(top.get("mode"), str) or top["mode"] not in modes:  # [frozen] is no dict key
         c.bad("mode", f"unknown mode {top.get('mode')!r} (known: {', '.join(map(str, modes))})")
     if not isinstance(model.get("arch"), str):
         c.bad("model.arch", f"must be a backbone name, got {model.get('arch')!r}")

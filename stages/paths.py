@@ -8,8 +8,11 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 
-# download -> split
+# source -> download -> split
+SOURCE_JSON = Path("data/source.json")  # a digest of a local data.url: download re-runs when it changes
+SOURCE_HASHES = Path(".source_hashes.json")  # scratch of stage source: sha256 by file size, mtime, inode
 RAW_DIR = Path("data/raw")
+RAW_SKIPPED = RAW_DIR / ".skipped.json"  # what download left out and why (hidden: no layout sees it)
 SPLIT_DIR = Path("data/split")
 TRAIN_CSV = SPLIT_DIR / "train.csv"
 VAL_CSV = SPLIT_DIR / "val.csv"

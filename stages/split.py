@@ -35,11 +35,13 @@ from stages.layouts import (
     mapped_name,
     read_class_names,
     resolve_layout,
+    unused_files,
 )
-from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, SPLIT_DIR, split_csv
+from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, RAW_SKIPPED, SPLIT_DIR, split_csv
 
 PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.split_seed", "data.class_names")
 CHECK_SIZE = 32  # px: the smallest short side a check decodes large JPEGs to
+UNUSED_LISTED = 10  # unused files named in metrics/data.json (all are counted)
 Rows = list[tuple[str, int]]  # (path relative to data/raw, label), sorted by label then path
 
 
@@ -52,6 +54,8 @@ class DatasetSplit:
     skipped: list[dict] = field(default_factory=list)     # {"path", "reason"}
     duplicates: list[dict] = field(default_factory=list)  # {"train", "val"}: the same bytes in both
     warnings: list[str] = field(default_factory=list)
+    download_skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: left out by download
+    unused: list[str] = field(default_factory=list)       # files outside the class folders
 
     def metrics(self) -> dict:
         def counts(rows):
@@ -63,7 +67,9 @@ class DatasetSplit:
         return {"layout": self.layout, "classes": len(self.classes), "train": counts(self.train),
                 "val": counts(self.val), "skipped": self.skipped, "skipped_count": len(self.skipped),
                 "duplicates_across_splits": self.duplicates, "duplicates_count": len(self.duplicates),
-                "warnings": self.warnings}
+                "warnings": self.warnings, "download_skipped": self.download_skipped,
+                "download_skipped_count": len(self.download_skipped),
+                "unused_files": {"count": len(self.unused), "paths": self.unused[:UNUSED_LISTED]}}
 
 
 def _check_image(path: Path) -> tuple[str | None, str | None]:
@@ -101,6 +107,12 @@ def _named_classes(folders: list[str], layout: str, mapping: dict[str, str], map
                 warnings.append(f"data.class_names: {mapping_path} has no name for {folder}; using the folder name")
             name = PREFIXED.fullmatch(folder).group(2) if layout == "prefix" else folder
         classes.append({"index": index, "folder": folder, "name": name})
+    by_name: dict[str, str] = {}
+    for c in classes:  # one name for two classes would merge them in every metric and plot
+        if c["name"] in by_name:
+            fail(f"data.class_names: classes {by_name[c['name']]} and {c['folder']} both show as {c['name']!r}"
+                 + (f" in {mapping_path}" if mapping_path else "") + "; give each class its own name")
+        by_name[c["name"]] = c["folder"]
     return classes
 
 
@@ -180,12 +192,28 @@ def make_split(raw: Path, data: dict) -> DatasetSplit:
     checked = _check_files(raw, sources, folders, mapping_path)
     train, val = _assign(checked.usable, folders, layout, data)
     _check_coverage(root, folders, checked.found, train, val, warnings)
+    unused = unused_files(raw, root, sources, mapping_path)
+    if unused:
+        warnings.append(f"{len(unused)} files outside the class folders are not used, e.g. {unused[0]} "
+                        f"(listed in {DATA_METRICS})")
     for warning in warnings:
         log(f"warning: {warning}")
     duplicates = _duplicates(train, val, checked.digests)
     if duplicates:
         log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {DATA_METRICS})")
-    return DatasetSplit(layout, classes, train, val, checked.skipped, duplicates, warnings)
+    return DatasetSplit(layout, classes, train, val, checked.skipped, duplicates, warnings,
+                        download_skipped(raw), unused)
+
+
+def download_skipped(raw: Path) -> list[dict]:
+    """What download left out (data/raw/.skipped.json), so that metrics/data.json shows it too."""
+    record = raw / RAW_SKIPPED.name
+    if not record.is_file():
+        return []
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        fail(f"{record}: not valid JSON ({err}); re-run dvc repro --force download")
 
 
 def write_split(split: DatasetSplit, folder: Path) -> None:

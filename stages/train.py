@@ -12,7 +12,7 @@ import torch
 from stages import params as params_module
 from stages.backbones import TransferNet, build_model, check_arch, count_params
 from stages.checkpoints import save_checkpoint
-from stages.common import UserError, log, run_main
+from stages.common import UserError, log, out_of_memory, run_main
 from stages.datasets import TrainData, read_classes, store_splits, train_transform, working_preprocess
 from stages.devices import pick_device
 from stages.imports import code_digest
@@ -129,10 +129,12 @@ def main(argv: list[str] | None = None) -> None:
         resume = ResumeState(resume_state(mode), fingerprint(settings))
         live = LiveLog(mode)
         model, data, result = run_training(settings, len(classes), resume, on_epoch=live.epoch)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(f"out of GPU memory at train.batch_size {settings['batch_size']}; try a smaller one, "
-                        f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, settings['batch_size'] // 2)}"
-                        ) from None
+    except (RuntimeError, MemoryError) as err:  # CUDA's, MPS's or the CPU's allocator gave up
+        if not out_of_memory(err):
+            raise
+        batch = settings["batch_size"]
+        raise UserError(f"out of {out_of_memory(err)} memory at train.batch_size {batch}; try a smaller one, "
+                        f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, batch // 2)}") from None
     model.load_state_dict(result.best_state)
     meta = checkpoint_meta(mode, settings, classes, data.preprocess, result, count_params(model)[1])
     live.end(augmented_batch_grid(data, settings, meta["class_names"]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import socket
 import tarfile
@@ -15,7 +16,7 @@ import pytest
 
 from stages import archives, download
 from stages.common import UserError
-from stages.paths import PARAMS_FILE, RAW_DIR
+from stages.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
 from tests.conftest import MIRROR_ENV, ROOT, Project, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
 
@@ -155,7 +156,8 @@ def test_stage_resumes_a_dropped_download_and_the_mirror_gives_the_same_dvc_lock
     assert "resuming at byte" in online.stdout + online.stderr
     assert tree_bytes(project.path / RAW_DIR) == tree_bytes(dataset.parent)
     # no scratch folder left beside data/raw
-    assert sorted(p.name for p in (project.path / RAW_DIR.parent).iterdir()) == [".gitignore", RAW_DIR.name]
+    assert sorted(p.name for p in (project.path / RAW_DIR.parent).iterdir()) == [
+        ".gitignore", RAW_DIR.name, SOURCE_JSON.name]
     lock = (project.path / "dvc.lock").read_text()
 
     project.dvc("repro", "--force", "download", env={MIRROR_ENV: str(dataset_zip.parent)})
@@ -333,6 +335,9 @@ def test_a_folder_with_a_link_loop_and_a_dangling_link_is_copied_once(workdir, d
     assert f"warning: skipped {dataset}/train/ants/loop: link to a folder that holds it (a loop)" in err
     assert f"warning: skipped {dataset}/train/bees/gone.jpg: dangling link to nowhere.jpg" in err
     copied = tree_bytes(workdir.path / RAW_DIR)
+    assert json.loads(copied.pop(RAW_SKIPPED.name)) == [  # what split reports in metrics/data.json
+        {"path": "train/ants/loop", "reason": "link to a folder that holds it (a loop)"},
+        {"path": "train/bees/gone.jpg", "reason": "dangling link to nowhere.jpg"}]
     assert copied == tree_bytes(dataset)  # rglob follows no folder link and drops the dangling one
     assert copied["val/ants/alias.jpg"] == copied["val/ants/ants_000.jpg"]
     assert not any(p.is_symlink() for p in (workdir.path / RAW_DIR).rglob("*"))
