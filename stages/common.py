@@ -26,8 +26,16 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, cle
     raise KeyboardInterrupt
 
 
-def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a stage's main: user errors become one line on stderr and a non-zero exit, no traceback."""
+INTERRUPTED = "interrupted; nothing was half-written, the next run starts over"
+INTERRUPTED_RESUMABLE = "interrupted; finished work is kept, the next run resumes"
+
+
+def run_main(main: Callable[..., Any] | None = None, *, resumes: bool = False) -> Callable[..., Any]:
+    """Wrap a stage's main: user errors become one line on stderr and a non-zero exit, no traceback.
+    First, what a killed stage left half-published is finished or discarded (stages.publish).
+    `@run_main(resumes=True)` for a stage whose next run continues an interrupted one (train)."""
+    if main is None:
+        return functools.partial(run_main, resumes=resumes)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -40,12 +48,15 @@ def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
             module = spec.name if spec else Path(sys.argv[0]).stem
         name = module.rsplit(".", 1)[-1]
         try:
+            from stages import publish
+
+            publish.recover()
             return main(*args, **kwargs)
         except UserError as err:
             print(f"{name}: error: {err}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print(f"{name}: interrupted; finished work is kept, the next run resumes", file=sys.stderr)
+            print(f"{name}: {INTERRUPTED_RESUMABLE if resumes else INTERRUPTED}", file=sys.stderr)
             sys.exit(130)
 
     return wrapper
