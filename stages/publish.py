@@ -33,32 +33,37 @@ LOCK_WAIT_SECONDS = 5  # another stage recovering a leftover holds the lock for 
 
 @contextlib.contextmanager
 def _held(root: Path, wait: float = 0.0) -> Iterator[bool]:
-    """Hold the lock of the staging folder `root` (created if missing); yields False if another
-    process holds it. The folder is removed on release when it is empty."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Hold the lock of the staging folder `root` (made if missing), waiting up to `wait` seconds;
+    yields False if another process holds it. The folder is removed on release when it is empty."""
     if fcntl is None:
+        root.mkdir(parents=True, exist_ok=True)
         yield True
         return
-    fd = os.open(root, os.O_RDONLY)
-    held, deadline = False, time.monotonic() + wait
+    deadline, fd = time.monotonic() + wait, None
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.05)
-        # The folder may have been removed (and made again) by its last holder before we got the lock.
-        held = os.path.isdir(root) and os.stat(root).st_ino == os.fstat(fd).st_ino
-        yield held
+        while fd is None:
+            root.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # removed by its last holder just now: again
+                fd = os.open(root, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    fd = None
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
+                    continue
+                if os.stat(root).st_ino != os.fstat(fd).st_ino:  # locked a folder since removed: again
+                    os.close(fd)
+                    fd = None
+        yield True
+        with contextlib.suppress(OSError):  # not empty: a failed swap left its journal for the next run
+            os.rmdir(root)
     finally:
-        if held:
-            with contextlib.suppress(OSError):  # not empty: a lock file of a later publish, or ours in use
-                os.rmdir(root)
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _roll_forward(root: Path) -> None:
@@ -127,6 +132,9 @@ def outputs(stage: str, paths: Iterable[str | os.PathLike]) -> Iterator[Callable
         if not held:
             fail(f"{root}: another run of {stage} is publishing its outputs; wait for it to end")
         _finish(root)  # a leftover of a killed run of this stage, if any
+        for path in map(Path, paths):  # and what older versions wrote aside (common.atomic_path) and left
+            for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+                shutil.rmtree(leftover, ignore_errors=True)
 
         def staged(path: str | os.PathLike) -> Path:
             if Path(path).as_posix() == SCRATCH:
@@ -149,6 +157,8 @@ def outputs(stage: str, paths: Iterable[str | os.PathLike]) -> Iterator[Callable
             if not (root / JOURNAL).exists():
                 _finish(root)  # discard what was staged
             raise
-    with contextlib.suppress(OSError):  # nothing left to publish: no empty folder either
-        PUBLISH_DIR.rmdir()
+        finally:
+            with contextlib.suppress(OSError):  # nothing left to publish: no empty folder either
+                root.rmdir()
+                PUBLISH_DIR.rmdir()
 
