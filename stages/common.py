@@ -49,20 +49,35 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, cle
     raise KeyboardInterrupt
 
 
-def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a stage's main: user errors become one line on stderr and a non-zero exit, no traceback."""
+INTERRUPTED = "interrupted; nothing was half-written, the next run starts over"
+INTERRUPTED_RESUMABLE = "interrupted; finished work is kept, the next run resumes"
+
+
+def _stage_name(main: Callable[..., Any]) -> str:
+    module = main.__module__
+    if module == "__main__":  # run as `python -m stages.x`: the real name is in the module's spec
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else Path(sys.argv[0]).stem
+    return module.rsplit(".", 1)[-1]
+
+
+def run_main(main: Callable[..., Any] | None = None, *, resumes: bool = False) -> Callable[..., Any]:
+    """Wrap a stage's main: user errors become one line on stderr and a non-zero exit, no traceback.
+    First, what a killed stage left half-published is finished or discarded (stages.publish).
+    `@run_main(resumes=True)` for a stage whose next run continues an interrupted one (train)."""
+    if main is None:
+        return functools.partial(run_main, resumes=resumes)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupt)
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # replaces stages/__init__.py's start-up one
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        module = main.__module__
-        if module == "__main__":  # run as `python -m stages.x`: the real name is in the module's spec
-            spec = getattr(sys.modules["__main__"], "__spec__", None)
-            module = spec.name if spec else Path(sys.argv[0]).stem
-        name = module.rsplit(".", 1)[-1]
+        name = _stage_name(main)
         try:
+            from stages import publish
+
+            publish.recover()
             return main(*args, **kwargs)
         except UserError as err:
             print(f"{name}: error: {err}", file=sys.stderr)
@@ -81,7 +96,7 @@ def run_main(main: Callable[..., Any]) -> Callable[..., Any]:
                   "re-run (nothing half-written is kept)", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print(f"{name}: interrupted; finished work is kept, the next run resumes", file=sys.stderr)
+            print(f"{name}: {INTERRUPTED_RESUMABLE if resumes else INTERRUPTED}", file=sys.stderr)
             sys.exit(130)
 
     return wrapper

@@ -20,9 +20,9 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from stages import params as params_module
+from stages import publish
 from stages.common import (
     UserError,
-    atomic_path,
     log,
     read_json,
     run_main,
@@ -273,7 +273,8 @@ def main() -> None:
     runs = {mode: load_mode(mode) for mode in modes}
     summary = summarize(runs)
 
-    with atomic_path(COMPARE_PLOTS_DIR) as plots:  # the whole folder at once: no stale or half-written figure
+    with publish.outputs("compare", (COMPARE_PLOTS_DIR, SUMMARY_MD, SUMMARY_JSON)) as staged:
+        plots = staged(COMPARE_PLOTS_DIR)  # the whole folder at once: no stale figure of a removed mode
         plots.mkdir()
         inside = lambda path: plots / path.relative_to(COMPARE_PLOTS_DIR)
         save_figure(plot_error_curves(runs), inside(COMPARE_ERROR_PNG))
@@ -283,8 +284,8 @@ def main() -> None:
             save_figure(figure, inside(COMPARE_CONFUSION_DIR) / name)
         for path, (series, column) in CURVE_TABLES.items():
             inside(path).write_text(curve_table(runs, series, column), encoding="utf-8")
-    write_text(SUMMARY_MD, markdown_table(summary, runs))
-    write_json(SUMMARY_JSON, summary)
+        write_text(staged(SUMMARY_MD), markdown_table(summary, runs))
+        write_json(staged(SUMMARY_JSON), summary)
     best = summary["modes"][summary["best_mode"]]
     log(f"compare: {len(modes)} modes; best {summary['best_mode']} ({best['accuracy']:.1%} val accuracy)")
 

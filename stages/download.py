@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from stages import params
+from stages import params, publish
 from stages.archives import fetch, file_sha256, is_url, unpack
-from stages.common import atomic_path, disk_full, fail, log, run_main
+from stages.common import disk_full, fail, log, run_main
 from stages.paths import RAW_DIR, RAW_SKIPPED
 
 PARAMS = ("data.url", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
@@ -79,12 +78,12 @@ def main() -> None:
         if expected:
             fail(f"data.sha256: {source} is a folder; a checksum applies to an archive only")
     skipped = []
-    with atomic_path(RAW_DIR) as raw, \
-            tempfile.TemporaryDirectory(prefix=".download.", dir=RAW_DIR.parent) as scratch:
+    with publish.outputs("download", (RAW_DIR,)) as staged:
+        raw = staged(RAW_DIR)
         if is_folder:
             skipped = copy_folder(folder, raw)
         else:
-            archive, label = fetch(source, Path(scratch))
+            archive, label = fetch(source, staged(publish.SCRATCH))
             if expected:
                 actual = file_sha256(archive)
                 if actual != expected.lower():

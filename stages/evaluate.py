@@ -13,8 +13,9 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 from torchvision.transforms.v2.functional import to_pil_image
 
 from stages import params as params_module
+from stages import publish
 from stages.checkpoints import check_belongs, load_checkpoint
-from stages.common import atomic_path, log, run_main, save_figure, write_json
+from stages.common import log, run_main, save_figure, write_json
 from stages.datasets import Images, StoreImages, eval_batches, read_classes, read_split
 from stages.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
 from stages.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
@@ -151,12 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     writer.writerow(["path", "actual", "predicted", "confidence"])
     for path, label, p in zip(val.paths, val.labels, probs):
         writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
-    with atomic_path(predictions_csv(mode)) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    save_figure(error_grid(images, val.labels, probs, names, mode), errors_png(mode))
-    save_figure(sample_grid(images, val.labels, probs, names, mode, meta["arch"]), samples_png(mode))
-    write_json(mode_details(mode), details)
-    write_json(mode_metrics(mode), metrics)
+    written = (predictions_csv(mode), errors_png(mode), samples_png(mode), mode_details(mode), mode_metrics(mode))
+    with publish.outputs(f"evaluate@{mode}", written) as staged:
+        staged(predictions_csv(mode)).write_text(buffer.getvalue(), encoding="utf-8")
+        save_figure(error_grid(images, val.labels, probs, names, mode), staged(errors_png(mode)))
+        save_figure(sample_grid(images, val.labels, probs, names, mode, meta["arch"]), staged(samples_png(mode)))
+        write_json(staged(mode_details(mode)), details)
+        write_json(staged(mode_metrics(mode)), metrics)
     log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 
 

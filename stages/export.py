@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from stages import params as params_module
-from stages.common import UserError, atomic_path, log, read_json, run_main, write_json
+from stages import publish
+from stages.common import UserError, log, read_json, run_main, write_json
 from stages.paths import (
     EXPORT_PLOTS_DIR,
     EXPORTED_MODEL,
@@ -48,13 +49,13 @@ def main() -> None:
     headline = {"mode": mode, "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
                 **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
 
-    with atomic_path(EXPORT_PLOTS_DIR) as plots:  # the whole folder: no stale figure of an earlier mode
+    with publish.outputs("export", (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL)) as staged:
+        plots = staged(EXPORT_PLOTS_DIR)  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()
         shutil.copyfile(samples, plots / EXPORTED_SAMPLES.relative_to(EXPORT_PLOTS_DIR))
-    write_json(HEADLINE_JSON, headline)
-    # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
-    with atomic_path(EXPORTED_MODEL) as tmp:
-        shutil.copyfile(source, tmp)
+        write_json(staged(HEADLINE_JSON), headline)
+        # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
+        shutil.copyfile(source, staged(EXPORTED_MODEL))
     log(f"export: {mode} -> {EXPORTED_MODEL} "
         f"(val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import params, store
-from stages.common import UserError, atomic_path, log, run_main
+from stages import params, publish, store
+from stages.common import UserError, log, run_main
 from stages.datasets import read_classes, read_split, resize_short_side
 from stages.images import UnreadableImage, open_rgb
 from stages.paths import RAW_DIR, SPLIT_DIR, STORE_DIR
@@ -86,7 +86,8 @@ def pack_store(settings: dict, folder: Path, raw: Path = RAW_DIR, split_dir: Pat
 def main() -> None:
     settings = params.declared(params.load(), PARAMS)["pack"]
     started = time.perf_counter()
-    with atomic_path(STORE_DIR) as folder:
+    with publish.outputs("pack", (STORE_DIR,)) as staged:
+        folder = staged(STORE_DIR)
         index = pack_store(settings, folder)
         size = sum(f.stat().st_size for f in folder.iterdir())
     seconds = time.perf_counter() - started

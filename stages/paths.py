@@ -29,6 +29,7 @@ METRICS_DIR = Path("metrics")
 DVCLIVE_DIR = Path("dvclive")
 DETAILS_DIR = Path("results/details")
 RESUME_DIR = Path(".resume")  # scratch space of a running train stage (in .dvcignore)
+PUBLISH_DIR = Path(".publish")  # staging folders of the stages publishing their outputs (stages/publish.py)
 
 # compare
 COMPARE_PLOTS_DIR = Path("plots/compare")
@@ -80,6 +81,11 @@ def resume_dir(mode: str) -> Path:
 
 def resume_state(mode: str) -> Path:
     return resume_dir(mode) / "state.pt"
+
+
+def running_live_dir(mode: str) -> Path:
+    """Where a running train@<mode> logs each epoch (DVCLive) until it publishes them as dvclive/<mode>/."""
+    return resume_dir(mode) / "dvclive"
 
 
 def predictions_csv(mode: str) -> Path:

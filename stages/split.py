@@ -24,8 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import params
-from stages.common import atomic_path, fail, log, run_main, write_json
+from stages import params, publish
+from stages.common import fail, log, run_main, write_json
 from stages.images import UnreadableImage, open_rgb
 from stages.layouts import (
     PREFIXED,
@@ -231,9 +231,9 @@ def write_split(split: DatasetSplit, folder: Path) -> None:
 def main() -> None:
     data = params.declared(params.load(), PARAMS)["data"]
     split = make_split(RAW_DIR, data)
-    with atomic_path(SPLIT_DIR) as folder:
-        write_split(split, folder)
-    write_json(DATA_METRICS, split.metrics())
+    with publish.outputs("split", (SPLIT_DIR, DATA_METRICS)) as staged:
+        write_split(split, staged(SPLIT_DIR))
+        write_json(staged(DATA_METRICS), split.metrics())
     log(f"{split.layout} layout, {len(split.classes)} classes: {len(split.train)} train, {len(split.val)} val, "
         f"{len(split.skipped)} skipped")
 

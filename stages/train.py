@@ -1,22 +1,33 @@
-"""Stage train@<mode>: train one transfer mode, write models/<mode>.pt and dvclive/<mode>/."""
+"""Stage train@<mode>: train one transfer mode, write models/<mode>.pt and dvclive/<mode>/ (as one set)."""
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 
 import torch
 
 from stages import params as params_module
+from stages import publish
 from stages.backbones import TransferNet, build_model, check_arch, count_params
 from stages.checkpoints import save_checkpoint
 from stages.common import UserError, log, out_of_memory, run_main
 from stages.datasets import TrainData, read_classes, store_splits, train_transform, working_preprocess
 from stages.devices import pick_device
 from stages.imports import code_digest
-from stages.paths import CLASSES_JSON, TRAIN_CSV, VAL_CSV, live_dir, model_file, resume_dir, resume_state
+from stages.paths import (
+    CLASSES_JSON,
+    TRAIN_CSV,
+    VAL_CSV,
+    live_dir,
+    model_file,
+    resume_dir,
+    resume_state,
+    running_live_dir,
+)
 from stages.training import FitResult, ResumeState, fit
 
 PARAMS = ("model", "train", "modes.{mode}")  # as dvc.yaml's train stage declares them
@@ -55,15 +66,15 @@ def run_training(settings: dict, num_classes: int, resume: ResumeState, make_dat
 
 
 class LiveLog:
-    """dvclive/<mode>/ as training runs: each epoch's metrics (DVC plots and a summary) as soon as the
-    epoch is saved, so that `dvc exp show`, DVC's editor integrations and Studio follow a running
-    stage. A resumed run starts the folder again and logs the restored epochs first (DVC removes a
-    stage's outputs before it runs it)."""
+    """The DVCLive logs as training runs, in .resume/<mode>/dvclive/ (running_live_dir): each epoch's
+    metrics (DVC plots and a summary) as soon as the epoch is saved, so that a reader can follow a
+    running stage; the stage publishes the folder as dvclive/<mode>/ with the model. A resumed run
+    starts the folder again and logs the restored epochs first."""
 
     def __init__(self, mode: str):
         from dvclive import Live
 
-        self.live = Live(dir=str(live_dir(mode)), save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live = Live(dir=str(running_live_dir(mode)), save_dvc_exp=False, dvcyaml=None, report=None)
 
     def epoch(self, row: dict) -> None:
         live = self.live
@@ -117,7 +128,7 @@ def checkpoint_meta(mode: str, settings: dict, classes: list[dict], preprocess: 
             "peak_memory_mib": peak_memory_mib()}
 
 
-@run_main
+@run_main(resumes=True)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one transfer mode (a row of params.yaml `modes`).")
     parser.add_argument("mode")
@@ -138,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict(result.best_state)
     meta = checkpoint_meta(mode, settings, classes, data.preprocess, result, count_params(model)[1])
     live.end(augmented_batch_grid(data, settings, meta["class_names"]))
-    save_checkpoint(model_file(mode), model.cpu(), meta)
+    with publish.outputs(f"train@{mode}", (model_file(mode), live_dir(mode))) as staged:
+        os.replace(running_live_dir(mode), staged(live_dir(mode)))
+        save_checkpoint(staged(model_file(mode)), model.cpu(), meta)
     shutil.rmtree(resume_dir(mode), ignore_errors=True)
     log(f"train@{mode}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}, "
         f"{result.train_seconds:.1f} s, peak memory {meta['peak_memory_mib']} MiB")

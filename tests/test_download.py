@@ -16,7 +16,7 @@ import pytest
 
 from stages import archives, download
 from stages.common import UserError
-from stages.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
+from stages.paths import PARAMS_FILE, PUBLISH_DIR, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
 from tests.conftest import MIRROR_ENV, ROOT, Project, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
 
@@ -297,7 +297,9 @@ def test_stage_error_leaves_no_data_raw(workdir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(workdir.path)
     assert run_in_process(download.main) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    assert list((workdir.path / RAW_DIR.parent).iterdir()) == [] and not (workdir.path.parent / "evil.txt").exists()
+    data = workdir.path / RAW_DIR.parent
+    assert not data.exists() or list(data.iterdir()) == []
+    assert not (workdir.path.parent / "evil.txt").exists() and not (workdir.path / PUBLISH_DIR).exists()
 
 
 def test_missing_local_source_is_a_user_error(tmp_path):

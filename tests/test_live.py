@@ -1,6 +1,6 @@
-"""DVCLive logs as training runs: each epoch's metrics are on disk once the epoch ends, before the stage
-does, so that `dvc exp show` and DVC's editor integrations can follow it; a resumed run's logs hold
-every epoch once."""
+"""DVCLive logs as training runs: each epoch's metrics are on disk (.resume/<mode>/dvclive/) once the
+epoch ends, before the stage does, so that a reader can follow it; the stage publishes them as
+dvclive/<mode>/ with the model, and a resumed run's logs hold every epoch once."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from stages.paths import live_dir
+from stages.paths import live_dir, running_live_dir
 from tests.conftest import make_project
 from tests.imagegen import write_class_folders
 
@@ -17,11 +17,11 @@ EPOCH_LINE = re.compile(r"^epoch +(\d+) ")
 EPOCHS = 3
 
 
-def logged(project, mode: str) -> tuple[list[int], dict]:
-    """(the epochs in dvclive/<mode>'s val accuracy TSV, its metrics.json summary), read from outside."""
-    with open(project.path / live_dir(mode) / "plots" / "metrics" / "val" / "acc.tsv", newline="") as f:
+def logged(project, mode: str, folder=live_dir) -> tuple[list[int], dict]:
+    """(the epochs in the logs' val accuracy TSV, their metrics.json summary), read from outside."""
+    with open(project.path / folder(mode) / "plots" / "metrics" / "val" / "acc.tsv", newline="") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
-    return steps, json.loads((project.path / live_dir(mode) / "metrics.json").read_text())
+    return steps, json.loads((project.path / folder(mode) / "metrics.json").read_text())
 
 
 def test_logs_grow_while_training_runs_and_a_resumed_run_logs_each_epoch_once(tmp_path):
@@ -38,7 +38,7 @@ def test_logs_grow_while_training_runs_and_a_resumed_run_logs_each_epoch_once(tm
         for line in proc.stderr:
             if m := EPOCH_LINE.match(line):
                 epoch = int(m.group(1))
-                steps, summary = logged(project, "finetune")  # the stage is still running
+                steps, summary = logged(project, "finetune", running_live_dir)  # the stage is still running
                 seen.append((epoch, steps, summary["step"]))
                 if epoch == 2:
                     proc.kill()  # as kill -9: a run interrupted after epoch 2
@@ -47,6 +47,7 @@ def test_logs_grow_while_training_runs_and_a_resumed_run_logs_each_epoch_once(tm
         proc.kill()
         proc.wait(timeout=300)
     assert seen == [(1, [1], 1), (2, [1, 2], 2)]
+    assert not (project.path / live_dir("finetune")).exists()  # published with the model only
 
     resumed = project.dvc("repro", "train@finetune")
     assert "resuming after epoch 2" in resumed.stdout + resumed.stderr

@@ -33,6 +33,7 @@ from stages.paths import (
     model_file,
     resume_dir,
     resume_state,
+    running_live_dir,
 )
 from tests.conftest import Project, make_project
 from tests.imagegen import make_image, write_class_folders
@@ -167,7 +168,8 @@ def run_until_epoch(project: Project, sig: int, epoch: int = 2, mode: str = MODE
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, split_project, reference, tmp_path):
     """Killed after epoch 2 (Ctrl-C, SIGTERM, kill -9): one line and exit 130 (kill -9: nothing to say),
-    no model and no half-written file, the state and live logs of the last finished epoch kept; the next `dvc repro`
+    neither output (model, dvclive/<mode>/: published as a set) and no half-written file, the state and
+    live logs (.resume/<mode>/dvclive/) of the last finished epoch kept; the next `dvc repro`
     says it resumes after that epoch (at most the epoch in progress is lost) and its model, metrics
     and logs equal those of a run never interrupted."""
     project = clone(split_project, tmp_path / "project")
@@ -182,8 +184,10 @@ def test_interrupted_training_resumes_and_ends_like_an_uninterrupted_run(sig, sp
         assert log.rstrip("\n").splitlines()[-1] == INTERRUPTED, log
         assert log.count("interrupted") == 1, log
     assert not (project.path / model_file(MODE)).exists()
-    # The live logs hold the finished epochs, each once (DVC starts them again when it re-runs the stage).
-    steps = [row[0] for row in tsv_rows(project.path / live_dir(MODE) / "plots" / "metrics" / "val" / "acc.tsv")[1:]]
+    assert not (project.path / live_dir(MODE)).exists()
+    # The live logs hold the finished epochs, each once (the next run starts them again).
+    running_tsv = project.path / running_live_dir(MODE) / "plots" / "metrics" / "val" / "acc.tsv"
+    steps = [row[0] for row in tsv_rows(running_tsv)[1:]]
     assert steps == [str(epoch) for epoch in range(1, last_epoch + 1)], steps
     assert stray_files(project.path) == []
     state = torch.load(project.path / resume_state(MODE), map_location="cpu", weights_only=True)
@@ -331,16 +335,13 @@ def audited(split_project, tmp_path_factory) -> tuple[Project, dict]:
 def test_every_file_a_stage_writes_appears_by_a_rename(audited):
     """No stage writes a file in place: each file it creates or changes in the project arrived by a
     rename (of itself or of a folder holding it), and no file it opened for writing is still at that
-    path when it ends (it wrote aside, then renamed). The one exception is train's live logs,
-    dvclive/<mode>/, appended to as each epoch ends so that a reader can follow the run (DVC starts
-    that folder again whenever it re-runs the stage)."""
+    path when it ends (it wrote aside, then renamed). Train's live logs too: appended to in
+    .resume/<mode>/dvclive/ as each epoch ends, they arrive in dvclive/<mode>/ with the model."""
     project, audit = audited
     root = str(project.path.resolve())
     live = str(project.path.resolve() / live_dir(MODE)) + os.sep
     assert any(path.startswith(live) for path in audit[f"train@{MODE}"][1])  # the logs were written
     for stage, (events, changed, existing) in audit.items():
-        changed = [path for path in changed if not path.startswith(live)]
-        existing = {path for path in existing if not path.startswith(live)}
         renamed = [dst for kind, *paths in events if kind == "rename" for dst in paths[1:]]
         written = {path for kind, path, *_ in events if kind == "write" and path.startswith(root + os.sep)}
         written = {p for p in written if not SKIP_PARTS & set(Path(p).relative_to(root).parts)}
