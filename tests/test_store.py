@@ -218,6 +218,7 @@ def make_big_index(root: Path, count: int) -> Path:
     with open(split_dir / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([["path", "label", "class"], *[[p, 0, "c"] for p in paths]])
     (split_dir / "val.csv").write_text("path,label,class\n")
+    (split_dir / "test.csv").write_text("path,label,class\n")
     (split_dir / "classes.json").write_text('{"classes": [{"index": 0, "folder": "c", "name": "c"}]}')
     store_dir = root / "store"
     store_dir.mkdir()
