@@ -446,9 +446,11 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_resumed_run_stops_at_
 
 
 def test_patience_counts_in_the_last_phase_only(tmp_path):
-    """freeze_unfreeze: 2 stalled head epochs run in full; the last phase's first epoch (3) is its best."""
-    result = stalled("freeze_unfreeze", tmp_path, head_epochs=2, head_lr=1e-9, epochs=4)
-    assert result.stopped_epoch == 5 and len(result.history) == 5
+    """freeze_unfreeze, patience 1: epoch 2 of the head phase does not improve on epoch 1, yet the phase
+    runs in full; the last phase's first epoch (3) is its own best, and epoch 4 ends the run."""
+    result = stalled("freeze_unfreeze", tmp_path, head_epochs=2, head_lr=1e-9, epochs=4, patience=1)
+    assert result.history[1]["val_acc"] <= result.history[0]["val_acc"]
+    assert result.stopped_epoch == 4 and len(result.history) == 4
 
 
 def test_balanced_class_weights_weigh_the_loss_as_computed_by_hand():
