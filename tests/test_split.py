@@ -107,7 +107,8 @@ def test_imagefolder_with_val_and_test_folders_gives_three_splits(tmp_path):
     assert all(path.startswith("test/") for path, _ in result.test) and per_class(result.test) == {0: 1, 1: 2}
     assert result.warnings == [] and result.metrics()["test"] == {"total": 3, "per_class": {"ants": 1, "bees": 2}}
     split.write_split(result, tmp_path / "split")
-    assert read_csv(tmp_path / "split" / "test.csv")[0] == {"path": "test/ants/ants_000.jpg", "label": "0", "class": "ants"}
+    first = {"path": "test/ants/ants_000.jpg", "label": "0", "class": "ants"}
+    assert read_csv(tmp_path / "split" / "test.csv")[0] == first
 
 
 @pytest.mark.parametrize("layout", ["random", "prefix"])
