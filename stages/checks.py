@@ -10,6 +10,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 LAYOUTS = ("auto", "imagefolder", "prefix", "random")
 INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
+STOP_ON = ("val_loss", "val_acc")  # what early stopping watches
+CLASS_WEIGHTS = ("none", "balanced")
 TRAINABLE = ("head", "top", "all")
 MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
 MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
@@ -20,9 +22,11 @@ RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model
 
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
-              "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb"}
-# What one phase of a mode sets: what trains, and any `train` key that may change between phases.
-PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb"})
+              "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb",
+              "patience", "stop_on", "class_weights"}
+# What one phase of a mode sets: what trains, and any `train` key that may change between phases
+# (early stopping is the row's: it counts in the last phase).
+PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on"})
               | {"trainable", "top_blocks", "backbone_lr_scale"})
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
 MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale", "phases"}
@@ -33,7 +37,8 @@ PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_dr
 # torchvision's InterpolationMode values (checked here without importing torchvision)
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENCODINGS = ("png", "jpeg")
-DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "split_seed", "class_names"}
+DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
+             "class_names"}
 
 
 class Checker:
@@ -112,6 +117,11 @@ def check_data(c: Checker, data: Any) -> None:
     c.choice(data, "data", "layout", LAYOUTS)
     c.number(data, "data", "val_every", kind=int, low=2)
     c.number(data, "data", "val_fraction", low=0, high=1, low_open=True, high_open=True)
+    c.number(data, "data", "test_fraction", low=0, high=1, high_open=True)
+    val, test = data.get("val_fraction"), data.get("test_fraction")
+    if _is_number(val, float) and _is_number(test, float) and 0 < val < 1 and 0 <= test < 1 <= val + test:
+        c.bad("data.test_fraction", f"val_fraction + test_fraction must be < 1 (some images must train), "
+                                    f"got {val} + {test}")
     c.number(data, "data", "split_seed", kind=int)
     if data.get("class_names") is not None and not isinstance(data["class_names"], str):
         c.bad("data.class_names", f"must be null or the path of a JSON file, got {data['class_names']!r}")
@@ -142,6 +152,11 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "memory_budget_mb", low=0, low_open=True, optional=opt)
     c.choice(node, key, "scheduler", SCHEDULERS, optional=opt)
     c.choice(node, key, "inference_dtype", INFERENCE_DTYPES, optional=opt)
+    c.number(node, key, "patience", kind=int, low=1, optional=True)
+    if "patience" not in node and not partial:
+        c.bad(f"{key}.patience", "missing")
+    c.choice(node, key, "stop_on", STOP_ON, optional=opt)
+    c.choice(node, key, "class_weights", CLASS_WEIGHTS, optional=opt)
     c.number(node, key, "warmup_epochs", low=0, optional=opt)
     c.number(node, key, "step_size", kind=int, low=1, optional=opt)
     c.number(node, key, "gamma", low=0, low_open=True, high=1, optional=opt)

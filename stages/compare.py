@@ -3,8 +3,8 @@
 Reads metrics/<mode>.json and results/details/<mode>.json (evaluate@<mode>) and the per-epoch DVCLive
 logs (train@<mode>) of every mode in params `modes`, and writes:
   plots/compare/val_error.png       val (solid) and train (dashed) error rate per epoch, every mode
-  plots/compare/accuracy_time.png   val accuracy and training time per mode
-  plots/compare/confusion/          the val confusion matrices normalised by actual class: all modes in
+  plots/compare/accuracy_time.png   accuracy (on test, or val without one) and training time per mode
+  plots/compare/confusion/          those confusion matrices normalised by actual class: all modes in
                                     all_modes.png, or <mode>.png each when the classes are many
   plots/compare/val_acc.csv, train_loss.csv   epoch, mode, value: the data of dvc.yaml's all-modes charts
   results/summary.json, results/summary.md   the table of the modes' headline numbers (plain outputs,
@@ -143,11 +143,11 @@ def plot_accuracy_time(summary: dict[str, dict]) -> Figure:
     colors = [f"C{i % 10}" for i in range(len(modes))]
     fig = Figure(figsize=(max(8.0, 2.4 * len(modes)), 4.5), dpi=DPI)
     acc_ax, time_ax = fig.subplots(1, 2)
-    accuracies = [summary[m]["accuracy"] for m in modes]
+    accuracies, split = [summary[m]["accuracy"] for m in modes], summary[modes[0]]["evaluated_on"]
     bars = acc_ax.bar(modes, accuracies, color=colors)
     acc_ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracies], fontsize=8)
     acc_ax.set_ylim(0, 1.08)  # headroom for the labels above full bars
-    acc_ax.set_title("Val accuracy (best epoch)")
+    acc_ax.set_title(f"{split.capitalize()} accuracy (best val epoch)")
     acc_ax.set_ylabel("accuracy")
     seconds = [summary[m]["train_seconds"] for m in modes]
     bars = time_ax.bar(modes, seconds, color=colors)
@@ -202,7 +202,8 @@ def plot_confusions(runs: dict[str, dict]) -> Figure:
         draw_shares(ax, run["details"]["confusion_matrix"], confusion_title(mode, run))
     for ax in axes[len(runs):]:  # the empty cells of the last row
         ax.axis("off")
-    fig.suptitle("Val confusion matrices (share of each actual class)")
+    fig.suptitle(f"{next(iter(runs.values()))['metrics'].get('evaluated_on', 'val').capitalize()} confusion "
+                 "matrices (share of each actual class)")
     fig.tight_layout()
     return fig
 
@@ -213,7 +214,8 @@ def plot_confusion(mode: str, run: dict) -> Figure:
     side = min(14.0, max(6.0, 0.14 * n))  # inches: ~14 px a cell at 100 classes
     fig = Figure(figsize=(side + 1.2, side), dpi=DPI)
     ax = fig.subplots()
-    image = draw_shares(ax, run["details"]["confusion_matrix"], f"Val confusion matrix, {confusion_title(mode, run)}")
+    title = f"{run['metrics'].get('evaluated_on', 'val').capitalize()} confusion matrix, {confusion_title(mode, run)}"
+    image = draw_shares(ax, run["details"]["confusion_matrix"], title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
     fig.tight_layout()
     return fig
@@ -239,26 +241,27 @@ def curve_table(runs: dict[str, dict], series: str, column: str) -> str:
 
 
 def summarize(runs: dict[str, dict]) -> dict:
-    table = {mode: {key: {**run["metrics"], **run["details"]}[key] for key in SUMMARY_KEYS}
-             for mode, run in runs.items()}
+    table = {mode: {**{key: {**run["metrics"], **run["details"]}[key] for key in SUMMARY_KEYS},
+                    "evaluated_on": run["metrics"].get("evaluated_on", "val")} for mode, run in runs.items()}
     # max() keeps the first of equals: a tie goes to the mode listed first in params.
     best = max(table, key=lambda mode: table[mode]["accuracy"])
     return {"modes": table, "best_mode": best}
 
 
 def markdown_table(summary: dict, runs: dict[str, dict]) -> str:
-    lines = ["| mode | accuracy | balanced acc. | macro F1 | best epoch | train time (s) | trainable params |",
+    split = next(iter(summary["modes"].values()))["evaluated_on"]  # test, or val without a test set
+    lines = [f"| mode | {split} accuracy | balanced acc. | macro F1 | best epoch | train time (s) | trainable params |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, row in summary["modes"].items():
         name = f"**{mode}**" if mode == summary["best_mode"] else mode
         lines.append(f"| {name} | {row['accuracy']:.1%} | {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
                      f"| {row['best_epoch']} | {row['train_seconds']:.0f} | {row['trainable_params']:,} |")
     first = next(iter(runs.values()))["details"]
-    val_images = first.get("val_images")
-    on = f" on {val_images} val images" if val_images is not None else ""
+    images = first.get(f"{split}_images")
+    on = f" on {images} {split} images" if images is not None else ""
     return ("\n".join(lines) + "\n\n"
             f"Backbone {first.get('arch', '?')} ({first['total_params']:,} parameters){on}; "
-            f"best mode in bold. Best epoch: the epoch whose weights were kept.\n")
+            f"best mode in bold. Best epoch: the epoch whose weights were kept (best on val).\n")
 
 
 @run_main
@@ -287,7 +290,8 @@ def main() -> None:
         write_text(staged(SUMMARY_MD), markdown_table(summary, runs))
         write_json(staged(SUMMARY_JSON), summary)
     best = summary["modes"][summary["best_mode"]]
-    log(f"compare: {len(modes)} modes; best {summary['best_mode']} ({best['accuracy']:.1%} val accuracy)")
+    log(f"compare: {len(modes)} modes; best {summary['best_mode']} ({best['accuracy']:.1%} "
+        f"{best['evaluated_on']} accuracy)")
 
 
 if __name__ == "__main__":

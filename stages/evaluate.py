@@ -1,6 +1,10 @@
 """Stage evaluate@<mode>: metrics/<mode>.json (the headline numbers), results/details/<mode>.json
 (per-class scores, confusion matrix, model size), per-image predictions (a DVC confusion plot), a grid
-of the misclassified val images and one of the first val images of each class."""
+of the misclassified images and one of the first images of each class.
+
+All of them are of the split that reports: test when the dataset has one (val chose the kept epoch,
+so its scores are optimistic), else val; `evaluated_on` says which, and with a test set the val
+scores stand beside the test ones under `val`."""
 from __future__ import annotations
 
 import argparse
@@ -70,21 +74,29 @@ def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> di
     }
 
 
-def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int]) -> tuple[dict, dict]:
-    """(metrics, details): metrics/<mode>.json holds numbers only, the few `dvc metrics diff` shows;
-    results/details/<mode>.json the rest that compare and export read (strings, per class, matrix)."""
+def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int], split: str = "val",
+               val_scores: dict | None = None) -> tuple[dict, dict]:
+    """(metrics, details) of the reporting `split`: metrics/<mode>.json holds the few numbers `dvc metrics
+    diff` shows (and which split they are of); results/details/<mode>.json the rest that compare and
+    export read (strings, per class, matrix). `val_scores`: val's headline scores, beside test's."""
     names = meta["class_names"]
-    metrics = {**headline_scores(probs, labels, names), "best_epoch": meta["best_epoch"],
+    metrics = {**headline_scores(probs, labels, names), "evaluated_on": split, "best_epoch": meta["best_epoch"],
                "train_seconds": round(meta["train_seconds"], 2)}
+    if val_scores is not None:
+        metrics["val"] = val_scores
+    if meta.get("stopped_epoch") is not None:  # early stopping on: the epoch the run ended
+        metrics["stopped_epoch"] = meta["stopped_epoch"]
     if meta.get("peak_memory_mib") is not None:  # absent from checkpoints of older runs
         metrics["train_peak_memory_mib"] = meta["peak_memory_mib"]
-    details = {"mode": mode, "arch": meta["arch"], "val_images": len(labels), "epochs": meta["epochs"],
+    details = {"mode": mode, "arch": meta["arch"], "evaluated_on": split, f"{split}_images": len(labels),
+               "epochs": meta["epochs"],
                "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
                **class_scores(probs, labels, names)}
     return metrics, details
 
 
-def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str):
+def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str,
+               split: str = "val"):
     from stages.plotting import WRONG_COLOR, image_grid
 
     predicted = probs.argmax(1).tolist()
@@ -94,12 +106,12 @@ def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: li
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(4, 1.2), dpi=100)
-        fig.text(0.5, 0.5, f"{mode}: no misclassified val images", ha="center", va="center")
+        fig.text(0.5, 0.5, f"{mode}: no misclassified {split} images", ha="center", va="center")
         return fig
     return image_grid([to_pil_image(images[i]) for i in shown],
                       [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in shown],
                       colors=[WRONG_COLOR] * len(shown), columns=4,
-                      title=f"{mode}: {len(wrong)} of {len(labels)} val images misclassified")
+                      title=f"{mode}: {len(wrong)} of {len(labels)} {split} images misclassified")
 
 
 def round_robin(labels: list[int], num_classes: int, count: int) -> list[int]:
@@ -117,8 +129,9 @@ def round_robin(labels: list[int], num_classes: int, count: int) -> list[int]:
     return picked
 
 
-def sample_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str, arch: str):
-    """The model's predictions on the first val images of each class in turn, right green, wrong red
+def sample_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str, arch: str,
+                split: str = "val"):
+    """The model's predictions on the first images of each class in turn, right green, wrong red
     (export publishes the published mode's copy as plots/model/val_predictions.png)."""
     from stages.plotting import RIGHT_COLOR, WRONG_COLOR, image_grid
 
@@ -128,12 +141,17 @@ def sample_grid(images: Images, labels: list[int], probs: torch.Tensor, names: l
     return image_grid([to_pil_image(images[i]) for i in picks],
                       [f"pred: {names[predicted[i]]} ({probs[i].max():.2f})\ntrue: {names[labels[i]]}" for i in picks],
                       colors=[RIGHT_COLOR if predicted[i] == labels[i] else WRONG_COLOR for i in picks], columns=4,
-                      title=f"{mode} ({arch}): {right} of {len(picks)} val images right")
+                      title=f"{mode} ({arch}): {right} of {len(picks)} {split} images right")
+
+
+def reporting_split() -> str:
+    """test when data/split has a test set, else val."""
+    return "test" if read_split("test").paths else "val"
 
 
 @run_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate one trained mode on the val split.")
+    parser = argparse.ArgumentParser(description="Evaluate one trained mode on the test split (val without one).")
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
     params = params_module.declared(params_module.load(), PARAMS, mode)
@@ -141,25 +159,29 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = bf16_inference(device, params_module.mode_value(params, mode, "inference_dtype"))
     model, meta = load_checkpoint(model_file(mode), device)
     check_belongs(meta, model_file(mode), mode, read_classes())  # not another mode's or project's model
-    val = read_split("val")
-    names = meta["class_names"]
-    images = StoreImages("val", meta["preprocess"])  # read a batch at a time: memory flat in the dataset size
-    probs = predict_probabilities(model, images, val.labels, meta["preprocess"], device, bf16)
+    names, split = meta["class_names"], reporting_split()
 
-    metrics, details = mode_files(mode, meta, probs, val.labels)
+    def predict(name: str):  # images read a batch at a time: memory flat in the dataset size
+        rows, images = read_split(name), StoreImages(name, meta["preprocess"])
+        return rows, images, predict_probabilities(model, images, rows.labels, meta["preprocess"], device, bf16)
+
+    rows, images, probs = predict(split)
+    val_scores = headline_scores(predict("val")[2], read_split("val").labels, names) if split == "test" else None
+    metrics, details = mode_files(mode, meta, probs, rows.labels, split, val_scores)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "actual", "predicted", "confidence"])
-    for path, label, p in zip(val.paths, val.labels, probs):
+    for path, label, p in zip(rows.paths, rows.labels, probs):
         writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
     written = (predictions_csv(mode), errors_png(mode), samples_png(mode), mode_details(mode), mode_metrics(mode))
     with publish.outputs(f"evaluate@{mode}", written) as staged:
         staged(predictions_csv(mode)).write_text(buffer.getvalue(), encoding="utf-8")
-        save_figure(error_grid(images, val.labels, probs, names, mode), staged(errors_png(mode)))
-        save_figure(sample_grid(images, val.labels, probs, names, mode, meta["arch"]), staged(samples_png(mode)))
+        save_figure(error_grid(images, rows.labels, probs, names, mode, split), staged(errors_png(mode)))
+        save_figure(sample_grid(images, rows.labels, probs, names, mode, meta["arch"], split),
+                    staged(samples_png(mode)))
         write_json(staged(mode_details(mode)), details)
         write_json(staged(mode_metrics(mode)), metrics)
-    log(f"evaluate@{mode}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    log(f"evaluate@{mode}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":

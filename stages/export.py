@@ -1,7 +1,7 @@
 """Stage export: publish the model of the mode named by params `mode`.
 
 Writes models/model.pt (a byte copy of models/<mode>.pt), results/headline.json (that mode's headline
-metrics from metrics/<mode>.json, its name and arch from results/details/<mode>.json) and
+metrics from metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
 predictions on the first val images of each class). It reads only that mode's files and copies them,
 never loading the model, so switching `mode` re-trains nothing and takes seconds."""
@@ -48,6 +48,8 @@ def main() -> None:
             raise UserError(f"{path}: missing; run train@{mode} and evaluate@{mode} first (dvc repro)")
     headline = {"mode": mode, "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
                 **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
+    # Which split the scores are of: test where the dataset has one (val chose the kept epoch).
+    headline["evaluated_on"] = read_json(mode_metrics(mode)).get("evaluated_on", "val")
 
     with publish.outputs("export", (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL)) as staged:
         plots = staged(EXPORT_PLOTS_DIR)  # the whole folder: no stale figure of an earlier mode
@@ -57,7 +59,7 @@ def main() -> None:
         # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
         shutil.copyfile(source, staged(EXPORTED_MODEL))
     log(f"export: {mode} -> {EXPORTED_MODEL} "
-        f"(val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
+        f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from stages.common import fail
 
 TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
 VAL_FOLDERS = ("val", "valid", "validation", "test")
+TEST_FOLDER = "test"  # beside a val/ (valid/, validation/) folder: the test set
 PREFIXED = re.compile(r"(\d+)[-_](.+)")
 
 
@@ -112,20 +113,31 @@ def mapped_name(folder: str, mapping: dict[str, str]) -> str | None:
     return next((name for key, name in mapping.items() if key.isdigit() and int(key) == int(number)), None)
 
 
+def split_sources(root: Path, warnings: list[str]) -> dict[str, Path]:
+    """{"train":, "val":} folders of an imagefolder dataset, and "test": when test/ sits beside a val/
+    (valid/, validation/) folder; alone beside train/, test/ is the validation set."""
+    splits, sources = split_folders(root), {}
+    roles = [("train", "training", TRAIN_FOLDERS), ("val", "validation", VAL_FOLDERS)]
+    if TEST_FOLDER in splits and any(name in splits for name in VAL_FOLDERS if name != TEST_FOLDER):
+        roles = [roles[0], ("val", "validation", VAL_FOLDERS[:-1]), ("test", "test", (TEST_FOLDER,))]
+    for part, role, preferred in roles:
+        found = [splits[name] for name in preferred if name in splits]
+        if len(found) > 1:
+            warnings.append(f"{root}: using {found[0]}/ as the {role} set; ignoring "
+                            + ", ".join(f"{name}/" for name in found[1:]))
+        sources[part] = root / found[0]
+    return sources
+
+
 def class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[str], dict[str, Path]]:
-    """The class folder names in label order, and the folders holding them: {"train":, "val":} when
-    the layout gives the split, {"all": root} when the split is made here."""
+    """The class folder names in label order, and the folders holding them: {"train":, "val":} (and
+    "test":) when the layout gives the split, {"all": root} when the split is made here."""
     if layout == "imagefolder":
-        splits, sources = split_folders(root), {}
-        for part, role, preferred in (("train", "training", TRAIN_FOLDERS), ("val", "validation", VAL_FOLDERS)):
-            found = [splits[name] for name in preferred if name in splits]
-            if len(found) > 1:
-                warnings.append(f"{root}: using {found[0]}/ as the {role} set; ignoring "
-                                + ", ".join(f"{name}/" for name in found[1:]))
-            sources[part] = root / found[0]
+        sources = split_sources(root, warnings)
         folders = [p.name for p in subfolders(sources["train"])]
-        for extra in sorted({p.name for p in subfolders(sources["val"])} - set(folders)):
-            fail(f"{sources['val'] / extra}: class missing from {sources['train']}")
+        for part in sources.keys() - {"train"}:
+            for extra in sorted({p.name for p in subfolders(sources[part])} - set(folders)):
+                fail(f"{sources[part] / extra}: class missing from {sources['train']}")
     else:
         sources = {"all": root}
         folders = [p.name for p in subfolders(root)]

@@ -16,6 +16,7 @@ RAW_SKIPPED = RAW_DIR / ".skipped.json"  # what download left out and why (hidde
 SPLIT_DIR = Path("data/split")
 TRAIN_CSV = SPLIT_DIR / "train.csv"
 VAL_CSV = SPLIT_DIR / "val.csv"
+TEST_CSV = SPLIT_DIR / "test.csv"  # no rows when the dataset has no test set
 CLASSES_JSON = SPLIT_DIR / "classes.json"
 DATA_METRICS = Path("metrics/data.json")
 
@@ -53,7 +54,7 @@ EXPORTED_SAMPLES = EXPORT_PLOTS_DIR / "val_predictions.png"
 
 
 def split_csv(name: str) -> Path:
-    """data/split/<name>.csv: train or val."""
+    """data/split/<name>.csv: train, val or test."""
     return SPLIT_DIR / f"{name}.csv"
 
 

@@ -1,15 +1,19 @@
 """Stage `split`: find the classes and images in data/raw, open every image once, and split them into
-training and validation sets.
+training, validation and (optionally) test sets.
 
-Writes data/split/ (train.csv and val.csv with `path,label,class` rows, paths relative to data/raw;
-classes.json) and metrics/data.json (counts, skipped files with the reason, duplicates, warnings).
+Writes data/split/ (train.csv, val.csv and test.csv with `path,label,class` rows, paths relative to
+data/raw, test.csv without rows when there is no test set; classes.json) and metrics/data.json
+(counts, skipped files with the reason, duplicates, warnings).
 
-Layouts (params data.layout):
+Val selects (the kept epoch, early stopping), test only reports. Layouts (params data.layout):
   imagefolder  train/<class>/... plus val/, valid/ or test/<class>/...: the split is given (any case;
-               training/ and validation/ too)
-  prefix       <number>-<name>/... per class (000-one): every data.val_every-th image goes to val
+               training/ and validation/ too); with val/ (or valid/) and test/ both, test/ is the test set
+  prefix       <number>-<name>/... per class (000-one): every data.val_every-th image goes to val,
+               counting from the first (imgs[::k])
   random       <class>/...: a seeded stratified split, data.val_fraction of each class to val
   auto         the first two when the folders look like them, else random
+prefix and random: data.test_fraction of each class (of all its images, rounded half up, at most all
+but one of those left after val) then goes from the rest to test, drawn seeded by data.split_seed.
 A single folder wrapping the dataset (hymenoptera_data/) is looked through, and so is the one folder
 holding a train/val split beside others (docs/)."""
 from __future__ import annotations
@@ -39,7 +43,9 @@ from stages.layouts import (
 )
 from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, RAW_SKIPPED, SPLIT_DIR, split_csv
 
-PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.split_seed", "data.class_names")
+PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.test_fraction", "data.split_seed",
+          "data.class_names")
+PARTS = ("train", "val", "test")
 CHECK_SIZE = 32  # px: the smallest short side a check decodes large JPEGs to
 UNUSED_LISTED = 10  # unused files named in metrics/data.json (all are counted)
 Rows = list[tuple[str, int]]  # (path relative to data/raw, label), sorted by label then path
@@ -51,8 +57,9 @@ class DatasetSplit:
     classes: list[dict]                       # {"index", "folder", "name"}, in label order
     train: Rows
     val: Rows
+    test: Rows = field(default_factory=list)               # empty: no test set, val reports
     skipped: list[dict] = field(default_factory=list)     # {"path", "reason"}
-    duplicates: list[dict] = field(default_factory=list)  # {"train", "val"}: the same bytes in both
+    duplicates: list[dict] = field(default_factory=list)  # {"train", "val" or "test"}: the same bytes in both
     warnings: list[str] = field(default_factory=list)
     download_skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: left out by download
     unused: list[str] = field(default_factory=list)       # files outside the class folders
@@ -65,7 +72,8 @@ class DatasetSplit:
             return {"total": len(rows), "per_class": per_class}
 
         return {"layout": self.layout, "classes": len(self.classes), "train": counts(self.train),
-                "val": counts(self.val), "skipped": self.skipped, "skipped_count": len(self.skipped),
+                "val": counts(self.val), "test": counts(self.test), "skipped": self.skipped,
+                "skipped_count": len(self.skipped),
                 "duplicates_across_splits": self.duplicates, "duplicates_count": len(self.duplicates),
                 "warnings": self.warnings, "download_skipped": self.download_skipped,
                 "download_skipped_count": len(self.download_skipped),
@@ -87,13 +95,20 @@ def _check_image(path: Path) -> tuple[str | None, str | None]:
 
 def _val_indices(count: int, folder: str, layout: str, data: dict) -> set[int]:
     """Which of a class's `count` sorted images go to val when the split is made here."""
-    if layout == "prefix":
-        every = data["val_every"]
-        return {i for i in range(count) if i % every == every - 1}
+    if layout == "prefix":  # imgs[::k], as the hand-gesture tutorial splits
+        return set(range(0, count, data["val_every"])) if count > 1 else set()
     # Seeded per class, so adding or removing one class leaves the other classes' split unchanged.
     rng = random.Random(f"{data['split_seed']}:{folder}")
     n_val = min(count - 1, max(1, round(count * data["val_fraction"]))) if count > 1 else 0
     return set(rng.sample(range(count), n_val))
+
+
+def _test_indices(count: int, folder: str, in_val: set[int], data: dict) -> set[int]:
+    """Which of a class's images go to test: int(count * test_fraction + 0.5) of them (at most all but
+    one of those val left), drawn from the rest by their own seeded stream, so val stays as without."""
+    rest = [i for i in range(count) if i not in in_val]
+    n_test = min(len(rest) - 1, int(count * data["test_fraction"] + 0.5)) if rest else 0
+    return set(random.Random(f"{data['split_seed']}:test:{folder}").sample(rest, n_test))
 
 
 def _named_classes(folders: list[str], layout: str, mapping: dict[str, str], mapping_path: Path | None,
@@ -144,38 +159,42 @@ def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mappin
     return checked
 
 
-def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout: str, data: dict) -> tuple[Rows, Rows]:
-    """(train, val) rows sorted by label then path: as the folders give them, or split here."""
+def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout: str, data: dict
+            ) -> dict[str, Rows]:
+    """{"train", "val", "test"} rows sorted by label then path: as the folders give them, or split here."""
+    parts: dict[str, Rows] = {part: [] for part in PARTS}
     if layout == "imagefolder":
-        train = [(path, label) for label, paths in usable["train"].items() for path in paths]
-        val = [(path, label) for label, paths in usable["val"].items() for path in paths]
+        for part, by_label in usable.items():
+            parts[part] = [(path, label) for label, paths in by_label.items() for path in paths]
     else:
-        train, val = [], []
         for label, paths in usable["all"].items():
             in_val = _val_indices(len(paths), folders[label], layout, data)
+            in_test = _test_indices(len(paths), folders[label], in_val, data)
             for i, path in enumerate(paths):
-                (val if i in in_val else train).append((path, label))
-    train.sort(key=lambda row: (row[1], row[0]))
-    val.sort(key=lambda row: (row[1], row[0]))
-    return train, val
+                parts["val" if i in in_val else "test" if i in in_test else "train"].append((path, label))
+    for rows in parts.values():
+        rows.sort(key=lambda row: (row[1], row[0]))
+    return parts
 
 
-def _check_coverage(root: Path, folders: list[str], found: list[int], train: Rows, val: Rows, warnings: list[str]):
-    """A class without training images stops the stage; one without validation images is a warning."""
-    in_train = {label for _, label in train}
-    in_val = {label for _, label in val}
+def _check_coverage(root: Path, folders: list[str], found: list[int], parts: dict[str, Rows], warnings: list[str]):
+    """A class without training images stops the stage; one without val (or, with a test set, test)
+    images is a warning."""
+    labels = {part: {label for _, label in rows} for part, rows in parts.items()}
     for label, folder in enumerate(folders):
-        if label not in in_train:
-            where = "training images" if label in in_val else "images"
+        if label not in labels["train"]:
+            where = "training images" if label in labels["val"] | labels["test"] else "images"
             fail(f"{root}: class {folder} has no usable {where} (of {found[label]} files)")
-        if label not in in_val:
+        if label not in labels["val"]:
             warnings.append(f"class {folder} has no validation images")
+        if parts["test"] and label not in labels["test"]:
+            warnings.append(f"class {folder} has no test images")
 
 
-def _duplicates(train: Rows, val: Rows, digests: dict[str, str | None]) -> list[dict]:
-    """Validation images byte-identical to a training image, each paired with the first such one."""
+def _duplicates(train: Rows, other: Rows, part: str, digests: dict[str, str | None]) -> list[dict]:
+    """Val (or test) images byte-identical to a training image, each paired with the first such one."""
     first_in_train = {digests[path]: path for path, _ in reversed(train)}  # reversed: the first one wins
-    return [{"train": first_in_train[digests[path]], "val": path} for path, _ in val
+    return [{"train": first_in_train[digests[path]], part: path} for path, _ in other
             if digests[path] in first_in_train]
 
 
@@ -189,20 +208,23 @@ def make_split(raw: Path, data: dict) -> DatasetSplit:
     folders, sources = class_folders(root, layout, warnings)
     mapping, mapping_path = read_class_names(data["class_names"], root, raw)
     classes = _named_classes(folders, layout, mapping, mapping_path, warnings)
+    if layout == "imagefolder" and data["test_fraction"]:
+        warnings.append("data.test_fraction: ignored, the imagefolder layout's folders give the split")
     checked = _check_files(raw, sources, folders, mapping_path)
-    train, val = _assign(checked.usable, folders, layout, data)
-    _check_coverage(root, folders, checked.found, train, val, warnings)
+    parts = _assign(checked.usable, folders, layout, data)
+    _check_coverage(root, folders, checked.found, parts, warnings)
     unused = unused_files(raw, root, sources, mapping_path)
     if unused:
         warnings.append(f"{len(unused)} files outside the class folders are not used, e.g. {unused[0]} "
                         f"(listed in {DATA_METRICS})")
     for warning in warnings:
         log(f"warning: {warning}")
-    duplicates = _duplicates(train, val, checked.digests)
+    duplicates = [pair for part in ("val", "test") for pair in _duplicates(parts["train"], parts[part], part,
+                                                                           checked.digests)]
     if duplicates:
-        log(f"{len(duplicates)} validation images are byte-identical to training images (listed in {DATA_METRICS})")
-    return DatasetSplit(layout, classes, train, val, checked.skipped, duplicates, warnings,
-                        download_skipped(raw), unused)
+        log(f"{len(duplicates)} val or test images are byte-identical to training images (listed in {DATA_METRICS})")
+    return DatasetSplit(layout, classes, parts["train"], parts["val"], parts["test"], checked.skipped, duplicates,
+                        warnings, download_skipped(raw), unused)
 
 
 def download_skipped(raw: Path) -> list[dict]:
@@ -218,7 +240,7 @@ def download_skipped(raw: Path) -> list[dict]:
 
 def write_split(split: DatasetSplit, folder: Path) -> None:
     folder.mkdir(parents=True)
-    for part, rows in (("train", split.train), ("val", split.val)):
+    for part, rows in (("train", split.train), ("val", split.val), ("test", split.test)):
         with open(folder / split_csv(part).name, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "label", "class"])
@@ -235,7 +257,7 @@ def main() -> None:
         write_split(split, staged(SPLIT_DIR))
         write_json(staged(DATA_METRICS), split.metrics())
     log(f"{split.layout} layout, {len(split.classes)} classes: {len(split.train)} train, {len(split.val)} val, "
-        f"{len(split.skipped)} skipped")
+        f"{len(split.test)} test, {len(split.skipped)} skipped")
 
 
 if __name__ == "__main__":

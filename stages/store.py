@@ -32,8 +32,8 @@ from stages.common import UserError
 from stages.paths import SPLIT_DIR, STORE_DIR, STORE_INDEX
 
 FORMAT = "image-store/1"
-SPLITS = ("train", "val")
-SPLIT_FILES = ("train.csv", "val.csv", "classes.json")  # what the store must agree with
+SPLITS = ("train", "val", "test")  # test without images (no test set) has no shard
+SPLIT_FILES = ("train.csv", "val.csv", "test.csv", "classes.json")  # what the store must agree with
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 REPACK = "re-run dvc repro pack"
 
@@ -144,7 +144,7 @@ def read_index(root: Path = STORE_DIR) -> dict:
 
 
 class ImageStore:
-    """Image `i` of a split (train or val) of data/store, as a uint8 CHW tensor; `labels` and `paths`
+    """Image `i` of a split (train, val or test) of data/store, as a uint8 CHW tensor; `labels` and `paths`
     as in data/split/<split>.csv.
 
     Holds the index only (about 18 bytes an image, plus its path and label), never pixels. Shard

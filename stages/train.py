@@ -125,6 +125,8 @@ def checkpoint_meta(mode: str, settings: dict, classes: list[dict], preprocess: 
             "val_accuracy": result.best_accuracy, "epochs": len(result.history),
             "train_seconds": result.train_seconds, "trainable_params": result.trainable_params,
             "total_params": total_params, "history": result.history, "settings": settings,
+            # early stopping on: the epoch the run ended at (stopped early, or at its last epoch)
+            "stopped_epoch": (result.stopped_epoch or result.history[-1]["epoch"]) if settings["patience"] else None,
             "peak_memory_mib": peak_memory_mib()}
 
 

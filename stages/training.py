@@ -24,8 +24,10 @@ from stages.common import atomic_path, log
 from stages.datasets import TrainData
 from stages.devices import bf16_inference, memory_format, uses_bf16
 from stages.folding import fold_batchnorm
+from stages.losses import make_criterion
 from stages.optim import make_optimizer, make_scheduler
 from stages.sources import PhaseRun, epoch_seed, make_source
+from stages.stopping import update as early_stop
 
 
 @dataclass
@@ -37,6 +39,9 @@ class FitResult:
     best_loss: float = math.inf
     train_seconds: float = 0.0
     trainable_params: int = 0
+    stop_best: float | None = None  # early stopping's count (stages.stopping), carried by the resume state
+    stale_epochs: int = 0
+    stopped_epoch: int | None = None
 
 
 class ResumeState:
@@ -131,11 +136,16 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
         model.load_state_dict(state["model"])
         log(f"resuming after epoch {done} (state in {resume.path})")
 
-    def finished(row: dict, optimizer, scheduler) -> None:
+    last_phase_first = phase_epochs(settings["phases"])[-1][1]
+
+    def finished(row: dict, optimizer, scheduler) -> bool:
+        """Record and save the epoch; whether the run stops after it."""
         record(result, model, row)
+        stop = row["epoch"] >= last_phase_first and early_stop(result, row, settings)
         resume.save(row["epoch"], model, optimizer, scheduler, result)
         if on_epoch:
             on_epoch(row)
+        return stop
 
     for row in result.history if on_epoch else ():
         on_epoch(row)
@@ -144,7 +154,7 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
     folded = fold_batchnorm(model, data.preprocess["image_size"])
     log(f"{folded} BatchNorm layers fold into the convolution before them while on running statistics")
     for phase, first, last in phase_epochs(settings["phases"]):
-        if done < last:
+        if done < last and result.stopped_epoch is None:
             inference_amp = bf16_inference(device, phase["inference_dtype"])
             run = PhaseRun(data, phase, device, fmt, uses_bf16(device), inference_amp)
             run_phase(model, run, (first, last), result, done, state if first <= done else None, finished)
@@ -152,7 +162,7 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
 
 
 def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: FitResult, done: int,
-              state: dict | None, finished: Callable[[dict, object, object], None]) -> None:
+              state: dict | None, finished: Callable[[dict, object, object], bool]) -> None:
     """The plain epoch loop of one phase: train an epoch, validate, keep the best, save the state."""
     phase, (first, last) = run.phase, span
     set_trainable(model, phase["trainable"], phase["top_blocks"])
@@ -167,7 +177,7 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
         scheduler.load_state_dict(state["scheduler"])
     log(f"phase: train {phase['trainable']} for epochs {first}-{last} at lr {phase['lr']:g} "
         f"({trainable:,} trainable parameters, {source.description})")
-    criterion = nn.CrossEntropyLoss(label_smoothing=phase["label_smoothing"])
+    criterion = make_criterion(phase, run.data.train_labels, model.head.out_features, run.device)
     stepper = Stepper(source.module, criterion, optimizer, scheduler, run.device, run.amp)
     for epoch in range(max(first, done + 1), last + 1):
         started = time.perf_counter()
@@ -178,10 +188,13 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
         val_loss, val_acc = evaluate_batches(source.module, source.val_batches(), criterion, run.device, run.amp)
         row = {"epoch": epoch, "trainable": phase["trainable"], "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started}
-        finished(row, optimizer, scheduler)
+        stop = finished(row, optimizer, scheduler)
         # Logged once saved: an epoch the log calls finished survives any interruption.
         log(f"epoch {epoch:3d} [{phase['trainable']}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | {row['seconds']:.1f} s")
+        if stop:
+            log(f"early stopping after epoch {epoch}: no better {phase['stop_on']} in {phase['patience']} epochs")
+            break
 
 
 def record(result: FitResult, model: nn.Module, row: dict) -> None:

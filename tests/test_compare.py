@@ -126,11 +126,12 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     # Expected values from the inputs the fixture wrote, not from the summary itself.
     for mode, (accuracy, epochs) in RUNS.items():
         written = {**fake_metrics(mode, accuracy, epochs), **fake_details(mode, accuracy, epochs)}
-        assert summary["modes"][mode] == {key: written[key] for key in SUMMARY_KEYS}, mode
+        # evaluated_on: these metrics files predate it, so they are of val
+        assert summary["modes"][mode] == {**{key: written[key] for key in SUMMARY_KEYS}, "evaluated_on": "val"}, mode
     assert summary["best_mode"] == max(RUNS, key=lambda mode: RUNS[mode][0]) == "freeze_unfreeze"
 
     table = (compare_dir / "results" / "summary.md").read_text().splitlines()
-    assert table[0].startswith("| mode | accuracy |")
+    assert table[0].startswith("| mode | val accuracy |")
     rows = [line for line in table[2:] if line.startswith("|")]
     assert [row.split("|")[1].strip().strip("*") for row in rows] == MODES
     assert "85.0%" in rows[0] and "1,281" in rows[0]
@@ -211,7 +212,10 @@ def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_
                              "results/headline.json"]
     for mode in ("frozen", "scratch"):
         scores = files[f"metrics/{mode}.json"]["data"]
+        # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)
+        assert scores.pop("evaluated_on") == "val"
         assert len(scores) <= 10 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        scores["evaluated_on"] = "val"
         assert scores == json.loads((project.path / f"metrics/{mode}.json").read_text())
 
     project.set_params(modes={"frozen": {"lr": 0.001}})

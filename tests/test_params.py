@@ -113,6 +113,14 @@ SINGLE = [
     ({"data__val_fraction": 1}, "data.val_fraction", "must be < 1, got 1"),
     ({"data__val_fraction": 1.5}, "data.val_fraction", "must be < 1"),
     ({"data__val_fraction": -0.2}, "data.val_fraction", "must be > 0"),
+    ({"data__test_fraction": 1}, "data.test_fraction", "must be < 1, got 1"),
+    ({"data__test_fraction": -0.1}, "data.test_fraction", "must be >= 0"),
+    ({"data__test_fraction": 0.7}, "data.test_fraction", "val_fraction + test_fraction must be < 1"),
+    # early stopping and class weights
+    ({"train__patience": 0}, "train.patience", "must be >= 1, got 0"),
+    ({"modes__scratch__patience": 2.5}, "modes.scratch.patience", "must be a whole number"),
+    ({"train__stop_on": "val_f1"}, "train.stop_on", "unknown value 'val_f1' (known: val_loss, val_acc)"),
+    ({"train__class_weights": "inverse"}, "train.class_weights", "unknown value 'inverse' (known: none, balanced)"),
     # optimiser and scheduler, shared or per mode
     ({"train__optimizer": "adamax"}, "train.optimizer", "unknown value 'adamax' (known: sgd, adam, adamw)"),
     ({"train__scheduler": "linear"}, "train.scheduler", "unknown value 'linear' (known: cosine, step, onecycle, none)"),
@@ -221,6 +229,7 @@ def test_the_shorthand_is_the_same_as_its_phases():
     (lambda row: row["phases"][1].pop("top_blocks"), "modes.gradual.phases[1].top_blocks", "missing"),
     (lambda row: row["phases"][0].pop("epochs"), "modes.gradual.phases[0].epochs", "missing"),
     (lambda row: row["phases"][0].update(seed=3), "modes.gradual.phases[0].seed", "unknown setting"),
+    (lambda row: row["phases"][1].update(patience=3), "modes.gradual.phases[1].patience", "unknown setting"),
     (lambda row: row["phases"][2].update(lr=0), "modes.gradual.phases[2].lr", "must be > 0"),
     (lambda row: row["phases"][2].update(trainable="body"), "modes.gradual.phases[2].trainable", "unknown value"),
     (lambda row: row.update(pretrained=False), "modes.gradual.phases[0].trainable", "freezing a randomly"),

@@ -30,7 +30,8 @@ def prefix_layout(target: Path) -> dict[str, int]:
 
 
 def test_prefix_layout_of_the_real_photos_splits_5_to_1_and_runs_end_to_end(tmp_path):
-    """Every 5th photo of each class goes to val; the whole pipeline then runs on that split."""
+    """Every 5th photo of each class goes to val, counting from the first (imgs[::5]); the whole
+    pipeline then runs on that split."""
     counts = prefix_layout(tmp_path / "photos")
     assert counts == {"000-ants": 194, "001-bees": 204}
     project = make_project(tmp_path / "project", tmp_path / "photos", modes=["frozen"])
@@ -40,15 +41,15 @@ def test_prefix_layout_of_the_real_photos_splits_5_to_1_and_runs_end_to_end(tmp_
 
     data = json.loads((project.path / "metrics/data.json").read_text())
     assert data["layout"] == "prefix"
-    assert data["train"]["per_class"] == {"000-ants": 194 - 194 // 5, "001-bees": 204 - 204 // 5}
-    assert data["val"]["per_class"] == {"000-ants": 194 // 5, "001-bees": 204 // 5}
+    assert data["train"]["per_class"] == {"000-ants": 194 - 39, "001-bees": 204 - 41}
+    assert data["val"]["per_class"] == {"000-ants": 39, "001-bees": 41}  # -(-n // 5)
     assert data["skipped_count"] == 0
     classes = json.loads((project.path / "data/split/classes.json").read_text())["classes"]
     assert [(c["index"], c["folder"], c["name"]) for c in classes] == [(0, "000-ants", "ants"), (1, "001-bees", "bees")]
 
     metrics = json.loads((project.path / "metrics/frozen.json").read_text())
     details = json.loads((project.path / "results/details/frozen.json").read_text())
-    assert details["val_images"] == 194 // 5 + 204 // 5
+    assert details["val_images"] == 39 + 41
     assert sum(map(sum, details["confusion_matrix"]["matrix"])) == details["val_images"]
     assert metrics["accuracy"] > 0.6  # ImageNet features separate ants from bees even at 32 px
     assert (project.path / "models/model.pt").exists()

@@ -70,9 +70,9 @@ def test_split_folders_differing_only_in_case_are_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("extra, part, used, role", [("training", "train", "train", "training"),
-                                                      ("test", "val", "val", "validation")])
+                                                      ("valid", "val", "val", "validation")])
 def test_imagefolder_prefers_one_folder_per_split_and_says_what_it_ignores(tmp_path, extra, part, used, role):
-    """train/ beside training/ uses train/; val/ beside test/ uses val/; each says what it ignores."""
+    """train/ beside training/ uses train/; val/ beside valid/ uses val/; each says what it ignores."""
     raw = tmp_path / "raw"
     write_class_folders(raw / "train", {"ants": 2, "bees": 2})
     write_class_folders(raw / "val", {"ants": 1, "bees": 1}, seed=1)
@@ -83,15 +83,51 @@ def test_imagefolder_prefers_one_folder_per_split_and_says_what_it_ignores(tmp_p
 
 
 def test_prefix_layout_puts_every_fifth_image_in_val(tmp_path):
+    """imgs[::5] of each class, counting from the first, as the hand-gesture tutorial splits."""
     raw = tmp_path / "raw"
-    write_class_folders(raw, {"013-nine": 10, "000-one": 10, "001-two": 10})
+    write_class_folders(raw, {"013-nine": 10, "000-one": 11, "001-two": 10})
     result = make_split(raw)
     assert result.layout == "prefix"
     assert [(c["folder"], c["name"]) for c in result.classes] == [("000-one", "one"), ("001-two", "two"),
                                                                    ("013-nine", "nine")]  # by number
-    assert per_class(result.train) == {0: 8, 1: 8, 2: 8} and per_class(result.val) == {0: 2, 1: 2, 2: 2}
-    assert [path for path, label in result.val if label == 2] == ["013-nine/013-nine_004.jpg",
-                                                                  "013-nine/013-nine_009.jpg"]
+    assert per_class(result.train) == {0: 8, 1: 8, 2: 8} and per_class(result.val) == {0: 3, 1: 2, 2: 2}
+    assert [path for path, label in result.val if label == 2] == ["013-nine/013-nine_000.jpg",
+                                                                  "013-nine/013-nine_005.jpg"]
+    assert result.test == []
+
+
+def test_imagefolder_with_val_and_test_folders_gives_three_splits(tmp_path):
+    """train/, valid/ and test/: valid/ selects, test/ reports; test/ alone beside train/ stays val (above)."""
+    raw = tmp_path / "raw"
+    write_class_folders(raw / "train", {"ants": 3, "bees": 3})
+    write_class_folders(raw / "valid", {"ants": 2, "bees": 1}, seed=1)
+    write_class_folders(raw / "test", {"ants": 1, "bees": 2}, seed=2)
+    result = make_split(raw)
+    assert all(path.startswith("valid/") for path, _ in result.val) and per_class(result.val) == {0: 2, 1: 1}
+    assert all(path.startswith("test/") for path, _ in result.test) and per_class(result.test) == {0: 1, 1: 2}
+    assert result.warnings == [] and result.metrics()["test"] == {"total": 3, "per_class": {"ants": 1, "bees": 2}}
+    split.write_split(result, tmp_path / "split")
+    first = {"path": "test/ants/ants_000.jpg", "label": "0", "class": "ants"}
+    assert read_csv(tmp_path / "split" / "test.csv")[0] == first
+
+
+@pytest.mark.parametrize("layout", ["random", "prefix"])
+def test_test_fraction_holds_out_exact_seeded_stratified_counts(layout, tmp_path):
+    """int(n * test_fraction + 0.5) of each class's n images go to test, drawn from what val left;
+    val is the same as without a test share; the seed draws another test set."""
+    raw = tmp_path / "raw"
+    names = {"random": ("cats", "dogs", "owls"), "prefix": ("0-cats", "1-dogs", "2-owls")}[layout]
+    write_class_folders(raw, dict(zip(names, (10, 7, 20))))
+    without = make_split(raw)
+    result = make_split(raw, test_fraction=0.25)
+    assert result.layout == layout and result.val == without.val
+    assert per_class(result.test) == {0: 3, 1: 2, 2: 5}  # 2.5 -> 3, 1.75 -> 2, 5.0 -> 5
+    assert per_class(result.train) == {label: n - per_class(without.val)[label] - per_class(result.test)[label]
+                                       for label, n in enumerate((10, 7, 20))}
+    assert not {path for path, _ in result.test} & {path for path, _ in result.train + result.val}
+    assert make_split(raw, test_fraction=0.25).test == result.test
+    assert make_split(raw, test_fraction=0.25, split_seed=1).test != result.test
+    assert make_split(raw, test_fraction=0.0).test == []
 
 
 def test_prefix_numbers_must_differ(tmp_path):

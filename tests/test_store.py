@@ -25,7 +25,7 @@ from stages.images import open_rgb
 from stages.paths import RAW_DIR, SPLIT_DIR, STORE_DIR, STORE_INDEX
 from stages.store import ImageStore, ShardWriter, encode, load_split, split_digests, write_index
 from tests.conftest import ROOT, make_project, run_in_process
-from tests.imagegen import make_image, tree_bytes
+from tests.imagegen import make_image, tree_bytes, write_class_folders
 
 SHORT_SIDE = 36  # the tiny images are 48x40: every one is resized
 PACK = {"short_side": SHORT_SIDE, "interpolation": "bicubic", "encoding": "png", "jpeg_quality": 90,
@@ -95,6 +95,21 @@ def test_png_store_gives_exactly_the_in_memory_decode(workdir, shard_mb):
         assert len(shards) > 4 and all(path.stat().st_size <= shard_mb * 2**20 for path in shards)
     else:
         assert [path.name for path in shards] == ["train-00000.tar", "val-00000.tar"]
+
+
+def test_a_test_set_is_packed_too_and_deterministically(workdir):
+    """A test/ folder beside val/: its images are stored like the others', and packing twice writes the
+    same bytes; without one, the test split is empty and has no shard (above)."""
+    write_class_folders(RAW_DIR / "test", {"ants": 2, "bees": 3}, seed=2)
+    shutil.rmtree(SPLIT_DIR)
+    split.write_split(split.make_split(RAW_DIR, yaml.safe_load(Path("params.yaml").read_text())["data"]), SPLIT_DIR)
+    assert run_pack(shard_mb=0.01) == 0
+    store, rows = ImageStore("test"), read_split("test")
+    assert len(rows.paths) == 5 and store.paths == rows.paths and store.labels == rows.labels == [0, 0, 1, 1, 1]
+    assert all(torch.equal(store[i], expected(rel)) for i, rel in enumerate(rows.paths))
+    first = tree_bytes(STORE_DIR)
+    assert run_pack(shard_mb=0.01) == 0
+    assert tree_bytes(STORE_DIR) == first and any(name.startswith("test-") for name in first)
 
 
 def test_jpeg_store_is_close_and_smaller(workdir):
@@ -218,6 +233,7 @@ def make_big_index(root: Path, count: int) -> Path:
     with open(split_dir / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([["path", "label", "class"], *[[p, 0, "c"] for p in paths]])
     (split_dir / "val.csv").write_text("path,label,class\n")
+    (split_dir / "test.csv").write_text("path,label,class\n")
     (split_dir / "classes.json").write_text('{"classes": [{"index": 0, "folder": "c", "name": "c"}]}')
     store_dir = root / "store"
     store_dir.mkdir()

@@ -442,3 +442,59 @@ def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same
     _, _, on_disk = train("partial", tmp_path / "disk", memory_budget_mb=fp32_mb * 0.25)
     assert [dict(h, seconds=0) for h in on_disk.history] == [dict(h, seconds=0) for h in in_memory.history]
     assert all(torch.equal(on_disk.best_state[n], in_memory.best_state[n]) for n in in_memory.best_state)
+
+
+# --- early stopping and class weights --------------------------------------------------------------
+
+def stalled(mode: str, tmp_path: Path, on_epoch=None, **overrides):
+    """A run that stopped improving: its rate so small that val accuracy never moves (patience 2)."""
+    from stages.train import new_model
+    from stages.training import fit
+
+    s = settings_for(mode, **{"lr": 1e-9, "epochs": 8, "patience": 2, "stop_on": "val_acc", **overrides})
+    model, preprocess = new_model(s, 2)
+    return fit(model, tiny_data(preprocess), s, torch.device("cpu"), ResumeState(tmp_path / "state.pt", "test"),
+               on_epoch)
+
+
+def test_patience_stops_a_run_that_stopped_improving_and_a_resumed_run_stops_at_the_same_epoch(tmp_path):
+    """Epoch 1 sets the best val accuracy, epochs 2 and 3 tie it: the run ends after epoch 3 of 8. Killed
+    after epoch 2 and resumed from its saved state, it stops after epoch 3 too, with the same history."""
+    whole = stalled("frozen", tmp_path / "whole")
+    assert whole.stopped_epoch == 3 and [row["epoch"] for row in whole.history] == [1, 2, 3]
+
+    def interrupt_after_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        stalled("frozen", tmp_path / "resumed", on_epoch=interrupt_after_2)
+    resumed = stalled("frozen", tmp_path / "resumed")
+    assert resumed.stopped_epoch == 3 and resumed.best_epoch == whole.best_epoch
+    drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert drop(resumed.history) == drop(whole.history)
+
+
+def test_patience_counts_in_the_last_phase_only(tmp_path):
+    """freeze_unfreeze, patience 1: epoch 2 of the head phase does not improve on epoch 1, yet the phase
+    runs in full; the last phase's first epoch (3) is its own best, and epoch 4 ends the run."""
+    result = stalled("freeze_unfreeze", tmp_path, head_epochs=2, head_lr=1e-9, epochs=4, patience=1)
+    assert result.history[1]["val_acc"] <= result.history[0]["val_acc"]
+    assert result.stopped_epoch == 4 and len(result.history) == 4
+
+
+def test_balanced_class_weights_weigh_the_loss_as_computed_by_hand():
+    """Labels 0, 0, 0, 1: weights n / (k x count) = 4 / 6 and 4 / 2; the loss is the weighted mean."""
+    from stages.losses import balanced_weights, make_criterion
+
+    labels = [0, 0, 0, 1]
+    assert torch.allclose(balanced_weights(labels, 2), torch.tensor([4 / 6, 2.0]))
+    logits = torch.tensor([[2.0, 0.0], [0.5, 0.5], [0.0, 1.0], [1.0, 3.0]])
+    nll = [-math.log(math.exp(row[y]) / sum(math.exp(v) for v in row)) for row, y in zip(logits.tolist(), labels)]
+    weights = [4 / 6, 4 / 6, 4 / 6, 2.0]
+    by_hand = sum(w * n for w, n in zip(weights, nll)) / sum(weights)
+    phase = {"class_weights": "balanced", "label_smoothing": 0.0}
+    loss = make_criterion(phase, labels, 2, torch.device("cpu"))(logits, torch.tensor(labels)).item()
+    assert loss == pytest.approx(by_hand, rel=1e-6)
+    plain = make_criterion({**phase, "class_weights": "none"}, labels, 2, torch.device("cpu"))
+    assert plain(logits, torch.tensor(labels)).item() == pytest.approx(sum(nll) / 4, rel=1e-6)
+    assert by_hand != pytest.approx(sum(nll) / 4, rel=1e-3)

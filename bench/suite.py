@@ -1,0 +1,203 @@
+"""The validation suite: every mode on several datasets and seeds, against a linear probe.
+
+    python bench/suite.py /data/flowers.zip /data/cifar10-prefix /data/pets --seeds 0 1 2
+    python bench/suite.py /data/gestures --modes frozen finetune --set modes.frozen.lr=0.03 --json out.json
+
+Each dataset is what `data.url` accepts (a folder or an archive). For each one the script makes a
+scratch project in a temporary folder outside the repository (or under --work): the pipeline's
+stages/ and params.yaml, with data.url set to the dataset and the --set overrides applied (dotted
+keys, values read as YAML). It runs the stages download, split and pack there once, then train@<mode>
+and evaluate@<mode> for every mode and seed (train.seed), each as its own process, as `dvc repro`
+would. It prints per dataset and mode the accuracy's mean and spread over the seeds (sample standard
+deviation, min-max) on the split that reports (test where the dataset has one, else val), the mean
+train and wall seconds, and the linear probe: scikit-learn's LogisticRegression on standardised
+centre-crop features of the frozen ImageNet backbone (model.arch at train.image_size), fitted on
+train and scored on that same split. Nothing is written to the repository."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages.paths import PARAMS_FILE, mode_metrics  # noqa: E402
+
+
+class SuiteError(Exception):
+    """A bad dataset path, setting or failed stage: one line, exit 2."""
+
+
+def set_key(params: dict, assignment: str) -> None:
+    """`a.b.c=value` (value read as YAML) into params, creating mappings on the way."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise SuiteError(f"--set {assignment}: expected KEY=VALUE, e.g. train.epochs=3")
+    *parents, last = key.split(".")
+    node = params
+    for name in parents:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise SuiteError(f"--set {assignment}: {name} is not a section")
+    node[last] = yaml.safe_load(value)
+
+
+def scratch_project(folder: Path, dataset: Path, modes: list[str], sets: list[str]) -> dict:
+    """The pipeline's stages and params in `folder`, set for `dataset`; the params it wrote."""
+    shutil.copytree(ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
+    unknown = [mode for mode in modes if mode not in params["modes"]]
+    if unknown:
+        raise SuiteError(f"--modes: unknown mode {unknown[0]} (known: {', '.join(params['modes'])})")
+    params["modes"] = {mode: params["modes"][mode] for mode in modes}
+    params["mode"] = modes[0]
+    params["data"]["url"] = str(dataset)
+    for assignment in sets:
+        set_key(params, assignment)
+    write_params(folder, params)
+    return params
+
+
+def write_params(folder: Path, params: dict) -> None:
+    (folder / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def run_stage(folder: Path, dataset: Path, module: str, *args: str) -> float:
+    """Run one stage in the scratch project; its wall seconds. A failure names the dataset and the
+    stage's own last line."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise SuiteError(f"{dataset}: stage {module} {' '.join(args)} failed: {last}")
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def working_dir(folder: Path):
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
+    """(accuracy, split) of a logistic regression on the frozen backbone's centre-crop features."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from stages.backbones import build_model, frozen_split
+    from stages.datasets import StoreImages, eval_batches, read_split, working_preprocess
+
+    model, preprocess = build_model(params["model"]["arch"], 2, pretrained=True)
+    preprocess = working_preprocess(preprocess, params["train"]["image_size"])
+    encoder = frozen_split(model, "head")[0].eval()
+
+    @torch.inference_mode()
+    def features(split: str):
+        rows = read_split(split)
+        images = StoreImages(split, preprocess)
+        feats = [encoder(x) for x, _ in eval_batches(images, rows.labels, preprocess, 32)]
+        return torch.cat(feats).numpy(), rows.labels
+
+    with working_dir(folder):
+        split = "test" if read_split("test").paths else "val"
+        (train_x, train_y), (eval_x, eval_y) = features("train"), features(split)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(probe.fit(train_x, train_y).score(eval_x, eval_y)), split
+
+
+def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path) -> dict:
+    """{"probe", "modes": {mode: {"accuracy": [per seed], "train_seconds", "wall_seconds", "evaluated_on"}}}."""
+    folder = Path(tempfile.mkdtemp(prefix=f"suite-{dataset.stem}-", dir=work))
+    params = scratch_project(folder, dataset, modes, sets)
+    for module in ("download", "split", "pack"):
+        run_stage(folder, dataset, module)
+    probe, split = linear_probe(folder, params)
+    found: dict = {"probe": probe, "evaluated_on": split, "project": str(folder), "modes": {}}
+    for mode in modes:
+        runs = []
+        for seed in seeds:
+            params["train"]["seed"] = seed
+            params["modes"][mode].pop("seed", None)  # the suite's seed, not a row's own
+            write_params(folder, params)
+            wall = run_stage(folder, dataset, "train", mode) + run_stage(folder, dataset, "evaluate", mode)
+            metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
+            runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
+                         "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch")})
+        found["modes"][mode] = summarize(runs)
+    return found
+
+
+def summarize(runs: list[dict]) -> dict:
+    accuracies = [run["accuracy"] for run in runs]
+    return {"runs": runs, "mean": statistics.fmean(accuracies),
+            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "min": min(accuracies), "max": max(accuracies),
+            "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
+            "wall_seconds": statistics.fmean(run["wall_seconds"] for run in runs)}
+
+
+def table(results: dict) -> str:
+    lines = [f"{'dataset':24} {'mode':16} {'on':5} {'seeds':>5} {'mean':>7} {'std':>7} {'min-max':>13} "
+             f"{'train s':>8} {'wall s':>8} {'probe':>7} {'vs probe':>9}"]
+    for name, found in results.items():
+        for mode, row in found["modes"].items():
+            lines.append(f"{name[:24]:24} {mode:16} {found['evaluated_on']:5} {len(row['runs']):5d} "
+                         f"{row['mean']:7.4f} {row['std']:7.4f} {row['min']:6.4f}-{row['max']:6.4f} "
+                         f"{row['train_seconds']:8.1f} {row['wall_seconds']:8.1f} {found['probe']:7.4f} "
+                         f"{row['mean'] - found['probe']:+9.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", type=Path, help="folders or archives, as data.url takes them")
+    parser.add_argument("--modes", nargs="+", help="default: every mode of params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="sets",
+                        help="override a param in every scratch project, e.g. modes.scratch.patience=10")
+    parser.add_argument("--work", type=Path, help="where the scratch projects go (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    args = parser.parse_args(argv)
+    modes = args.modes or list(yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))["modes"])
+    try:
+        for dataset in args.datasets:
+            if not dataset.exists():
+                raise SuiteError(f"{dataset}: no such folder or archive")
+        work = args.work or Path(tempfile.mkdtemp(prefix="suite-"))
+        work.mkdir(parents=True, exist_ok=True)
+        if work.resolve().is_relative_to(ROOT):
+            raise SuiteError(f"--work {work}: inside the repository; the scratch projects go outside it")
+        results = {}
+        for dataset in args.datasets:
+            results[dataset.name] = run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work)
+            print(f"# {dataset.name}: done ({results[dataset.name]['project']})", file=sys.stderr, flush=True)
+    except SuiteError as err:
+        print(f"suite: error: {err}", file=sys.stderr)
+        return 2
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

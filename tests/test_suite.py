@@ -1,0 +1,45 @@
+"""bench/suite.py on a tiny generated dataset: one mode, one seed, tiny settings, real stage processes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, env_with_venv
+from tests.imagegen import write_class_folders
+
+TINY = ["train.epochs=1", "train.image_size=32", "train.batch_size=8", "train.cached_views=1", "train.workers=0",
+        "modes.frozen.epochs=2", "modes.frozen.patience=1", "pack.short_side=40", "data.test_fraction=0.25"]
+
+
+def suite(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "suite.py"), *args], cwd=ROOT, env=env_with_venv(),
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
+    data = tmp_path / "colours"
+    write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
+    work, out = tmp_path / "work", tmp_path / "suite.json"
+    proc = suite(str(data), "--modes", "frozen", "--seeds", "0", "--work", str(work), "--json", str(out),
+                 "--set", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(out.read_text())["colours"]
+    assert found["evaluated_on"] == "test" and 0 <= found["probe"] <= 1  # test_fraction: 2 of each class's 8
+    row = found["modes"]["frozen"]
+    assert [run["seed"] for run in row["runs"]] == [0] and row["std"] == 0 and row["runs"][0]["stopped_epoch"] <= 2
+    assert row["mean"] == row["runs"][0]["accuracy"] and row["train_seconds"] > 0
+    assert Path(found["project"]).parent == work and not list(ROOT.glob("suite-*"))
+    header, line = proc.stdout.splitlines()
+    assert header.split()[:4] == ["dataset", "mode", "on", "seeds"] and "probe" in header
+    assert line.split()[:4] == ["colours", "frozen", "test", "1"]
+    assert float(line.split()[9]) == round(found["probe"], 4)
+
+
+def test_suite_bad_input_is_one_line(tmp_path):
+    proc = suite(str(tmp_path / "nowhere"), "--seeds", "0")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"suite: error: {tmp_path / 'nowhere'}: "
+                                                                          "no such folder or archive"]
+    proc = suite(str(tmp_path), "--modes", "nosuch", "--work", str(tmp_path / "w"))
+    assert proc.returncode == 2 and "--modes: unknown mode nosuch" in proc.stderr and "Traceback" not in proc.stderr

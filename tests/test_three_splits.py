@@ -1,0 +1,67 @@
+"""A dataset with train/, val/ and test/: val selects the kept epoch, test reports (real `dvc repro`)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_MD, mode_metrics, model_file
+from tests.conftest import make_project
+from tests.imagegen import write_class_folders
+
+MODE = "frozen"
+
+
+def three_folders(root: Path) -> Path:
+    write_class_folders(root / "train", {"ants": 8, "bees": 8})
+    write_class_folders(root / "val", {"ants": 4, "bees": 4}, seed=1)
+    write_class_folders(root / "test", {"ants": 2, "bees": 4}, seed=2)
+    return root
+
+
+def swap_test_labels(root: Path) -> None:
+    """The same test images under the other class: only test labels change."""
+    test = root / "test"
+    (test / "ants").rename(test / "was_ants")
+    (test / "bees").rename(test / "ants")
+    (test / "was_ants").rename(test / "bees")
+
+
+def kept(project) -> tuple[dict, dict]:
+    checkpoint = torch.load(project.path / model_file(MODE), map_location="cpu", weights_only=True)
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in checkpoint["history"]]
+    return checkpoint["state_dict"], {"best_epoch": checkpoint["best_epoch"], "history": history}
+
+
+def read(project, path: Path) -> dict:
+    return json.loads((project.path / path).read_text(encoding="utf-8"))
+
+
+def test_test_folder_reports_and_never_moves_the_kept_epoch(tmp_path):
+    """evaluate's headline scores are test's, val's beside them; compare and export say so. Swapping
+    the test labels (and nothing else) leaves the kept epoch and weights as they were, and turns the
+    test accuracy of these two classes into 1 minus what it was."""
+    data = three_folders(tmp_path / "data")
+    project = make_project(tmp_path / "project", data, modes=[MODE])
+    project.set_params(modes={MODE: {"epochs": 3}})
+    project.dvc("repro")
+    assert read(project, DATA_METRICS)["test"] == {"total": 6, "per_class": {"ants": 2, "bees": 4}}
+    before = read(project, mode_metrics(MODE))
+    assert before["evaluated_on"] == "test" and set(before["val"]) >= {"accuracy", "macro_f1", "balanced_accuracy"}
+    assert read(project, HEADLINE_JSON)["evaluated_on"] == "test"
+    assert "| test accuracy |" in (project.path / SUMMARY_MD).read_text(encoding="utf-8")
+    weights, selection = kept(project)
+
+    swap_test_labels(data)
+    shutil.rmtree(project.path / "data" / "raw")  # the files behind the same data.url changed (README)
+    out = project.dvc("repro", "--force", "download").stdout + project.dvc("repro", f"evaluate@{MODE}").stdout
+    assert f"Running stage 'evaluate@{MODE}'" in out, out
+    after = read(project, mode_metrics(MODE))
+    new_weights, new_selection = kept(project)
+    assert new_selection == selection
+    assert all(torch.equal(weights[name], new_weights[name]) for name in weights)
+    assert after["val"] == before["val"]
+    assert after["accuracy"] == pytest.approx(1 - before["accuracy"]) and after["accuracy"] != before["accuracy"]
