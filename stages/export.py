@@ -1,10 +1,12 @@
 """Stage export: publish the model of the mode named by params `mode`.
 
-Writes models/model.pt (a byte copy of models/<mode>.pt), results/headline.json (that mode's headline
+Writes models/model.pt (a byte copy of models/<mode>.pt), models/model.onnx (the same network for
+onnxruntime, published only if it gives the PyTorch model's probabilities on every val image of
+data/store: stages.onnx_model), results/headline.json (that mode's headline
 metrics from metrics/<mode>.json, its name and arch from results/details/<mode>.json) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
-predictions on the first val images of each class). It reads only that mode's files and copies them,
-never loading the model, so switching `mode` re-trains nothing and takes seconds."""
+predictions on the first val images of each class). It reads only that mode's files and the val
+images, so switching `mode` re-trains nothing and takes seconds."""
 from __future__ import annotations
 
 import shutil
@@ -15,6 +17,7 @@ from stages.common import UserError, atomic_path, log, read_json, run_main, writ
 from stages.paths import (
     EXPORT_PLOTS_DIR,
     EXPORTED_MODEL,
+    EXPORTED_ONNX,
     EXPORTED_SAMPLES,
     HEADLINE_JSON,
     mode_details,
@@ -36,6 +39,21 @@ def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
     return {key: data[key] for key in keys}
 
 
+def publish_onnx(source: Path) -> str:
+    """models/model.onnx from the checkpoint at `source`, checked against it on the val images first."""
+    from stages.checkpoints import load_checkpoint
+    from stages.datasets import StoreImages, eval_batches, read_split
+    from stages.onnx_model import check_parity, export
+
+    model, meta = load_checkpoint(source, device="cpu")
+    images = StoreImages("val", meta["preprocess"])
+    batches = (x for x, _ in eval_batches(images, read_split("val").labels, meta["preprocess"], 16))
+    with atomic_path(EXPORTED_ONNX) as tmp:
+        export(model, meta, tmp)
+        count, largest = check_parity(model, tmp, batches)
+    return f"{EXPORTED_ONNX} gives the same top-1 on all {count} val images, probabilities within {largest:.1e}"
+
+
 @run_main
 def main() -> None:
     params = params_module.declared(params_module.load(), PARAMS)
@@ -47,6 +65,7 @@ def main() -> None:
             raise UserError(f"{path}: missing; run train@{mode} and evaluate@{mode} first (dvc repro)")
     headline = {"mode": mode, "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
                 **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
+    onnx_report = publish_onnx(source)  # first: a model that fails its check publishes nothing
 
     with atomic_path(EXPORT_PLOTS_DIR) as plots:  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()
@@ -56,7 +75,7 @@ def main() -> None:
     with atomic_path(EXPORTED_MODEL) as tmp:
         shutil.copyfile(source, tmp)
     log(f"export: {mode} -> {EXPORTED_MODEL} "
-        f"(val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
+        f"(val accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f}); {onnx_report}")
 
 
 if __name__ == "__main__":
