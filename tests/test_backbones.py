@@ -28,9 +28,12 @@ TIMM_CNN, TIMM_VIT = "timm/mobilenetv3_small_050", "timm/test_vit"  # test_vit t
 @pytest.mark.parametrize("arch", TUTORIAL)
 def test_every_tutorial_model_builds_and_splits_into_blocks(arch):
     """Built on the meta device (shapes, no memory: vgg16's 138 M weights cost nothing), each has a
-    fresh head and at least 4 blocks whose parameters are all of the body's, each counted once."""
+    fresh head on the body's feature vector and at least 4 blocks whose parameters are all of the
+    body's, each counted once."""
     with torch.device("meta"):
         model, preprocess = build_model(arch, 3, pretrained=False)
+        size = preprocess["image_size"]
+        assert model.eval()(torch.empty(2, 3, size, size)).shape == (2, 3)
     blocks = body_blocks(model)
     params = [id(p) for block in blocks for m in block for p in m.parameters()]
     assert len(blocks) >= 4
