@@ -159,3 +159,17 @@ def test_timm_weights_offline_are_one_line_naming_the_file_then_load_from_it(tmp
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pt")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("arch", [TIMM_VIT, "squeezenet1_0"])
+def test_checkpoint_of_any_backbone_loads_back_the_same_network(arch, tmp_path):
+    """A checkpoint is rebuilt from its arch name without weights: the same function as the trained model."""
+    from stages.checkpoints import load_checkpoint, save_checkpoint
+
+    model, preprocess = build_model(arch, 2, pretrained=False)
+    meta = {"arch": arch, "classes": ["a", "b"], "class_names": ["A", "B"], "preprocess": preprocess}
+    save_checkpoint(tmp_path / "m.pt", model.eval(), meta)
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 3, preprocess["image_size"], preprocess["image_size"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
