@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import stages.devices  # noqa: E402,F401  - its allocator settings, as in a train stage
 from stages.backbones import build_model, count_params  # noqa: E402
 from stages.folding import fold_batchnorm  # noqa: E402
 
