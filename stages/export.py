@@ -1,10 +1,12 @@
 """Stage export: publish the model of the mode named by params `mode`.
 
-Writes models/model.pt (a byte copy of models/<mode>.pt), results/headline.json (that mode's headline
-metrics from metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
+Writes models/model.pt (a byte copy of models/<mode>.pt), models/model.onnx (the same network for
+onnxruntime, published only if it gives the PyTorch model's probabilities on every val image of
+data/store: stages.onnx_model), results/headline.json (that mode's headline metrics from
+metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
-predictions on the first val images of each class). It reads only that mode's files and copies them,
-never loading the model, so switching `mode` re-trains nothing and takes seconds."""
+predictions on the first val images of each class). It reads only that mode's files and the val
+images, so switching `mode` re-trains nothing and takes seconds."""
 from __future__ import annotations
 
 import shutil
@@ -16,6 +18,7 @@ from stages.common import UserError, log, read_json, run_main, write_json
 from stages.paths import (
     EXPORT_PLOTS_DIR,
     EXPORTED_MODEL,
+    EXPORTED_ONNX,
     EXPORTED_SAMPLES,
     HEADLINE_JSON,
     mode_details,
@@ -37,6 +40,21 @@ def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
     return {key: data[key] for key in keys}
 
 
+def publish_onnx(source: Path, target: Path) -> str:
+    """The ONNX file of the checkpoint at `source`, written to `target` and checked against the
+    checkpoint on the val images: one line and no file where they differ."""
+    from stages.checkpoints import load_checkpoint
+    from stages.datasets import StoreImages, eval_batches, read_split
+    from stages.onnx_model import check_parity, export
+
+    model, meta = load_checkpoint(source, device="cpu")
+    images = StoreImages("val", meta["preprocess"])
+    batches = (x for x, _ in eval_batches(images, read_split("val").labels, meta["preprocess"], 16))
+    export(model, meta, target)
+    count, largest = check_parity(model, target, batches)
+    return f"{EXPORTED_ONNX} gives the same top-1 on all {count} val images, probabilities within {largest:.1e}"
+
+
 @run_main
 def main() -> None:
     params = params_module.declared(params_module.load(), PARAMS)
@@ -51,7 +69,8 @@ def main() -> None:
     # Which split the scores are of: test where the dataset has one (val chose the kept epoch).
     headline["evaluated_on"] = read_json(mode_metrics(mode)).get("evaluated_on", "val")
 
-    with publish.outputs("export", (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL)) as staged:
+    with publish.outputs("export", (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL, EXPORTED_ONNX)) as staged:
+        onnx_report = publish_onnx(source, staged(EXPORTED_ONNX))  # first: a model that fails publishes nothing
         plots = staged(EXPORT_PLOTS_DIR)  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()
         shutil.copyfile(samples, plots / EXPORTED_SAMPLES.relative_to(EXPORT_PLOTS_DIR))
@@ -59,7 +78,8 @@ def main() -> None:
         # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
         shutil.copyfile(source, staged(EXPORTED_MODEL))
     log(f"export: {mode} -> {EXPORTED_MODEL} "
-        f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f})")
+        f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f}); "
+        f"{onnx_report}")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,31 @@ import math
 
 import torch
 
-from stages.backbones import TransferNet
+from stages.backbones import TransferNet, body_blocks
+
+
+def body_groups(model: TransferNet, rate: float, layer_decay: float | None) -> list[dict]:
+    """The trainable part of the body at `rate`; with `layer_decay`, block by block (body_blocks:
+    timm's own grouping where the model has one), the top block at `rate` and each one below at
+    `layer_decay` times the one above it (timm's layer-wise learning-rate decay)."""
+    if layer_decay is None:
+        params = [p for p in model.body.parameters() if p.requires_grad]
+        return [{"params": params, "lr": rate}] if params else []
+    blocks = body_blocks(model)
+    groups = []
+    for depth, block in enumerate(reversed(blocks)):
+        params = [p for m in block for p in m.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": rate * layer_decay ** depth})
+    return groups
 
 
 def make_optimizer(model: TransferNet, phase: dict) -> torch.optim.Optimizer:
-    """The head at the phase's `lr`, the trainable part of the body at `lr` x `backbone_lr_scale`."""
+    """The head at the phase's `lr`, the trainable part of the body at `lr` x `backbone_lr_scale`
+    (decaying block by block below the top one with `layer_decay`)."""
     lr = phase["lr"]
-    body = [p for p in model.body.parameters() if p.requires_grad]
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    if body:
-        groups.append({"params": body, "lr": lr * phase["backbone_lr_scale"]})
+    groups += body_groups(model, lr * phase["backbone_lr_scale"], phase.get("layer_decay"))
     wd = phase["weight_decay"]
     if phase["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=phase["momentum"], weight_decay=wd)

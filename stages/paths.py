@@ -48,6 +48,7 @@ SUMMARY_MD = Path("results/summary.md")
 
 # export
 EXPORTED_MODEL = MODELS_DIR / "model.pt"
+EXPORTED_ONNX = MODELS_DIR / "model.onnx"  # the same network for onnxruntime (stages.onnx_model)
 HEADLINE_JSON = Path("results/headline.json")
 EXPORT_PLOTS_DIR = Path("plots/model")
 EXPORTED_SAMPLES = EXPORT_PLOTS_DIR / "val_predictions.png"

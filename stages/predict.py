@@ -35,13 +35,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  python -m stages.predict photo.jpg\n"
                "  python -m stages.predict --top-k 1 data/raw/hymenoptera_data/val\n"
                "  python -m stages.predict --json --model models/frozen.pt a.png b.png\n"
+               "  python -m stages.predict --model models/model.onnx photo.jpg    # through onnxruntime\n"
                "The model comes from the pipeline: run `dvc repro` (or `dvc pull`) first.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image files, or folders searched recursively for image files "
                              f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"model checkpoint (default: {DEFAULT_MODEL}; models/<mode>.pt for one mode)")
+                        help=f"model checkpoint (default: {DEFAULT_MODEL}; models/<mode>.pt for one mode; "
+                             "models/model.onnx runs the exported ONNX file through onnxruntime)")
     parser.add_argument("--top-k", type=positive_int, default=3,
                         help="how many classes to print per image (default: 3; at most the number of classes)")
     parser.add_argument("--json", action="store_true",
@@ -91,8 +93,11 @@ def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
             results.append(result)
         if not tensors:
             continue
-        with torch.inference_mode():
-            probs = torch.softmax(model(torch.stack(tensors)).float(), dim=1)
+        if hasattr(model, "probabilities"):  # an ONNX file through onnxruntime (stages.onnx_model)
+            probs = model.probabilities(torch.stack(tensors))
+        else:
+            with torch.inference_mode():
+                probs = torch.softmax(model(torch.stack(tensors)).float(), dim=1)
         values, indices = probs.topk(top_k, dim=1)
         for result, row_values, row_indices in zip(batch, values.tolist(), indices.tolist()):
             result["top"] = [{"class": names[i], "probability": round(p, 4)}
@@ -114,9 +119,15 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.model}: no such model; run `dvc repro` (or `dvc pull`) to produce it, "
                         "or pass --model")
     # Imported late: --help and mistakes in the paths answer at once, without loading torch.
-    from stages.checkpoints import load_checkpoint
+    if args.model.suffix == ".onnx":
+        from stages.onnx_model import OnnxClassifier
 
-    model, meta = load_checkpoint(args.model, device="cpu")
+        model = OnnxClassifier(args.model)
+        meta = model.meta
+    else:
+        from stages.checkpoints import load_checkpoint
+
+        model, meta = load_checkpoint(args.model, device="cpu")
     top_k = min(args.top_k, len(meta["class_names"]))
     results = classify(model, meta, files, top_k)
     if args.json:

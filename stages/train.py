@@ -12,7 +12,7 @@ import torch
 
 from stages import params as params_module
 from stages import publish
-from stages.backbones import TransferNet, build_model, check_arch, count_params
+from stages.backbones import TransferNet, build_model, check_arch, check_top_blocks, count_params
 from stages.checkpoints import save_checkpoint
 from stages.common import UserError, log, out_of_memory, run_main
 from stages.datasets import TrainData, read_classes, store_splits, train_transform, working_preprocess
@@ -56,6 +56,7 @@ def run_training(settings: dict, num_classes: int, resume: ResumeState, make_dat
     data/store within train.memory_budget_mb), fit."""
     device = pick_device(settings["device"])
     model, preprocess = new_model(settings, num_classes)
+    check_top_blocks(model, settings["arch"], settings["phases"], f"modes.{settings['mode']}")
     data = make_data(preprocess) if make_data else store_splits(preprocess, settings["memory_budget_mb"])
     log(f"train@{settings['mode']}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) "
         f"on {device}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
