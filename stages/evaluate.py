@@ -77,6 +77,7 @@ def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int]) ->
                "train_seconds": round(meta["train_seconds"], 2)}
     if meta.get("peak_memory_mib") is not None:  # absent from checkpoints of older runs
         metrics["train_peak_memory_mib"] = meta["peak_memory_mib"]
+    metrics["world_size"] = meta.get("world_size", 1)  # training processes (train.nproc); older runs: one
     details = {"mode": mode, "arch": meta["arch"], "val_images": len(labels), "epochs": meta["epochs"],
                "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
                **class_scores(probs, labels, names)}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from stages.backbones import TransferNet, frozen_split
 from stages.datasets import (
+    Images,
     TensorImages,
     TrainData,
     crop_stack,
@@ -32,6 +33,7 @@ from stages.datasets import (
     train_transform,
 )
 from stages.devices import inference_batch, to_device, worker_count
+from stages.distributed import OneProcess
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -69,6 +71,7 @@ class PhaseRun:
     fmt: torch.memory_format  # the layout of image batches
     amp: bool  # bf16 autocast while training
     inference_amp: bool  # bf16 autocast in passes without gradients (the frozen part's outputs)
+    strategy: OneProcess = field(default_factory=OneProcess)  # one process, or one of several (stages.distributed)
 
 
 def make_source(model: TransferNet, run: PhaseRun, first_epoch: int) -> Source:
@@ -122,25 +125,44 @@ def compact(train: torch.Tensor, val: torch.Tensor, budget_mb: float) -> tuple[t
 @torch.inference_mode()
 def cached_features(encoder: nn.Module, run: PhaseRun, views: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-encoder outputs for `views` augmented views of every training image ([views, N, ...])
-    and for every val image: the frozen part's work done once, not once per epoch."""
+    and for every val image: the frozen part's work done once, not once per epoch. View v of image j
+    draws from (seed, v, j) alone, so that processes computing a share each (run.strategy) make the
+    views one process makes."""
     encoder.eval()
-    data, device = run.data, run.device
+    data, device, strategy = run.data, run.device, run.strategy
     batch = inference_batch(device)
     transform = train_transform(data.preprocess, run.phase["augment"])
-    torch.manual_seed(run.phase["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
+    views_of = TensorImages(data.train_images, data.train_labels, transform)  # a key (index, seed): one view
 
     def encode(xs):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.inference_amp):
             return encoder(to_device(xs, device, run.fmt)).float()
 
-    images, count = data.train_images, len(data.train_images)
+    mine, count = strategy.share(len(data.train_images)), len(data.train_images)
     train = []
-    for _ in range(views):
-        feats = [encode(torch.stack([transform(images[j]) for j in range(i, min(i + batch, count))]))
-                 for i in range(0, count, batch)]
-        train.append(torch.cat(feats))
-    val = torch.cat([encode(x) for x, _ in eval_batches(data.val_images, data.val_labels, data.preprocess, batch)])
-    return torch.stack(train), val
+    for view in range(views):
+        view_seed = epoch_seed(run.phase["seed"], -1 - view)  # epochs count from 1: seeds apart from theirs
+        feats = [encode(torch.stack([views_of[(j, epoch_seed(view_seed, j) % 2**63)][0]
+                                     for j in range(i, min(i + batch, mine.stop))]))
+                 for i in range(mine.start, mine.stop, batch)]
+        train.append(strategy.gather(torch.cat(feats), count))
+    mine = strategy.share(len(data.val_images))
+    val = [encode(x) for x, _ in eval_batches(ImageRange(data.val_images, mine), data.val_labels[mine.start:mine.stop],
+                                              data.preprocess, batch)]
+    return torch.stack(train), strategy.gather(torch.cat(val), len(data.val_images))
+
+
+class ImageRange(Sequence):
+    """images[start:stop] of a list or of images read on access, without reading any."""
+
+    def __init__(self, images: Images, span: range):
+        self.images, self.span = images, span
+
+    def __len__(self) -> int:
+        return len(self.span)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[self.span[i]]
 
 
 class EpochSampler(torch.utils.data.Sampler):
