@@ -146,7 +146,7 @@ def launch(module: str, args: list[str], nproc: int) -> None:
 def start(device_name: str) -> OneProcess:
     """This process's strategy: `OneProcess` on the device train.device names, or, in a process
     torchrun started, its rank's, with the process group joined (gloo on the CPU, NCCL on CUDA)."""
-    if LAUNCHED not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if LAUNCHED not in os.environ:  # under torchrun even one process runs as one of several (DDP)
         return OneProcess(pick_device(device_name))
     import torch.distributed as dist
 

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings["nproc"] > 1 and LAUNCHED not in os.environ:  # this stage again, as nproc processes
         check_nproc(settings["nproc"], settings["device"])
         launch("stages.train", [mode], settings["nproc"])
+        return
     strategy = start(settings["device"])
     try:
         resume = (ResumeState if strategy.is_main else SharedResume)(resume_state(mode), fingerprint(settings))
