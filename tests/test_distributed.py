@@ -170,3 +170,13 @@ def series_rows(project: Project, mode: str, series: str) -> list[list[str]]:
     header, *rows = [line.split("\t") for line in (project.path / live_tsv(mode, series)).read_text().splitlines()]
     keep = [i for i, name in enumerate(header) if name != "timestamp"]
     return [[row[i] for i in keep] for row in (header, *rows)]
+
+
+def test_nproc_below_one_is_one_line(packed, tmp_path):
+    """train.nproc: 0 stops the stage before any work with one line naming the key; nothing written."""
+    project = clone(packed, tmp_path / "project")
+    project.set_params(train={"nproc": 0})
+    proc = project.stage("train", "frozen", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "train: error: params.yaml: train.nproc: must be >= 1, got 0", proc.stderr
+    assert not (project.path / model_file("frozen")).exists()
