@@ -5,9 +5,12 @@
 #
 #   scripts/exp_on_machine.sh <git-url> <clone-dir> <name> [dvc exp run options: -S key=value ...]
 #
-# The DVC remote is the one .dvc/config names (`dvc remote add -d`, committed). The run cache, each
-# stage's results filed under its code, params and data, goes through it both ways: a stage that
-# any machine already ran with the same inputs (download, split, pack) is restored, not run again.
+# The DVC remote is the one .dvc/config names (`dvc remote add -d`, committed). Stages that dvc.lock
+# (committed, with their outputs pushed) says are up to date do not run: run download, split and
+# pack once in the main clone first. The run cache, each stage's results filed under its code,
+# params and data, goes through the remote both ways: a stage that another machine already ran
+# with the same inputs is restored from it instead of run, where all its outputs are DVC-cached
+# (DVC does not restore a stage with a `cache: false` output on another machine: split's metrics).
 # EXP_REV: the commit to run (default: the default branch of <git-url>).
 set -euo pipefail
 if [ $# -lt 3 ]; then
