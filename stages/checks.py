@@ -23,10 +23,10 @@ RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
               "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb",
-              "patience", "stop_on", "class_weights", "layer_decay"}
+              "patience", "stop_on", "class_weights", "layer_decay", "nproc"}
 # What one phase of a mode sets: what trains, and any `train` key that may change between phases
 # (early stopping is the row's: it counts in the last phase).
-PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on"})
+PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on", "nproc"})
               | {"trainable", "top_blocks", "backbone_lr_scale"})
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
 MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale", "phases"}
@@ -143,7 +143,7 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "seed", kind=int, low=0, high=MAX_SEED, optional=opt)
     if "device" in node or not partial:
         _check_device(c, node.get("device"), f"{key}.device")
-    for name in ("epochs", "batch_size", "cached_views"):
+    for name in ("epochs", "batch_size", "cached_views", "nproc"):
         c.number(node, key, name, kind=int, low=1, optional=opt)
     c.choice(node, key, "optimizer", OPTIMIZERS, optional=opt)
     c.number(node, key, "lr", low=0, low_open=True, optional=opt)

@@ -88,6 +88,7 @@ def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int], sp
         metrics["stopped_epoch"] = meta["stopped_epoch"]
     if meta.get("peak_memory_mib") is not None:  # absent from checkpoints of older runs
         metrics["train_peak_memory_mib"] = meta["peak_memory_mib"]
+    metrics["world_size"] = meta.get("world_size", 1)  # training processes (train.nproc); older runs: one
     details = {"mode": mode, "arch": meta["arch"], "evaluated_on": split, f"{split}_images": len(labels),
                "epochs": meta["epochs"],
                "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],

@@ -16,8 +16,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 
 from stages.backbones import TransferNet, frozen_split
 from stages.datasets import (
+    Images,
     TensorImages,
     TrainData,
     crop_stack,
@@ -34,6 +35,7 @@ from stages.datasets import (
     train_transform,
 )
 from stages.devices import inference_batch, to_device, worker_count
+from stages.distributed import OneProcess
 from stages.paths import RESUME_DIR
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -72,6 +74,7 @@ class PhaseRun:
     fmt: torch.memory_format  # the layout of image batches
     amp: bool  # bf16 autocast while training
     inference_amp: bool  # bf16 autocast in passes without gradients (the frozen part's outputs)
+    strategy: OneProcess = field(default_factory=OneProcess)  # one process, or one of several (stages.distributed)
 
 
 def make_source(model: TransferNet, run: PhaseRun, first_epoch: int) -> Source:
@@ -178,30 +181,57 @@ class FeatureSink:
 @torch.inference_mode()
 def cached_features(encoder: nn.Module, run: PhaseRun, views: int, budget_mb: float = math.inf):
     """Frozen-encoder outputs for `views` augmented views of every training image (one set of rows per
-    view) and for every val image: the frozen part's work done once, not once per epoch. Kept as
-    FeatureSink decides by `budget_mb`: tensors in memory ([views, N, ...] and [N_val, ...]) or
-    DiskRows."""
+    view) and for every val image: the frozen part's work done once, not once per epoch. View v of
+    image j draws from (seed, v, j) alone, so that processes computing a share each (run.strategy)
+    make the views one process makes. Kept as FeatureSink decides by `budget_mb`: tensors in memory
+    ([views, N, ...] and [N_val, ...]) or DiskRows."""
     encoder.eval()
-    data, device = run.data, run.device
+    data, device, strategy = run.data, run.device, run.strategy
     batch = inference_batch(device)
     transform = train_transform(data.preprocess, run.phase["augment"])
-    torch.manual_seed(run.phase["seed"] * 1_000_003 - 1)  # the views are part of the seeded run
-    images, count = data.train_images, len(data.train_images)
+    views_of = TensorImages(data.train_images, data.train_labels, transform)  # a key (index, seed): one view
+    count = len(data.train_images)
     sink = FeatureSink(views * count + len(data.val_images), budget_mb)
 
     def encode(xs):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.inference_amp):
-            sink.add(encoder(to_device(xs, device, run.fmt)).float())
+            return encoder(to_device(xs, device, run.fmt)).float()
 
-    for _ in range(views):
-        for i in range(0, count, batch):
-            encode(torch.stack([transform(images[j]) for j in range(i, min(i + batch, count))]))
-    for x, _ in eval_batches(data.val_images, data.val_labels, data.preprocess, batch):
-        encode(x)
+    def add(batches, total: int) -> None:
+        """This process's share of a pass into the sink: batch by batch in one process; gathered from
+        every process first where there are several."""
+        if strategy.world_size == 1:
+            for xs in batches:
+                sink.add(encode(xs))
+        else:
+            sink.add(strategy.gather(torch.cat([encode(xs) for xs in batches]), total))
+
+    mine = strategy.share(count)
+    for view in range(views):
+        view_seed = epoch_seed(run.phase["seed"], -1 - view)  # epochs count from 1: seeds apart from theirs
+        add((torch.stack([views_of[(j, epoch_seed(view_seed, j) % 2**63)][0]
+                          for j in range(i, min(i + batch, mine.stop))]) for i in range(mine.start, mine.stop, batch)),
+            count)
+    mine = strategy.share(len(data.val_images))
+    add((x for x, _ in eval_batches(ImageRange(data.val_images, mine), data.val_labels[mine.start:mine.stop],
+                                    data.preprocess, batch)), len(data.val_images))
     val = sink.rows_of(views * count, len(data.val_images))
     if sink.file is not None:
         return [sink.rows_of(v * count, count) for v in range(views)], val
     return sink.rows_of(0, views * count).view(views, count, *sink.memory.shape[1:]), val
+
+
+class ImageRange(Sequence):
+    """images[start:stop] of a list or of images read on access, without reading any."""
+
+    def __init__(self, images: Images, span: range):
+        self.images, self.span = images, span
+
+    def __len__(self) -> int:
+        return len(self.span)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[self.span[i]]
 
 
 class EpochSampler(torch.utils.data.Sampler):

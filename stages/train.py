@@ -17,6 +17,7 @@ from stages.checkpoints import save_checkpoint
 from stages.common import UserError, log, out_of_memory, run_main
 from stages.datasets import TrainData, read_classes, store_splits, train_transform, working_preprocess
 from stages.devices import pick_device
+from stages.distributed import LAUNCHED, OneProcess, check_nproc, launch, start, stop
 from stages.imports import code_digest
 from stages.paths import (
     CLASSES_JSON,
@@ -50,20 +51,30 @@ def new_model(settings: dict, num_classes: int) -> tuple[TransferNet, dict]:
 
 
 def run_training(settings: dict, num_classes: int, resume: ResumeState, make_data=None,
-                 before_training=None, on_epoch=None) -> tuple[TransferNet, TrainData, FitResult]:
+                 before_training=None, on_epoch=None, strategy: OneProcess | None = None
+                 ) -> tuple[TransferNet, TrainData, FitResult]:
     """The whole set-up of a training run, shared by the stage, the bench scripts and the tests:
     build the seeded model, get the data at its working size (`make_data(preprocess)`; by default
-    data/store within train.memory_budget_mb), fit."""
-    device = pick_device(settings["device"])
+    data/store within train.memory_budget_mb), fit (in this process, or as one of `strategy`'s)."""
+    strategy = strategy or OneProcess(pick_device(settings["device"]))
+    device = strategy.device
     model, preprocess = new_model(settings, num_classes)
     check_top_blocks(model, settings["arch"], settings["phases"], f"modes.{settings['mode']}")
     data = make_data(preprocess) if make_data else store_splits(preprocess, settings["memory_budget_mb"])
+    where = f"{device} x {strategy.world_size} processes" if strategy.world_size > 1 else str(device)
     log(f"train@{settings['mode']}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) "
-        f"on {device}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
+        f"on {where}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
         f"at {preprocess['image_size']} px")
     if before_training:
         before_training(model)
-    return model, data, fit(model, data, settings, device, resume, on_epoch)
+    return model, data, fit(model, data, settings, device, resume, on_epoch, strategy)
+
+
+class SharedResume(ResumeState):
+    """The resumable state as the processes besides rank 0 see it: they resume from it; rank 0 alone saves it."""
+
+    def save(self, *args) -> None:
+        pass
 
 
 class LiveLog:
@@ -139,18 +150,28 @@ def main(argv: list[str] | None = None) -> None:
     params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
     settings = params_module.mode_settings(params, mode)
     classes = read_classes()
+    if settings["nproc"] > 1 and LAUNCHED not in os.environ:  # this stage again, as nproc processes
+        check_nproc(settings["nproc"], settings["device"])
+        launch("stages.train", [mode], settings["nproc"])
+        return
+    strategy = start(settings["device"])
     try:
-        resume = ResumeState(resume_state(mode), fingerprint(settings))
-        live = LiveLog(mode)
-        model, data, result = run_training(settings, len(classes), resume, on_epoch=live.epoch)
+        resume = (ResumeState if strategy.is_main else SharedResume)(resume_state(mode), fingerprint(settings))
+        live = LiveLog(mode) if strategy.is_main else None  # only rank 0 writes files
+        model, data, result = run_training(settings, len(classes), resume, on_epoch=live and live.epoch,
+                                           strategy=strategy)
     except (RuntimeError, MemoryError) as err:  # CUDA's, MPS's or the CPU's allocator gave up
         if not out_of_memory(err):
             raise
         batch = settings["batch_size"]
         raise UserError(f"out of {out_of_memory(err)} memory at train.batch_size {batch}; try a smaller one, "
                         f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, batch // 2)}") from None
+    stop(strategy)
+    if not strategy.is_main:
+        return
     model.load_state_dict(result.best_state)
     meta = checkpoint_meta(mode, settings, classes, data.preprocess, result, count_params(model)[1])
+    meta["world_size"] = strategy.world_size  # evaluate records it in metrics/<mode>.json
     live.end(augmented_batch_grid(data, settings, meta["class_names"]))
     with publish.outputs(f"train@{mode}", (model_file(mode), live_dir(mode))) as staged:
         os.replace(running_live_dir(mode), staged(live_dir(mode)))

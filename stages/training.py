@@ -23,9 +23,11 @@ from stages.backbones import TransferNet, set_trainable, train_mode
 from stages.common import atomic_path, log
 from stages.datasets import TrainData
 from stages.devices import bf16_inference, memory_format, uses_bf16
+from stages.distributed import OneProcess, own_totals
 from stages.folding import fold_batchnorm
 from stages.losses import make_criterion
 from stages.optim import make_optimizer, make_scheduler
+from stages.sharding import shard
 from stages.sources import PhaseRun, epoch_seed, make_source
 from stages.stopping import update as early_stop
 
@@ -91,17 +93,19 @@ class Stepper:
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
 
 
-def train_one_epoch(stepper: Stepper, batches, epoch: int) -> tuple[float, float]:
-    """Mean loss and accuracy over the epoch's training batches."""
+def train_one_epoch(stepper: Stepper, batches, epoch: int, totals=own_totals) -> tuple[float, float]:
+    """Mean loss and accuracy over the epoch's training batches (`totals`: summed over processes)."""
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
         loss, right = stepper.train_batch(x, y)
         loss_sum, correct, count = loss_sum + loss, correct + right, count + len(y)
+    loss_sum, correct, count = totals(loss_sum, correct, count)
     return loss_sum / count, correct / count
 
 
 @torch.inference_mode()
-def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool) -> tuple[float, float]:
+def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool,
+                     totals=own_totals) -> tuple[float, float]:
     """Mean loss and accuracy of `module` (eval mode) over (x, y) batches already on the device."""
     module.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -111,6 +115,7 @@ def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool) -
         loss_sum += criterion(logits, y).item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
+    loss_sum, correct, count = totals(loss_sum, correct, count)
     return loss_sum / count, correct / count
 
 
@@ -124,7 +129,7 @@ def phase_epochs(phases: list[dict]) -> list[tuple[dict, int, int]]:
 
 
 def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.device, resume: ResumeState,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None, strategy: OneProcess | None = None) -> FitResult:
     """Run the mode's phases, resuming after the last finished epoch of an interrupted run.
 
     `on_epoch(row)` hears of every epoch of the run once it is saved: first those a resumed run
@@ -156,7 +161,7 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
     for phase, first, last in phase_epochs(settings["phases"]):
         if done < last and result.stopped_epoch is None:
             inference_amp = bf16_inference(device, phase["inference_dtype"])
-            run = PhaseRun(data, phase, device, fmt, uses_bf16(device), inference_amp)
+            run = PhaseRun(data, phase, device, fmt, uses_bf16(device), inference_amp, strategy or OneProcess(device))
             run_phase(model, run, (first, last), result, done, state if first <= done else None, finished)
     return result
 
@@ -168,7 +173,7 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
     set_trainable(model, phase["trainable"], phase["top_blocks"])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result.trainable_params = max(result.trainable_params, trainable)
-    source = make_source(model, run, first)
+    source = shard(make_source(model, run, first), run.strategy)
     result.train_seconds += source.setup_seconds
     optimizer = make_optimizer(model, phase)
     scheduler = make_scheduler(optimizer, phase, phase["epochs"], source.steps_per_epoch)
@@ -178,14 +183,16 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
     log(f"phase: train {phase['trainable']} for epochs {first}-{last} at lr {phase['lr']:g} "
         f"({trainable:,} trainable parameters, {source.description})")
     criterion = make_criterion(phase, run.data.train_labels, model.head.out_features, run.device)
-    stepper = Stepper(source.module, criterion, optimizer, scheduler, run.device, run.amp)
+    stepper = Stepper(run.strategy.wrap(source.module, phase), run.strategy.criterion(criterion), optimizer,
+                      scheduler, run.device, run.amp)
     for epoch in range(max(first, done + 1), last + 1):
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(phase["seed"], epoch))  # dropout draws from the global stream
         lr = optimizer.param_groups[0]["lr"]
         train_mode(source.module, phase["keep_bn_stats"])
-        train_loss, train_acc = train_one_epoch(stepper, source.train_batches(epoch), epoch)
-        val_loss, val_acc = evaluate_batches(source.module, source.val_batches(), criterion, run.device, run.amp)
+        train_loss, train_acc = train_one_epoch(stepper, source.train_batches(epoch), epoch, run.strategy.totals)
+        val_loss, val_acc = evaluate_batches(source.module, source.val_batches(), criterion, run.device, run.amp,
+                                             run.strategy.totals)
         row = {"epoch": epoch, "trainable": phase["trainable"], "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started}
         stop = finished(row, optimizer, scheduler)

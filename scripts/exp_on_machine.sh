@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One experiment on this machine, in a clone of its own: `dvc exp run` against the shared DVC
+# remote, then `dvc exp push`, so that the main clone's `dvc exp pull origin` and `dvc exp show`
+# list the experiments every machine ran (README, Many machines).
+#
+#   scripts/exp_on_machine.sh <git-url> <clone-dir> <name> [dvc exp run options: -S key=value ...]
+#
+# The DVC remote is the one .dvc/config names (`dvc remote add -d`, committed). Stages that dvc.lock
+# (committed, with their outputs pushed) says are up to date do not run: run download, split and
+# pack once in the main clone first. The run cache, each stage's results filed under its code,
+# params and data, goes through the remote both ways: a stage that another machine already ran
+# with the same inputs is restored from it instead of run, where all its outputs are DVC-cached
+# (DVC does not restore a stage with a `cache: false` output on another machine: split's metrics).
+# EXP_REV: the commit to run (default: the default branch of <git-url>).
+set -euo pipefail
+if [ $# -lt 3 ]; then
+  echo "usage: $0 <git-url> <clone-dir> <name> [dvc exp run options]" >&2
+  exit 2
+fi
+url=$1 dir=$2 name=$3
+shift 3
+if [ ! -d "$dir/.git" ]; then
+  git clone -q "$url" "$dir"
+fi
+cd "$dir"
+git fetch -q origin
+git checkout -q --detach "${EXP_REV:-origin/HEAD}"
+dvc fetch --run-cache -q                     # the run cache's entries, and the outputs dvc.lock names
+dvc exp run --pull -n "$name" "$@"           # --pull: the outputs of stages restored from the run cache
+dvc exp push --run-cache origin "$name"      # the experiment (git ref), its outputs and the run cache
