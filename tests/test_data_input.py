@@ -258,5 +258,5 @@ def test_split_refuses_nothing_it_reported_before(work, tmp_path):
     assert run_in_process(download.main) == 0 and run_in_process(split.main) == 0
     metrics = data_metrics(work)
     assert metrics["download_skipped"] == [] and metrics["unused_files"] == {"count": 0, "paths": []}
-    assert sorted(p.name for p in (work / SPLIT_DIR).iterdir()) == ["classes.json", "train.csv", "val.csv"]
+    assert sorted(p.name for p in (work / SPLIT_DIR).iterdir()) == ["classes.json", "test.csv", "train.csv", "val.csv"]
     assert not (work / RAW_DIR / ".skipped.json").exists()
