@@ -95,6 +95,12 @@ class Project:
         return [name for name in names if name not in ALWAYS_RUNS]
 
 
+def clone(template: Project, path: Path) -> Project:
+    """A copy of a project (git, DVC cache and lock, data included): as if checked out again."""
+    shutil.copytree(template.path, path, symlinks=True)
+    return Project(path)
+
+
 def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
     path.mkdir(parents=True, exist_ok=True)
     for name in ("stages",):

@@ -4,7 +4,6 @@ that ends like an uninterrupted run, and one process alone writing files."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from stages.paths import live_dir, live_tsv, mode_metrics, model_file, resume_dir, resume_state, running_live_dir
-from tests.conftest import Project, make_project
+from tests.conftest import Project, clone, make_project
 from tests.imagegen import write_class_folders
 
 # frozen: the head on cached features; finetune: every weight, BatchNorm on its ImageNet statistics.
@@ -49,11 +48,6 @@ def dump():
 sys.addaudithook(hook)
 atexit.register(dump)
 '''
-
-
-def clone(template: Project, path: Path) -> Project:
-    shutil.copytree(template.path, path, symlinks=True)
-    return Project(path)
 
 
 @pytest.fixture(scope="module")

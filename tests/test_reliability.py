@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from stages.paths import (
     resume_state,
     running_live_dir,
 )
-from tests.conftest import Project, make_project
+from tests.conftest import Project, clone, make_project
 from tests.imagegen import make_image, write_class_folders
 
 MODE = "finetune"
@@ -54,12 +53,6 @@ def small_dataset(root: Path) -> Path:
     write_class_folders(root / "train", {"ants": 8, "bees": 8})
     write_class_folders(root / "val", {"ants": 4, "bees": 4}, seed=1)
     return root
-
-
-def clone(template: Project, path: Path) -> Project:
-    """A copy of a project (git, DVC cache and lock, data included): as if checked out again."""
-    shutil.copytree(template.path, path, symlinks=True)
-    return Project(path)
 
 
 @pytest.fixture(scope="module")
