@@ -124,8 +124,10 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
     return float(probe.fit(train_x, train_y).score(eval_x, eval_y)), split
 
 
-def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path) -> dict:
-    """{"probe", "modes": {mode: {"accuracy": [per seed], "train_seconds", "wall_seconds", "evaluated_on"}}}."""
+def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path,
+                saved=lambda found: None) -> dict:
+    """{"probe", "modes": {mode: {"accuracy": [per seed], "train_seconds", "wall_seconds", "evaluated_on"}}};
+    `saved(found)` after every run, so that a long suite keeps what it measured."""
     folder = Path(tempfile.mkdtemp(prefix=f"suite-{dataset.stem}-", dir=work))
     params = scratch_project(folder, dataset, modes, sets)
     for module in ("download", "split", "pack"):
@@ -142,7 +144,8 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
             metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
             runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
                          "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch")})
-        found["modes"][mode] = summarize(runs)
+            found["modes"][mode] = summarize(runs)
+            saved(found)
     return found
 
 
@@ -187,15 +190,20 @@ def main(argv: list[str] | None = None) -> int:
         if work.resolve().is_relative_to(ROOT):
             raise SuiteError(f"--work {work}: inside the repository; the scratch projects go outside it")
         results = {}
+
+        def saved(found: dict, name: str) -> None:
+            results[name] = found
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
         for dataset in args.datasets:
-            results[dataset.name] = run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work)
+            run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work,
+                        lambda found, name=dataset.name: saved(found, name))
             print(f"# {dataset.name}: done ({results[dataset.name]['project']})", file=sys.stderr, flush=True)
     except SuiteError as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
     print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
