@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -125,28 +126,46 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
 
 
 def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path,
-                saved=lambda found: None) -> dict:
-    """{"probe", "modes": {mode: {"accuracy": [per seed], "train_seconds", "wall_seconds", "evaluated_on"}}};
-    `saved(found)` after every run, so that a long suite keeps what it measured."""
+                variants: list[tuple[str, list[str]]] = (("", []),), saved=lambda found: None) -> dict:
+    """{"probe", "modes": {row: {"runs": [per seed], "mean", ...}}}, a row per mode and variant
+    (`mode` or `mode+variant`): a variant's settings apply on top of --set, in the same project (one
+    pack, one probe). `saved(found)` after every run, so that a long suite keeps what it measured."""
     folder = Path(tempfile.mkdtemp(prefix=f"suite-{dataset.stem}-", dir=work))
     params = scratch_project(folder, dataset, modes, sets)
     for module in ("download", "split", "pack"):
         run_stage(folder, dataset, module)
     probe, split = linear_probe(folder, params)
     found: dict = {"probe": probe, "evaluated_on": split, "project": str(folder), "modes": {}}
-    for mode in modes:
-        runs = []
-        for seed in seeds:
-            params["train"]["seed"] = seed
-            params["modes"][mode].pop("seed", None)  # the suite's seed, not a row's own
-            write_params(folder, params)
-            wall = run_stage(folder, dataset, "train", mode) + run_stage(folder, dataset, "evaluate", mode)
-            metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
-            runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
-                         "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch")})
-            found["modes"][mode] = summarize(runs)
-            saved(found)
+    for name, assignments in variants:
+        varied = copy.deepcopy(params)
+        for assignment in assignments:
+            set_key(varied, assignment)
+        for mode in modes:
+            row = f"{mode}+{name}" if name else mode
+            runs = []
+            for seed in seeds:
+                varied["train"]["seed"] = seed
+                varied["modes"][mode].pop("seed", None)  # the suite's seed, not a row's own
+                write_params(folder, varied)
+                wall = run_stage(folder, dataset, "train", mode) + run_stage(folder, dataset, "evaluate", mode)
+                metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
+                runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
+                             "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch")})
+                found["modes"][row] = summarize(runs)
+                saved(found)
     return found
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME KEY=VALUE ...`: the settings of a named variant of every mode (not data.* or pack.*,
+    which the variants share)."""
+    name, *assignments = text.split()
+    if not assignments or "=" in name:
+        raise SuiteError(f"--variant {text!r}: expected NAME KEY=VALUE ..., e.g. 'mild modes.frozen.epochs=30'")
+    for assignment in assignments:
+        if assignment.split(".")[0] in ("data", "pack"):
+            raise SuiteError(f"--variant {name}: {assignment}: data.* and pack.* go in --set (one pack per dataset)")
+    return name, assignments
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -159,14 +178,30 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = [f"{'dataset':24} {'mode':16} {'on':5} {'seeds':>5} {'mean':>7} {'std':>7} {'min-max':>13} "
+    lines = [f"{'dataset':24} {'mode':22} {'on':5} {'seeds':>5} {'mean':>7} {'std':>7} {'min-max':>13} "
              f"{'train s':>8} {'wall s':>8} {'probe':>7} {'vs probe':>9}"]
     for name, found in results.items():
         for mode, row in found["modes"].items():
-            lines.append(f"{name[:24]:24} {mode:16} {found['evaluated_on']:5} {len(row['runs']):5d} "
+            lines.append(f"{name[:24]:24} {mode[:22]:22} {found['evaluated_on']:5} {len(row['runs']):5d} "
                          f"{row['mean']:7.4f} {row['std']:7.4f} {row['min']:6.4f}-{row['max']:6.4f} "
                          f"{row['train_seconds']:8.1f} {row['wall_seconds']:8.1f} {found['probe']:7.4f} "
                          f"{row['mean'] - found['probe']:+9.4f}")
+    return "\n".join([*lines, "", overall(results)])
+
+
+def overall(results: dict) -> str:
+    """Per mode (and variant): the mean over the datasets that ran it, and on how many it beat the probe."""
+    rows: dict = {}
+    for found in results.values():
+        for mode, row in found["modes"].items():
+            rows.setdefault(mode, []).append((row["mean"], found["probe"], row["train_seconds"]))
+    lines = [f"{'over the datasets':24} {'mode':22} {'sets':>5} {'mean':>7} {'probe':>7} {'vs probe':>9} "
+             f"{'beats':>6} {'train s':>8}"]
+    for mode, found in rows.items():
+        means, probes, seconds = zip(*found)
+        lines.append(f"{'':24} {mode[:22]:22} {len(found):5d} {statistics.fmean(means):7.4f} "
+                     f"{statistics.fmean(probes):7.4f} {statistics.fmean(means) - statistics.fmean(probes):+9.4f} "
+                     f"{sum(m > p for m, p, _ in found):3d}/{len(found):<2d} {statistics.fmean(seconds):8.1f}")
     return "\n".join(lines)
 
 
@@ -177,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override a param in every scratch project, e.g. modes.scratch.patience=10")
+    parser.add_argument("--variant", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
+                        help="also run every mode with these settings, as row mode+NAME (repeatable)")
     parser.add_argument("--work", type=Path, help="where the scratch projects go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     args = parser.parse_args(argv)
@@ -185,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets:
             if not dataset.exists():
                 raise SuiteError(f"{dataset}: no such folder or archive")
+        variants = [("", []), *map(parse_variant, args.variant)]
         work = args.work or Path(tempfile.mkdtemp(prefix="suite-"))
         work.mkdir(parents=True, exist_ok=True)
         if work.resolve().is_relative_to(ROOT):
@@ -197,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
         for dataset in args.datasets:
-            run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work,
+            run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work, variants,
                         lambda found, name=dataset.name: saved(found, name))
             print(f"# {dataset.name}: done ({results[dataset.name]['project']})", file=sys.stderr, flush=True)
     except SuiteError as err:

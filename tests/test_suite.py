@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tests.conftest import ROOT, env_with_venv
 from tests.imagegen import write_class_folders
 
@@ -23,7 +25,7 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
     write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
     work, out = tmp_path / "work", tmp_path / "suite.json"
     proc = suite(str(data), "--modes", "frozen", "--seeds", "0", "--work", str(work), "--json", str(out),
-                 "--set", *TINY)
+                 "--variant", "fewer modes.frozen.epochs=1", "--set", *TINY)
     assert proc.returncode == 0, proc.stderr
     found = json.loads(out.read_text())["colours"]
     assert found["evaluated_on"] == "test" and 0 <= found["probe"] <= 1  # test_fraction: 2 of each class's 8
@@ -31,10 +33,19 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
     assert [run["seed"] for run in row["runs"]] == [0] and row["std"] == 0 and row["runs"][0]["stopped_epoch"] <= 2
     assert row["mean"] == row["runs"][0]["accuracy"] and row["train_seconds"] > 0
     assert Path(found["project"]).parent == work and not list(ROOT.glob("suite-*"))
-    header, line = proc.stdout.splitlines()
+    # The variant ran in the same project (one pack, one probe) with its own setting on top of --set.
+    assert [run["seed"] for run in found["modes"]["frozen+fewer"]["runs"]] == [0]
+    assert len(list(work.iterdir())) == 1
+    last = yaml.safe_load((Path(found["project"]) / "params.yaml").read_text())  # of the variant's run, the last
+    assert last["modes"]["frozen"]["epochs"] == 1 and last["pack"]["short_side"] == 40
+    header, line, variant_line, _, overall_header, *overall = proc.stdout.splitlines()
     assert header.split()[:4] == ["dataset", "mode", "on", "seeds"] and "probe" in header
     assert line.split()[:4] == ["colours", "frozen", "test", "1"]
+    assert variant_line.split()[:2] == ["colours", "frozen+fewer"]
     assert float(line.split()[9]) == round(found["probe"], 4)
+    assert overall_header.split()[:3] == ["over", "the", "datasets"]
+    assert [o.split()[:2] for o in overall] == [["frozen", "1"], ["frozen+fewer", "1"]]
+    assert overall[0].split()[5] == ("1/1" if row["mean"] > found["probe"] else "0/1")
 
 
 def test_suite_bad_input_is_one_line(tmp_path):
@@ -43,3 +54,6 @@ def test_suite_bad_input_is_one_line(tmp_path):
                                                                           "no such folder or archive"]
     proc = suite(str(tmp_path), "--modes", "nosuch", "--work", str(tmp_path / "w"))
     assert proc.returncode == 2 and "--modes: unknown mode nosuch" in proc.stderr and "Traceback" not in proc.stderr
+    proc = suite(str(tmp_path), "--variant", "small pack.short_side=40", "--work", str(tmp_path / "w"))
+    assert proc.returncode == 2 and proc.stderr.strip() == ("suite: error: --variant small: pack.short_side=40: "
+                                                            "data.* and pack.* go in --set (one pack per dataset)")
