@@ -12,7 +12,8 @@ would. It prints per dataset and mode the accuracy's mean and spread over the se
 deviation, min-max) on the split that reports (test where the dataset has one, else val), the mean
 train and wall seconds, and the linear probe: scikit-learn's LogisticRegression on standardised
 centre-crop features of the frozen ImageNet backbone (model.arch at train.image_size), fitted on
-train and scored on that same split. Nothing is written to the repository."""
+train and scored on that same split, then each mode's mean over the datasets. --variant runs every mode
+again with other settings in the same project, as row mode+NAME. Nothing is written to the repository."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,7 @@
 """Shared fixtures: real image files, real archives, and a real DVC project in a temporary git repo."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -88,6 +89,11 @@ class Project:
                     dst[key] = value
         merge(params, sections)
         (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def changed_stages(self) -> dict:
+        """`dvc status --json` without the stages that always run (ALWAYS_RUNS): {} when up to date."""
+        status = json.loads(self.dvc("status", "--json").stdout or "{}")
+        return {name: why for name, why in status.items() if not (name in ALWAYS_RUNS and why == ["always changed"])}
 
     def ran_stages(self, output: str) -> list[str]:
         """Names of the stages a `dvc repro`/`dvc exp run` output says it ran (ALWAYS_RUNS left out)."""

@@ -43,9 +43,9 @@ from stages.paths import (
     predictions_csv,
     samples_png,
 )
-from tests.conftest import ALWAYS_RUNS, Project, env_with_venv, make_project
+from tests.conftest import Project, clone, env_with_venv, make_project
 from tests.imagegen import write_class_folders
-from tests.test_reliability import TIMING, clone, stray_files, without_timing
+from tests.test_reliability import TIMING, stray_files, without_timing
 
 MODE = "frozen"
 SEED = 19
@@ -270,8 +270,7 @@ def test_each_stage_killed_at_random_moments_publishes_all_or_nothing(tmp_path, 
         assert project.ran_stages(repro.stdout) == [stage], repro.stdout
         assert outputs_state(project.path, outputs) == new, f"{stage}: dvc repro after the kills differs"
         assert leftovers(project) == [], stage
-    status = json.loads(project.dvc("status", "--json").stdout)
-    assert {name: why for name, why in status.items() if not (name in ALWAYS_RUNS and why == ["always changed"])} == {}
+    assert project.changed_stages() == {}
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])

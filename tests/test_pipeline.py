@@ -60,10 +60,8 @@ def git_json(project: Project, rev: str, path: str) -> dict:
 
 
 def assert_up_to_date(project: Project) -> None:
-    status = project.dvc("status", "--json")
-    changed = {name: why for name, why in json.loads(status.stdout or "{}").items()
-               if not (name in ALWAYS_RUNS and why == ["always changed"])}
-    assert changed == {}, f"dvc status is not clean:\n{status.stdout}"
+    changed = project.changed_stages()
+    assert changed == {}, f"dvc status is not clean: {changed}"
 
 
 def restore(project: Project, rev: str = "baseline") -> None:
