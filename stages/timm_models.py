@@ -61,13 +61,19 @@ def create(arch: str, pretrained: bool) -> tuple[nn.Module, dict]:
     overlay = {"file": str(local)} if local else None
     try:
         net = timm.create_model(name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
-    except (OSError, RuntimeError, ValueError) as err:  # hub errors are OSErrors; a damaged file a RuntimeError
+    except Exception as err:  # noqa: BLE001 - hub errors are OSErrors; a damaged file a SafetensorError, ...
+        if local is None and not isinstance(err, (OSError, RuntimeError, ValueError)):
+            raise
         cfg = timm.models.get_pretrained_cfg(name)
-        hub = getattr(cfg, "hf_hub_id", None) or f"timm/{name}"
+        source = (f"model.safetensors (from https://huggingface.co/{getattr(cfg, 'hf_hub_id', None) or f'timm/{name}'}"
+                  "/resolve/main/model.safetensors)")
+        if local is not None:  # the user's file is there but does not load: say so, not "cannot download"
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"model.arch {arch}: {local} does not load as its weights ({type(err).__name__}: "
+                            f"{reason}); replace it with {source}") from None
         target = Path(torch.hub.get_dir()) / "checkpoints" / "timm" / f"{name}.safetensors"
         raise UserError(f"model.arch {arch}: cannot get its ImageNet weights ({type(err).__name__}); offline, put "
-                        f"model.safetensors (from https://huggingface.co/{hub}/resolve/main/model.safetensors) "
-                        f"at {target}") from None
+                        f"{source} at {target}") from None
     cfg = resolve_data_config({}, model=net)
     size = cfg["input_size"][-1]
     preprocess = {"image_size": size, "resize_size": int(math.floor(size / cfg["crop_pct"])),

@@ -161,6 +161,28 @@ def test_timm_weights_offline_are_one_line_naming_the_file_then_load_from_it(tmp
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("content", ["damaged", "another model"])
+def test_a_local_timm_weights_file_that_does_not_load_is_one_line_naming_it(content, tmp_path):
+    """A weights file put in place by hand but damaged (or another model's) is named as the problem,
+    in one line: not a traceback, and not "cannot download"."""
+    target = tmp_path / "hub" / "checkpoints" / "timm" / "mobilenetv3_small_050.safetensors"
+    target.parent.mkdir(parents=True)
+    if content == "damaged":
+        target.write_bytes(b"\x10\x00\x00\x00not a safetensors header")
+    else:
+        import timm
+        from safetensors.torch import save_file
+
+        save_file(timm.create_model("mobilenetv3_small_100", pretrained=False).state_dict(), target)
+    code = ("from stages.backbones import build_model\nfrom stages.common import run_main\n"
+            f"run_main(lambda: build_model({TIMM_CNN!r}, 2, pretrained=True))()")
+    env = {**env_with_venv(), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{target} does not load as its weights" in proc.stderr
+    assert "replace it with model.safetensors (from https://huggingface.co/timm/mobilenetv3_small_050" in proc.stderr
+
+
 @pytest.mark.parametrize("arch", [TIMM_VIT, "squeezenet1_0"])
 def test_checkpoint_of_any_backbone_loads_back_the_same_network(arch, tmp_path):
     """A checkpoint is rebuilt from its arch name without weights: the same function as the trained model."""
