@@ -164,7 +164,7 @@ class FeatureSink:
 
     def _allocate(self, row_shape: torch.Size) -> None:
         size = self.rows * math.prod(row_shape)
-        if size * 4 <= self.budget or size * 2 <= self.budget:
+        if size * 2 <= self.budget:  # float32 where that fits too
             dtype = torch.float32 if size * 4 <= self.budget else torch.bfloat16
             self.memory = torch.empty(self.rows, *row_shape, dtype=dtype)
         else:

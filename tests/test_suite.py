@@ -57,3 +57,19 @@ def test_suite_bad_input_is_one_line(tmp_path):
     proc = suite(str(tmp_path), "--variant", "small pack.short_side=40", "--work", str(tmp_path / "w"))
     assert proc.returncode == 2 and proc.stderr.strip() == ("suite: error: --variant small: pack.short_side=40: "
                                                             "data.* and pack.* go in --set (one pack per dataset)")
+
+
+def test_frozen_heads_prints_each_way_of_training_the_head_beside_the_probe(tmp_path):
+    """bench/frozen_heads.py: frozen's head trained three ways on the pipeline's own cached features."""
+    data = tmp_path / "colours"
+    write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "frozen_heads.py"), str(data), "--seeds", "0",
+                           "--work", str(tmp_path / "work"), "--set", *TINY], cwd=ROOT, env=env_with_venv(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    header, line, mean, above = proc.stdout.splitlines()
+    assert header.split() == ["dataset", "on", "probe", "row", "standardised", "lbfgs"]
+    name, split, *numbers = line.split()
+    assert (name, split) == ("colours", "test") and all(0 <= float(n) <= 1 for n in numbers)
+    assert mean.split()[1:] == numbers  # one dataset: its own numbers are the means
+    assert above.split()[-3:] == [f"{int(float(n) > float(numbers[0]))}/1" for n in numbers[1:]]

@@ -1,0 +1,179 @@
+"""How frozen's linear head compares with the linear probe, trained other ways on the same features.
+
+    D=/data/suite; python bench/frozen_heads.py $D/caltech20 $D/cifar10-tiny $D/clothing-large \
+        $D/magtile-imbalanced hymenoptera_data.zip --seeds 0 1 2
+
+For each dataset (a folder or archive, as `data.url` takes it) a scratch project outside the
+repository is packed as bench/suite.py packs it, and the frozen body's outputs are computed once with
+the pipeline's own code and frozen's row (its cached views of the training images; centre crops of
+val and test). On them a linear head is trained per seed (init and shuffling) in each of these ways,
+the epoch kept by val accuracy (then val loss) as train@frozen keeps it, and scored on the split that
+reports (test where there is one, else val):
+
+- `row`: frozen's row as params.yaml has it (SGD with momentum, cosine, its lr, weight decay, epochs);
+- `standardised`: the same on features standardised per dimension (train views' mean and std);
+- `lbfgs`: multinomial logistic regression solved by L-BFGS on the standardised views, its L2
+  strength chosen on val from a grid (deterministic: one seed is all it needs).
+
+beside the linear probe of bench/suite.py (scikit-learn on standardised centre-crop features, C=1).
+A few minutes on a 2-core CPU; nothing is written to the repository."""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.suite import linear_probe, run_stage, scratch_project, working_dir  # noqa: E402
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def frozen_features(folder: Path) -> tuple[dict, dict]:
+    """frozen's settings, and its cached training views, val and reporting-split features."""
+    from stages import params as params_module
+    from stages.backbones import build_model, frozen_split
+    from stages.datasets import StoreImages, eval_batches, read_classes, read_split, store_splits, working_preprocess
+    from stages.devices import bf16_inference, memory_format
+    from stages.sources import PhaseRun, cached_features
+
+    with working_dir(folder):
+        settings = params_module.mode_settings(params_module.load(), "frozen")
+        model, preprocess = build_model(settings["arch"], len(read_classes()), pretrained=True)
+        preprocess = working_preprocess(preprocess, settings["image_size"])
+        data = store_splits(preprocess, settings["memory_budget_mb"])
+        encoder = frozen_split(model, "head")[0]
+        cpu = torch.device("cpu")
+        amp = bf16_inference(cpu, settings["inference_dtype"])
+        run = PhaseRun(data, settings["phases"][0], cpu, memory_format(cpu), False, amp)
+        train, val = cached_features(encoder, run, settings["cached_views"])
+        feats = {"train": (train.float(), torch.tensor(data.train_labels)),
+                 "val": (val.float(), torch.tensor(data.val_labels))}
+        test = read_split("test")
+        if test.paths:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                rows = [encoder(x).float() for x, _ in eval_batches(StoreImages("test", preprocess), test.labels,
+                                                                     preprocess, 64)]
+            feats["test"] = (torch.cat(rows), torch.tensor(test.labels))
+        feats["report"] = feats.get("test", feats["val"])
+    return settings, feats
+
+
+def standardised(feats: dict) -> dict:
+    train = feats["train"][0]
+    flat = train.reshape(-1, train.shape[-1])
+    mean, std = flat.mean(0), flat.std(0) + 1e-6
+    return {split: ((x - mean) / std, y) for split, (x, y) in feats.items()}
+
+
+def scores(head: torch.nn.Module, feats: dict) -> tuple[float, float, float]:
+    """(val accuracy, val loss, reporting accuracy)."""
+    with torch.no_grad():
+        (vx, vy), (rx, ry) = feats["val"], feats["report"]
+        logits = head(vx)
+        return ((logits.argmax(1) == vy).float().mean().item(), torch.nn.functional.cross_entropy(logits, vy).item(),
+                (head(rx).argmax(1) == ry).float().mean().item())
+
+
+def kept(rows: list[tuple[float, float, float]]) -> float:
+    """The reporting accuracy of the row train@frozen keeps: best val accuracy, then lowest val loss."""
+    return max(rows, key=lambda r: (r[0], -r[1]))[2]
+
+
+def sgd_head(feats: dict, settings: dict, seed: int) -> float:
+    """frozen's phase on these features: the view of epoch e is e mod views, shuffled per epoch."""
+    views, labels = feats["train"]
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(views.shape[-1], int(labels.max()) + 1)
+    optimizer = torch.optim.SGD(head.parameters(), lr=settings["lr"], momentum=settings["momentum"],
+                                weight_decay=settings["weight_decay"])
+    batch, epochs = settings["batch_size"], settings["epochs"]
+    total = epochs * math.ceil(len(labels) / batch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
+    rows = []
+    for epoch in range(1, epochs + 1):
+        x = views[(epoch - 1) % len(views)]
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            loss = loss_fn(head(x[idx]), labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        rows.append(scores(head, feats))
+    return kept(rows)
+
+
+def logistic_regression(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> torch.nn.Linear:
+    """Multinomial logistic regression with an L2 penalty on the weights, to convergence (L-BFGS)."""
+    head = torch.nn.Linear(x.shape[-1], classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=300, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return head
+
+
+def lbfgs_head(feats: dict) -> float:
+    """Logistic regression on every view, for each L2 strength of the grid; the one val keeps."""
+    views, labels = feats["train"]
+    x, y = views.reshape(-1, views.shape[-1]), labels.repeat(len(views))
+    return kept([scores(logistic_regression(x, y, int(labels.max()) + 1, l2), feats) for l2 in L2_GRID])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="sets",
+                        help="override a param in every scratch project, as bench/suite.py's --set")
+    parser.add_argument("--work", type=Path, help="where the scratch projects go (default: a temporary folder)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="frozen-heads-"))
+    work.mkdir(parents=True, exist_ok=True)
+    heads = ("row", "standardised", "lbfgs")
+    print(f"{'dataset':22} {'on':5} {'probe':>7} " + " ".join(f"{h:>13}" for h in heads))
+    table = []
+    for dataset in args.datasets:
+        folder = Path(tempfile.mkdtemp(prefix=f"heads-{dataset.stem}-", dir=work))
+        params = scratch_project(folder, dataset.resolve(), ["frozen"], args.sets)
+        for module in ("download", "split", "pack"):
+            run_stage(folder, dataset, module)
+        probe, split = linear_probe(folder, params)
+        settings, feats = frozen_features(folder)
+        scaled = standardised(feats)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny problems: one thread is fastest
+        found = {"row": statistics.fmean(sgd_head(feats, settings, s) for s in args.seeds),
+                 "standardised": statistics.fmean(sgd_head(scaled, settings, s) for s in args.seeds),
+                 "lbfgs": lbfgs_head(scaled)}
+        torch.set_num_threads(threads)
+        table.append((probe, found))
+        print(f"{dataset.name[:22]:22} {split:5} {probe:7.4f} " + " ".join(f"{found[h]:13.4f}" for h in heads),
+              flush=True)
+    probe_mean = statistics.fmean(p for p, _ in table)
+    print(f"{'mean':22} {'':5} {probe_mean:7.4f} "
+          + " ".join(f"{statistics.fmean(f[h] for _, f in table):13.4f}" for h in heads))
+    print(f"{'datasets above probe':28} {'':>7} "
+          + " ".join(f"{sum(f[h] > p for p, f in table):>10d}/{len(table):<2d}" for h in heads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
