@@ -277,27 +277,6 @@ def train_mode(model: nn.Module, keep_bn_stats: bool = False) -> None:
             m.eval()
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches) -> int:
-    """Every BatchNorm's running statistics re-estimated as the plain average over `batches` (each
-    layer in train mode, everything else in eval mode: no dropout, no stochastic depth); the images
-    counted. Pretrained statistics describe ImageNet's images; these describe the dataset's."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # None: a cumulative average over every batch, not an exponential one
-        m.train()
-    count = 0
-    for x in batches:
-        model(x)
-        count += len(x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return count
-
-
 def count_params(model: nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

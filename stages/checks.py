@@ -22,12 +22,11 @@ RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model
 
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
-              "cached_views", "workers", "keep_bn_stats", "recalibrate_bn", "inference_dtype", "memory_budget_mb",
+              "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb",
               "patience", "stop_on", "class_weights", "layer_decay", "nproc"}
 # What one phase of a mode sets: what trains, and any `train` key that may change between phases
 # (early stopping is the row's: it counts in the last phase).
-PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on", "nproc",
-                              "recalibrate_bn"})
+PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on", "nproc"})
               | {"trainable", "top_blocks", "backbone_lr_scale"})
 # Settings only a mode row may hold; every key of `train` may appear in a row as an override.
 MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale", "phases"}
@@ -166,7 +165,6 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     if "image_size" in node or not partial:
         c.image_size(node, key, "image_size", " (the backbones downsample 32x)")
     c.boolean(node, key, "keep_bn_stats", optional=opt)
-    c.boolean(node, key, "recalibrate_bn", optional=opt)
     if "workers" in node or not partial:
         workers = node.get("workers")
         if workers != "auto" and not (_is_number(workers, int) and workers >= 0):
@@ -206,9 +204,6 @@ def check_mode(c: Checker, name: Any, row: Any, train: dict) -> None:
     if row.get("keep_bn_stats", train.get("keep_bn_stats")) is True and row.get("pretrained") is False:
         c.bad(f"{key}.keep_bn_stats", "a randomly initialised network has no BatchNorm statistics worth keeping; "
                                       "use pretrained: true or keep_bn_stats: false")
-    if row.get("recalibrate_bn", train.get("recalibrate_bn")) is True and row.get("pretrained") is False:
-        c.bad(f"{key}.recalibrate_bn", "a randomly initialised network has no pretrained BatchNorm statistics to "
-                                       "re-estimate; use pretrained: true or recalibrate_bn: false")
     if "phases" in row:
         _check_phases(c, key, row)
     else:

@@ -221,20 +221,6 @@ def cached_features(encoder: nn.Module, run: PhaseRun, views: int, budget_mb: fl
     return sink.rows_of(0, views * count).view(views, count, *sink.memory.shape[1:]), val
 
 
-RECALIBRATION_IMAGES = 1024  # enough for a steady mean and variance per channel; a pass over more costs more
-
-
-def recalibration_batches(data: TrainData, device: torch.device, fmt: torch.memory_format,
-                          most: int = RECALIBRATION_IMAGES) -> Iterator[torch.Tensor]:
-    """Centre crops (as validation sees images) of at most `most` training images spread evenly over
-    the train split, a batch at a time, on the device."""
-    count = len(data.train_images)
-    span = range(0, count, max(1, math.ceil(count / most)))
-    labels = [data.train_labels[i] for i in span]
-    for x, _ in eval_batches(ImageRange(data.train_images, span), labels, data.preprocess, inference_batch(device)):
-        yield to_device(x, device, fmt)
-
-
 class ImageRange(Sequence):
     """images[start:stop] of a list or of images read on access, without reading any."""
 

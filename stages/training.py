@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stages.backbones import TransferNet, recalibrate_batchnorm, set_trainable, train_mode
+from stages.backbones import TransferNet, set_trainable, train_mode
 from stages.common import atomic_path, log
 from stages.datasets import TrainData
 from stages.devices import bf16_inference, memory_format, uses_bf16
@@ -28,7 +28,7 @@ from stages.folding import fold_batchnorm
 from stages.losses import make_criterion
 from stages.optim import make_optimizer, make_scheduler
 from stages.sharding import shard
-from stages.sources import PhaseRun, epoch_seed, make_source, recalibration_batches
+from stages.sources import PhaseRun, epoch_seed, make_source
 from stages.stopping import update as early_stop
 
 
@@ -158,9 +158,6 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
     model.to(device).to(memory_format=fmt)
     folded = fold_batchnorm(model, data.preprocess["image_size"])
     log(f"{folded} BatchNorm layers fold into the convolution before them while on running statistics")
-    if settings["recalibrate_bn"] and not state:  # a resumed run has them in its state already
-        count = recalibrate_batchnorm(model, recalibration_batches(data, device, fmt))
-        log(f"BatchNorm running statistics re-estimated on {count} training images (recalibrate_bn)")
     for phase, first, last in phase_epochs(settings["phases"]):
         if done < last and result.stopped_epoch is None:
             inference_amp = bf16_inference(device, phase["inference_dtype"])

@@ -141,8 +141,6 @@ SINGLE = [
     ({"modes__scratch__trainable": "head"}, "modes.scratch.trainable", "freezing a randomly initialised backbone"),
     ({"train__keep_bn_stats": True}, "modes.scratch.keep_bn_stats", "no BatchNorm statistics worth keeping"),
     ({"modes__finetune__keep_bn_stats": "yes"}, "modes.finetune.keep_bn_stats", "must be true or false, got 'yes'"),
-    ({"modes__scratch__recalibrate_bn": True}, "modes.scratch.recalibrate_bn", "no pretrained BatchNorm statistics"),
-    ({"modes__finetune__recalibrate_bn": 1}, "modes.finetune.recalibrate_bn", "must be true or false, got 1"),
 ]
 
 

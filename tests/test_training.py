@@ -125,46 +125,6 @@ def test_keep_bn_stats_trains_batchnorm_weights_but_not_its_statistics(tmp_path)
     assert changed(before, model.state_dict(), stats) == stats
 
 
-def test_recalibrate_batchnorm_averages_over_every_batch_and_leaves_the_rest_as_it_was():
-    """The running statistics become the plain mean and (unbiased) variance over all the images;
-    momentum comes back, and no other layer ran in train mode."""
-    from stages.backbones import recalibrate_batchnorm
-
-    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.2), torch.nn.Dropout(0.9), torch.nn.BatchNorm2d(3))
-    batches = [torch.randn(4, 3, 5, 5) * 2 + 1 for _ in range(3)]
-    assert recalibrate_batchnorm(net, batches) == 12
-    per_channel = torch.cat(batches).transpose(0, 1).reshape(3, -1)
-    assert torch.allclose(net[0].running_mean, per_channel.mean(1), atol=1e-5)
-    batch_vars = [b.transpose(0, 1).reshape(3, -1).var(1) for b in batches]  # each batch's, unbiased
-    assert torch.allclose(net[0].running_var, torch.stack(batch_vars).mean(0), atol=1e-5)
-    assert net[0].momentum == 0.2 and net[2].momentum == 0.1
-    # the second sees the first's output normalised per batch: variance 1 (x 100/99, unbiased), not the
-    # tenfold that dropout at 0.9 in train mode would make of it
-    assert torch.allclose(net[2].running_var, torch.full((3,), 100 / 99), atol=1e-3)
-    assert net[0].num_batches_tracked.item() == 3
-
-
-def test_recalibrate_bn_keeps_statistics_of_the_training_images(tmp_path):
-    """recalibrate_bn with keep_bn_stats: the statistics the run keeps are those of the training images'
-    centre crops (not ImageNet's), and they do not move while the weights train."""
-    from stages.backbones import recalibrate_batchnorm
-    from stages.devices import memory_format
-    from stages.sources import recalibration_batches
-
-    model, before, _ = train("finetune", tmp_path, keep_bn_stats=True, recalibrate_bn=True)
-    after = model.state_dict()
-    stats = [n for n in after if n.endswith(("running_mean", "running_var"))]
-    assert stats and changed(before, after, stats) == stats  # not ImageNet's any more
-    fresh, preprocess = build_model("efficientnet_lite0", 2, pretrained=True)
-    cpu = torch.device("cpu")
-    recalibrate_batchnorm(fresh, recalibration_batches(tiny_data(working_preprocess(preprocess, SIZE)), cpu,
-                                                         memory_format(cpu)))
-    expected = fresh.state_dict()
-    assert all(torch.allclose(after[n], expected[n], rtol=1e-4, atol=1e-5) for n in stats)
-    model, before, _ = train("finetune", tmp_path / "off", keep_bn_stats=True, recalibrate_bn=False)
-    assert changed(before, model.state_dict(), stats) == []
-
-
 def test_cached_prefix_computes_the_same_network():
     """The cached path is the same function: rest(encoder(x)) == model(x) for head and top splits."""
     model, _ = build_model("efficientnet_lite0", 3, pretrained=True)
