@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from stages.backbones import TransferNet, build_model
-from stages.common import UserError, atomic_path
+from stages.common import UserError, atomic_path, first_line
 from stages.folding import fold_batchnorm
 
 FORMAT = "transfer-pipeline checkpoint 1"
@@ -68,11 +68,6 @@ def format_problems(contents) -> str:
     if not isinstance(contents.get("state_dict"), dict):
         wrong.append("state_dict")
     return f"missing or malformed: {', '.join(wrong)}" if wrong else ""
-
-
-def first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransferNet, dict]:

@@ -23,7 +23,7 @@ RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model
 TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
               "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb",
-              "patience", "stop_on", "class_weights", "layer_decay", "nproc"}
+              "patience", "stop_on", "class_weights", "layer_decay", "clip_grad_norm", "nproc"}
 # What one phase of a mode sets: what trains, and any `train` key that may change between phases
 # (early stopping is the row's: it counts in the last phase).
 PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on", "nproc"})
@@ -162,6 +162,7 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "gamma", low=0, low_open=True, high=1, optional=opt)
     c.number(node, key, "label_smoothing", low=0, high=1, high_open=True, optional=opt)
     c.number(node, key, "layer_decay", low=0, high=1, low_open=True, optional=True)  # null: off
+    c.number(node, key, "clip_grad_norm", low=0, low_open=True, optional=True)  # null: off
     if "image_size" in node or not partial:
         c.image_size(node, key, "image_size", " (the backbones downsample 32x)")
     c.boolean(node, key, "keep_bn_stats", optional=opt)

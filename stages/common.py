@@ -27,6 +27,12 @@ def fail(message: str) -> None:
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (200 characters), for a one-line error."""
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
 def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 

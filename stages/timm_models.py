@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.common import UserError
+from stages.common import UserError, first_line
 
 PREFIX = "timm/"
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
@@ -68,9 +68,8 @@ def create(arch: str, pretrained: bool) -> tuple[nn.Module, dict]:
         source = (f"model.safetensors (from https://huggingface.co/{getattr(cfg, 'hf_hub_id', None) or f'timm/{name}'}"
                   "/resolve/main/model.safetensors)")
         if local is not None:  # the user's file is there but does not load: say so, not "cannot download"
-            reason = (str(err).strip().splitlines() or [""])[0][:200]
             raise UserError(f"model.arch {arch}: {local} does not load as its weights ({type(err).__name__}: "
-                            f"{reason}); replace it with {source}") from None
+                            f"{first_line(err)}); replace it with {source}") from None
         target = Path(torch.hub.get_dir()) / "checkpoints" / "timm" / f"{name}.safetensors"
         raise UserError(f"model.arch {arch}: cannot get its ImageNet weights ({type(err).__name__}); offline, put "
                         f"{source} at {target}") from None

@@ -73,11 +73,14 @@ class ResumeState:
 
 
 class Stepper:
-    """One optimisation step per batch of any source on the module it trains."""
+    """One optimisation step per batch of any source on the module it trains; with `clip_grad_norm`,
+    the gradient of all its trainable parameters together is scaled down to at most that norm."""
 
-    def __init__(self, module: nn.Module, criterion, optimizer, scheduler, device, amp: bool):
+    def __init__(self, module: nn.Module, criterion, optimizer, scheduler, device, amp: bool,
+                 clip_grad_norm: float | None = None):
         self.module, self.criterion, self.optimizer, self.scheduler = module, criterion, optimizer, scheduler
-        self.device, self.amp = device, amp
+        self.device, self.amp, self.clip_grad_norm = device, amp, clip_grad_norm
+        self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def forward(self, x):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -88,6 +91,8 @@ class Stepper:
         loss = self.criterion(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.parameters, self.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
@@ -184,7 +189,7 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
         f"({trainable:,} trainable parameters, {source.description})")
     criterion = make_criterion(phase, run.data.train_labels, model.head.out_features, run.device)
     stepper = Stepper(run.strategy.wrap(source.module, phase), run.strategy.criterion(criterion), optimizer,
-                      scheduler, run.device, run.amp)
+                      scheduler, run.device, run.amp, phase.get("clip_grad_norm"))
     for epoch in range(max(first, done + 1), last + 1):
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(phase["seed"], epoch))  # dropout draws from the global stream

@@ -127,12 +127,13 @@ def make_project(path: Path, data_source: Path, modes: list[str] | None = None) 
         if params["mode"] not in modes:
             params["mode"] = modes[0]
     for row in params["modes"].values():
-        for key in ("epochs", "head_epochs"):
-            if key in row:
-                row[key] = min(row[key], 1)
-        for key in ("image_size", "batch_size", "cached_views"):  # the tiny sizes win over a row's own
-            row.pop(key, None)
-        row.get("augment", {}).pop("crop_size", None)  # crops at the tiny image size too
+        for node in [row, *row.get("phases", [])]:  # a row's phases are as tiny as the row
+            for key in ("epochs", "head_epochs"):
+                if key in node:
+                    node[key] = min(node[key], 1)
+            for key in ("image_size", "batch_size", "cached_views"):  # the tiny sizes win over a row's own
+                node.pop(key, None)
+            node.get("augment", {}).pop("crop_size", None)  # crops at the tiny image size too
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "pipeline")

@@ -50,7 +50,9 @@ def settings(arch: str, mode: str, size: int, **row) -> dict:
         for key in ("image_size", "batch_size", "cached_views"):
             other.pop(key, None)
     mode_row = params["modes"][mode]
-    mode_row.update({key: 1 for key in ("epochs", "head_epochs") if key in mode_row}, **row)
+    for node in [mode_row, *mode_row.get("phases", [])]:
+        node.update({key: 1 for key in ("epochs", "head_epochs") if key in node})
+    mode_row.update(row)
     mode_row.get("augment", {}).pop("crop_size", None)
     params_module.check(params, check_arch)
     mode_row["pretrained"] = False  # the checks want ImageNet weights for frozen modes; none offline

@@ -70,9 +70,12 @@ def test_real_params_are_valid():
     assert params_module.load(ROOT / "params.yaml") == REAL
     for mode, row in REAL["modes"].items():
         settings = params_module.mode_settings(REAL, mode)
-        assert settings["phases"][-1]["epochs"] == row.get("epochs", REAL["train"]["epochs"])
-        assert [phase["trainable"] for phase in settings["phases"]] == (["head"] if row.get("head_epochs") else []) + [
-            row["trainable"]]
+        if "phases" in row:
+            expected = [(phase["trainable"], phase["epochs"]) for phase in row["phases"]]
+        else:
+            expected = ([("head", row["head_epochs"])] if row.get("head_epochs") else []) + [
+                (row["trainable"], row.get("epochs", REAL["train"]["epochs"]))]
+        assert [(phase["trainable"], phase["epochs"]) for phase in settings["phases"]] == expected
 
 
 # (change to the real params, the key the problem names, words the problem says)
@@ -104,8 +107,8 @@ SINGLE = [
     ({"modes__frozen__lr": -1}, "modes.frozen.lr", "must be > 0"),
     ({"modes__finetune__epochs": 0}, "modes.finetune.epochs", "must be >= 1"),
     ({"modes__scratch__batch_size": 0}, "modes.scratch.batch_size", "must be >= 1"),
-    ({"modes__freeze_unfreeze__head_lr": 0}, "modes.freeze_unfreeze.head_lr", "must be > 0"),
-    ({"modes__freeze_unfreeze__head_epochs": -1}, "modes.freeze_unfreeze.head_epochs", "must be >= 0"),
+    ({"modes__finetune__head_lr": 0}, "modes.finetune.head_lr", "must be > 0"),
+    ({"modes__finetune__head_epochs": -1}, "modes.finetune.head_epochs", "must be >= 0"),
     # the split
     ({"data__val_every": 1}, "data.val_every", "must be >= 2, got 1"),
     ({"data__val_every": 0}, "data.val_every", "must be >= 2"),
@@ -210,13 +213,15 @@ def test_a_row_of_phases_resolves_to_complete_phases():
 def test_the_shorthand_is_the_same_as_its_phases():
     """head_epochs/head_lr are shorthand: the row written out as phases resolves to the same phases."""
     params = variant()
-    row = params["modes"]["freeze_unfreeze"]
+    row = {"pretrained": True, "trainable": "all", "head_epochs": 3, "head_lr": 0.01, "epochs": 6, "lr": 0.003,
+           "batch_size": 16, "keep_bn_stats": True}
+    params["modes"]["short"] = row
     params["modes"]["written_out"] = {
         **{k: v for k, v in row.items() if k not in ("trainable", "head_epochs", "head_lr", "epochs")},
         "phases": [{"trainable": "head", "epochs": row["head_epochs"], "lr": row["head_lr"]},
                    {"trainable": "all", "epochs": row["epochs"], "lr": row["lr"]}]}
     check_all(params)
-    short = params_module.mode_settings(params, "freeze_unfreeze")["phases"]
+    short = params_module.mode_settings(params, "short")["phases"]
     long = params_module.mode_settings(params, "written_out")["phases"]
     drop = lambda phases: [{k: v for k, v in p.items() if k != "mode"} for p in phases]  # noqa: E731
     assert drop(short) == drop(long)

@@ -204,7 +204,8 @@ def test_two_phase_mode_resumes_inside_its_second_phase(tmp_path):
     uninterrupted run."""
     mode = "freeze_unfreeze"
     uninterrupted = make_project(tmp_path / "uninterrupted", small_dataset(tmp_path / "data"), modes=[mode])
-    uninterrupted.set_params(modes={mode: {"head_epochs": 1, "epochs": 2}})
+    uninterrupted.set_params(modes={mode: {"phases": [{"trainable": "head", "epochs": 1, "lr": 0.1},
+                                                      {"trainable": "all", "epochs": 2, "lr": 0.003}]}})
     uninterrupted.dvc("repro", "pack")
     project = clone(uninterrupted, tmp_path / "interrupted")
     uninterrupted.dvc("repro", f"train@{mode}")

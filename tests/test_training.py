@@ -26,9 +26,14 @@ def settings_for(mode: str, **overrides) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tiny = {"epochs": 2, "batch_size": 8, "image_size": SIZE, "cached_views": 2, "workers": 0}
     params["train"].update(tiny)
-    for key in tiny:  # the tiny settings win over a row's own (the real rows train for minutes)
-        params["modes"][mode].pop(key, None)
-    params["modes"][mode].get("augment", {}).pop("crop_size", None)
+    row = params["modes"][mode]
+    for node in [row, *row.get("phases", [])]:  # the tiny settings win over a row's own (the real rows train
+        for key in tiny:                         # for minutes): its phases at most `epochs` long each
+            if key == "epochs" and node is not row and "epochs" in node:
+                node["epochs"] = min(node["epochs"], tiny["epochs"])
+            elif key != "epochs" or node is row:
+                node.pop(key, None)
+        node.get("augment", {}).pop("crop_size", None)
     for key, value in overrides.items():  # None: take the key out of the row
         params["modes"][mode].pop(key, None) if value is None else params["modes"][mode].update({key: value})
     params_module.check(params)
@@ -155,10 +160,11 @@ def test_scratch_starts_from_weights_unlike_the_pretrained_ones():
 
 def test_freeze_unfreeze_trains_the_backbone_only_after_its_head_phase(tmp_path):
     """freeze_unfreeze: the head alone first (body untouched), then everything."""
-    model, before, result = train("freeze_unfreeze", tmp_path, head_epochs=2, epochs=1)
-    assert [h["trainable"] for h in result.history] == ["head", "head", "all"]
-    head_only, head_before, _ = train("freeze_unfreeze", tmp_path / "head", head_epochs=2, epochs=1,
-                                      trainable="head")
+    model, before, result = train("freeze_unfreeze", tmp_path)
+    assert [h["trainable"] for h in result.history] == ["head", "head", "all", "all"]
+    head_phase = settings_for("freeze_unfreeze")["phases"][0]
+    head_only, head_before, _ = train("freeze_unfreeze", tmp_path / "head",
+                                      phases=[{"trainable": "head", "epochs": 2, "lr": head_phase["lr"]}])
     body = [n for n in head_before if n.startswith("body.")]
     assert changed(head_before, head_only.state_dict(), body) == []
     assert changed(before, model.state_dict(), body)  # the second phase moved the backbone
@@ -390,10 +396,11 @@ def test_a_row_of_phases_trains_each_phase_as_it_says(tmp_path):
 
 def test_the_shorthand_trains_the_same_as_its_phases(tmp_path):
     """head_epochs/head_lr and the same two phases written out give the same weights to the bit."""
-    _, _, short = train("freeze_unfreeze", tmp_path / "short", head_epochs=1, epochs=1)
-    long_model, _, long = train("freeze_unfreeze", tmp_path / "long", trainable=None, head_epochs=None, head_lr=None,
-                                epochs=None, phases=[{"trainable": "head", "epochs": 1, "lr": 0.01},
-                                                     {"trainable": "all", "epochs": 1, "lr": 0.003}])
+    _, _, short = train("freeze_unfreeze", tmp_path / "short", phases=None, trainable="all", head_epochs=1,
+                        head_lr=0.1, epochs=1, lr=0.003)
+    long_model, _, long = train("freeze_unfreeze", tmp_path / "long",
+                                phases=[{"trainable": "head", "epochs": 1, "lr": 0.1},
+                                        {"trainable": "all", "epochs": 1, "lr": 0.003}])
     assert short.history and [dict(h, seconds=0) for h in short.history] == [dict(h, seconds=0) for h in long.history]
     assert all(torch.equal(short.best_state[n], long.best_state[n]) for n in short.best_state)
 
@@ -477,7 +484,8 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_resumed_run_stops_at_
 def test_patience_counts_in_the_last_phase_only(tmp_path):
     """freeze_unfreeze, patience 1: epoch 2 of the head phase does not improve on epoch 1, yet the phase
     runs in full; the last phase's first epoch (3) is its own best, and epoch 4 ends the run."""
-    result = stalled("freeze_unfreeze", tmp_path, head_epochs=2, head_lr=1e-9, epochs=4, patience=1)
+    result = stalled("freeze_unfreeze", tmp_path, phases=None, trainable="all", head_epochs=2, head_lr=1e-9, epochs=4,
+                     patience=1)
     assert result.history[1]["val_acc"] <= result.history[0]["val_acc"]
     assert result.stopped_epoch == 4 and len(result.history) == 4
 
@@ -498,3 +506,47 @@ def test_balanced_class_weights_weigh_the_loss_as_computed_by_hand():
     plain = make_criterion({**phase, "class_weights": "none"}, labels, 2, torch.device("cpu"))
     assert plain(logits, torch.tensor(labels)).item() == pytest.approx(sum(nll) / 4, rel=1e-6)
     assert by_hand != pytest.approx(sum(nll) / 4, rel=1e-3)
+
+
+def test_clip_grad_norm_scales_each_step_down_to_that_norm():
+    """clip_grad_norm: the gradient of all trained parameters together is scaled to that norm when it
+    is larger, its direction kept; without it (null) the step is the raw gradient's."""
+    from stages.training import Stepper
+
+    def step(clip):
+        torch.manual_seed(0)
+        module = torch.nn.Linear(8, 3)
+        before = [p.detach().clone() for p in module.parameters()]
+        optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        x, y = torch.randn(4, 8) * 100, torch.tensor([0, 1, 2, 0])
+        Stepper(module, torch.nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"), False,
+                clip).train_batch(x, y)
+        return torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.parameters())])
+
+    raw, clipped = step(None), step(0.5)
+    assert raw.norm() > 5
+    assert clipped.norm().item() == pytest.approx(0.5, rel=1e-4)
+    assert torch.allclose(clipped, raw * 0.5 / raw.norm(), atol=1e-6)
+    assert torch.equal(step(1e6), raw)  # a bound above the norm changes nothing
+
+
+def test_clip_grad_norm_of_a_row_reaches_its_training_steps(tmp_path):
+    """A mode row's clip_grad_norm bounds its steps: at 1e-9 finetune's weights barely move."""
+    model, before, _ = train("finetune", tmp_path / "clipped", clip_grad_norm=1e-9, weight_decay=0.0)
+    free, free_before, _ = train("finetune", tmp_path / "free", weight_decay=0.0)
+
+    def largest_move(before, after):
+        return max((after[n] - before[n]).abs().max().item() for n, _ in model.named_parameters())
+
+    assert largest_move(before, model.state_dict()) < 1e-7
+    assert largest_move(free_before, free.state_dict()) > 1e-3
+
+
+def test_clip_grad_norm_must_be_positive_or_null():
+    from stages.checks import Checker, check_train
+
+    c = Checker()
+    check_train(c, {"clip_grad_norm": 0}, "modes.finetune", partial=True)
+    check_train(c, {"clip_grad_norm": None}, "train", partial=True)
+    assert c.problems == ["params.yaml: modes.finetune.clip_grad_norm: must be > 0, got 0"]
