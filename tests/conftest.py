@@ -107,6 +107,19 @@ def clone(template: Project, path: Path) -> Project:
     return Project(path)
 
 
+def tiny_row(row: dict, epochs: int) -> None:
+    """A mode row of params.yaml, and each of its phases, at the tests' tiny sizes (the real rows train
+    for minutes): at most `epochs` a phase, the tiny `train` sizes instead of its own, crops at the tiny
+    image size too."""
+    for node in [row, *row.get("phases", [])]:
+        for key in ("epochs", "head_epochs"):
+            if key in node:
+                node[key] = min(node[key], epochs)
+        for key in ("image_size", "batch_size", "cached_views", "workers"):
+            node.pop(key, None)
+        node.get("augment", {}).pop("crop_size", None)
+
+
 def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
     path.mkdir(parents=True, exist_ok=True)
     for name in ("stages",):
@@ -127,13 +140,7 @@ def make_project(path: Path, data_source: Path, modes: list[str] | None = None) 
         if params["mode"] not in modes:
             params["mode"] = modes[0]
     for row in params["modes"].values():
-        for node in [row, *row.get("phases", [])]:  # a row's phases are as tiny as the row
-            for key in ("epochs", "head_epochs"):
-                if key in node:
-                    node[key] = min(node[key], 1)
-            for key in ("image_size", "batch_size", "cached_views"):  # the tiny sizes win over a row's own
-                node.pop(key, None)
-            node.get("augment", {}).pop("crop_size", None)  # crops at the tiny image size too
+        tiny_row(row, epochs=1)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "pipeline")

@@ -16,7 +16,7 @@ from stages.common import UserError
 from stages.optim import make_optimizer
 from stages.train import run_training
 from stages.training import ResumeState
-from tests.conftest import ROOT, env_with_venv
+from tests.conftest import ROOT, env_with_venv, tiny_row
 from tests.test_training import block_state_names, changed, tiny_data
 
 TUTORIAL = ["resnet18", "alexnet", "vgg16", "squeezenet1_0", "densenet161", "inception_v3", "googlenet",
@@ -46,14 +46,10 @@ def settings(arch: str, mode: str, size: int, **row) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"]["arch"] = arch
     params["train"].update({"epochs": 1, "batch_size": 8, "image_size": size, "cached_views": 1, "workers": 0})
-    for other in params["modes"].values():  # the tiny sizes win over the rows' own
-        for key in ("image_size", "batch_size", "cached_views"):
-            other.pop(key, None)
+    for other in params["modes"].values():
+        tiny_row(other, epochs=1)
     mode_row = params["modes"][mode]
-    for node in [mode_row, *mode_row.get("phases", [])]:
-        node.update({key: 1 for key in ("epochs", "head_epochs") if key in node})
     mode_row.update(row)
-    mode_row.get("augment", {}).pop("crop_size", None)
     params_module.check(params, check_arch)
     mode_row["pretrained"] = False  # the checks want ImageNet weights for frozen modes; none offline
     mode_row.pop("keep_bn_stats", None)

@@ -16,7 +16,7 @@ from stages.checkpoints import load_checkpoint, save_checkpoint
 from stages.datasets import TrainData, eval_transform, resize_short_side, working_preprocess
 from stages.optim import make_scheduler
 from stages.training import ResumeState
-from tests.conftest import HYMENOPTERA_ZIP, ROOT
+from tests.conftest import HYMENOPTERA_ZIP, ROOT, tiny_row
 from tests.imagegen import make_image
 
 SIZE = 32
@@ -26,14 +26,7 @@ def settings_for(mode: str, **overrides) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tiny = {"epochs": 2, "batch_size": 8, "image_size": SIZE, "cached_views": 2, "workers": 0}
     params["train"].update(tiny)
-    row = params["modes"][mode]
-    for node in [row, *row.get("phases", [])]:  # the tiny settings win over a row's own (the real rows train
-        for key in tiny:                         # for minutes): its phases at most `epochs` long each
-            if key == "epochs" and node is not row and "epochs" in node:
-                node["epochs"] = min(node["epochs"], tiny["epochs"])
-            elif key != "epochs" or node is row:
-                node.pop(key, None)
-        node.get("augment", {}).pop("crop_size", None)
+    tiny_row(params["modes"][mode], tiny["epochs"])
     for key, value in overrides.items():  # None: take the key out of the row
         params["modes"][mode].pop(key, None) if value is None else params["modes"][mode].update({key: value})
     params_module.check(params)
