@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.paths import PARAMS_FILE, mode_metrics  # noqa: E402
+from stages.paths import PARAMS_FILE, live_tsv, mode_metrics  # noqa: E402
 
 
 class SuiteError(Exception):
@@ -151,10 +151,21 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
                 wall = run_stage(folder, dataset, "train", mode) + run_stage(folder, dataset, "evaluate", mode)
                 metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
                 runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
-                             "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch")})
+                             "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch"),
+                             "best_epoch": metrics["best_epoch"], **val_history(folder, mode)})
                 found["modes"][row] = summarize(runs)
                 saved(found)
     return found
+
+
+def val_history(folder: Path, mode: str) -> dict:
+    """{"val_loss": [...], "val_acc": [...]}: the run's per-epoch validation (dvclive/<mode>/), from which
+    another patience's stopping epoch can be read off without training again."""
+    series = {}
+    for key, metric in (("val_loss", "val/loss"), ("val_acc", "val/acc")):
+        lines = (folder / live_tsv(mode, metric)).read_text(encoding="utf-8").splitlines()[1:]
+        series[key] = [round(float(line.split("\t")[1]), 6) for line in lines]
+    return series
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

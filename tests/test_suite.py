@@ -32,6 +32,10 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
     row = found["modes"]["frozen"]
     assert [run["seed"] for run in row["runs"]] == [0] and row["std"] == 0 and row["runs"][0]["stopped_epoch"] <= 2
     assert row["mean"] == row["runs"][0]["accuracy"] and row["train_seconds"] > 0
+    # Each run's per-epoch val history: one value per epoch trained, the kept epoch the best val accuracy.
+    run = row["runs"][0]
+    assert len(run["val_loss"]) == len(run["val_acc"]) == (run["stopped_epoch"] or 2)
+    assert run["val_acc"][run["best_epoch"] - 1] == max(run["val_acc"])
     assert Path(found["project"]).parent == work and not list(ROOT.glob("suite-*"))
     # The variant ran in the same project (one pack, one probe) with its own setting on top of --set.
     assert [run["seed"] for run in found["modes"]["frozen+fewer"]["runs"]] == [0]
