@@ -152,17 +152,17 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
                 metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
                 runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
                              "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch"),
-                             "best_epoch": metrics["best_epoch"], **val_history(folder, mode)})
+                             "best_epoch": metrics["best_epoch"], **epoch_history(folder, mode)})
                 found["modes"][row] = summarize(runs)
                 saved(found)
     return found
 
 
-def val_history(folder: Path, mode: str) -> dict:
-    """{"val_loss": [...], "val_acc": [...]}: the run's per-epoch validation (dvclive/<mode>/), from which
-    another patience's stopping epoch can be read off without training again."""
+def epoch_history(folder: Path, mode: str) -> dict:
+    """{"val_loss": [...], "val_acc": [...], "epoch_seconds": [...]}: the run's epochs (dvclive/<mode>/),
+    from which another patience's stopping epoch, kept epoch and time can be read off a longer run."""
     series = {}
-    for key, metric in (("val_loss", "val/loss"), ("val_acc", "val/acc")):
+    for key, metric in (("val_loss", "val/loss"), ("val_acc", "val/acc"), ("epoch_seconds", "epoch_seconds")):
         lines = (folder / live_tsv(mode, metric)).read_text(encoding="utf-8").splitlines()[1:]
         series[key] = [round(float(line.split("\t")[1]), 6) for line in lines]
     return series

@@ -32,9 +32,9 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
     row = found["modes"]["frozen"]
     assert [run["seed"] for run in row["runs"]] == [0] and row["std"] == 0 and row["runs"][0]["stopped_epoch"] <= 2
     assert row["mean"] == row["runs"][0]["accuracy"] and row["train_seconds"] > 0
-    # Each run's per-epoch val history: one value per epoch trained, the kept epoch the best val accuracy.
+    # Each run's epochs (val loss, accuracy, seconds), one value each; the kept epoch has the best val accuracy.
     run = row["runs"][0]
-    assert len(run["val_loss"]) == len(run["val_acc"]) == (run["stopped_epoch"] or 2)
+    assert len(run["val_loss"]) == len(run["val_acc"]) == len(run["epoch_seconds"]) == (run["stopped_epoch"] or 2)
     assert run["val_acc"][run["best_epoch"] - 1] == max(run["val_acc"])
     assert Path(found["project"]).parent == work and not list(ROOT.glob("suite-*"))
     # The variant ran in the same project (one pack, one probe) with its own setting on top of --set.
@@ -77,3 +77,46 @@ def test_frozen_heads_prints_each_way_of_training_the_head_beside_the_probe(tmp_
     assert (name, split) == ("colours", "test") and all(0 <= float(n) <= 1 for n in numbers)
     assert mean.split()[1:] == numbers  # one dataset: its own numbers are the means
     assert above.split()[-3:] == [f"{int(float(n) > float(numbers[0]))}/1" for n in numbers[1:]]
+
+
+def replay_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import patience
+    return patience
+
+
+def test_patience_replay_rules_by_hand():
+    patience = replay_module()
+    loss = [1.0, 0.8, 0.9, 0.8, 0.7, 0.75, 0.76, 0.77]
+    assert patience.stop_epoch(loss, 2, "val_loss") == 4  # 0.9 and a tie (0.8) are not better
+    assert patience.stop_epoch(loss, 3, "val_loss") == 8  # the 0.7 at 5 resets it; 6, 7, 8 are stale
+    assert patience.stop_epoch(loss, None, "val_loss") == 8
+    assert patience.stop_epoch([0.5, 0.6, 0.6, 0.7], 2, "val_acc") == 4
+    # The kept epoch: the best accuracy up to the stop, a tie going to the lower loss, then the earlier epoch.
+    acc = [0.5, 0.7, 0.7, 0.6, 0.7, 0.9]
+    assert patience.kept_epoch(acc, [1.0, 0.9, 0.8, 0.7, 0.8, 0.5], 5) == 3
+    assert patience.kept_epoch(acc, [1.0, 0.8, 0.8, 0.7, 0.8, 0.5], 5) == 2
+    assert patience.kept_epoch(acc, [1.0, 0.8, 0.8, 0.7, 0.8, 0.5], 6) == 6
+
+
+def test_patience_replayed_from_a_longer_run_matches_a_run_that_stopped(tmp_path):
+    """One run without early stopping, replayed with a patience, stops and keeps where a real run with that
+    patience (same seed, same project) stopped and kept."""
+    data = tmp_path / "colours"
+    write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
+    out = tmp_path / "suite.json"
+    proc = suite(str(data), "--modes", "frozen", "--seeds", "0", "--work", str(tmp_path / "work"), "--json", str(out),
+                 "--set", *TINY, "modes.frozen.epochs=12", "modes.frozen.lr=1.0", "modes.frozen.patience=null",
+                 "--variant", "p2 modes.frozen.patience=2 modes.frozen.stop_on=val_loss")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(out.read_text())["colours"]["modes"]
+    full, stopped = found["frozen"]["runs"][0], found["frozen+p2"]["runs"][0]
+    assert len(full["val_loss"]) == 12 and stopped["stopped_epoch"] < 12  # it did stop early
+    assert full["val_loss"][:stopped["stopped_epoch"]] == stopped["val_loss"]  # the same epochs up to the stop
+    replayed = replay_module().replay(full, 2, "val_loss")
+    assert (replayed["stopped"], replayed["kept"]) == (stopped["stopped_epoch"], stopped["best_epoch"])
+    printed = subprocess.run([sys.executable, str(ROOT / "bench" / "patience.py"), str(out), "--patience", "2",
+                              "--stop-on", "val_loss"], capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    line = next(row for row in printed.stdout.splitlines() if row.split()[:4] == ["colours", "frozen", "val_loss", "2"])
+    assert line.split()[6:8] == [str(stopped["stopped_epoch"]), str(stopped["best_epoch"])]
