@@ -10,7 +10,8 @@ val and test). On them a linear head is trained per seed (init and shuffling) in
 the epoch kept by val accuracy (then val loss) as train@frozen keeps it, and scored on the split that
 reports (test where there is one, else val):
 
-- `row`: frozen's row as params.yaml has it (SGD with momentum, cosine, its lr, weight decay, epochs);
+- `row`: frozen's row as train@frozen trains it: the pipeline's own optimiser, schedule, loss, step
+  and batches, with the row's settings from params.yaml;
 - `standardised`: the same on features standardised per dimension (train views' mean and std);
 - `lbfgs`: multinomial logistic regression solved by L-BFGS on the standardised views, its L2
   strength chosen on val from a grid (deterministic: one seed is all it needs).
@@ -20,7 +21,8 @@ A few minutes on a 2-core CPU; nothing is written to the repository."""
 from __future__ import annotations
 
 import argparse
-import math
+import copy
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -36,34 +38,36 @@ from bench.suite import linear_probe, run_stage, scratch_project, working_dir  #
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def frozen_features(folder: Path) -> tuple[dict, dict]:
-    """frozen's settings, and its cached training views, val and reporting-split features."""
+def frozen_features(folder: Path):
+    """frozen's settings, model and its phase's source (stages.sources.CachedFeatures: the training views and val
+    images through the frozen body, as train@frozen computes them), and the features as tensors:
+    train views, val, and the split that reports."""
     from stages import params as params_module
-    from stages.backbones import build_model, frozen_split
+    from stages.backbones import build_model, frozen_split, set_trainable
     from stages.datasets import StoreImages, eval_batches, read_classes, read_split, store_splits, working_preprocess
     from stages.devices import bf16_inference, memory_format
-    from stages.sources import PhaseRun, cached_features
+    from stages.sources import PhaseRun, make_source
 
     with working_dir(folder):
         settings = params_module.mode_settings(params_module.load(), "frozen")
         model, preprocess = build_model(settings["arch"], len(read_classes()), pretrained=True)
+        set_trainable(model, "head")
         preprocess = working_preprocess(preprocess, settings["image_size"])
         data = store_splits(preprocess, settings["memory_budget_mb"])
-        encoder = frozen_split(model, "head")[0]
         cpu = torch.device("cpu")
         amp = bf16_inference(cpu, settings["inference_dtype"])
-        run = PhaseRun(data, settings["phases"][0], cpu, memory_format(cpu), False, amp)
-        train, val = cached_features(encoder, run, settings["cached_views"])
-        feats = {"train": (train.float(), torch.tensor(data.train_labels)),
-                 "val": (val.float(), torch.tensor(data.val_labels))}
+        source = make_source(model, PhaseRun(data, settings["phases"][0], cpu, memory_format(cpu), False, amp), 1)
+        feats = {"train": (source.train_feats.float(), source.train_labels),
+                 "val": (source.val_feats.float(), source.val_labels)}
         test = read_split("test")
         if test.paths:
+            encoder = frozen_split(model, "head")[0]
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 rows = [encoder(x).float() for x, _ in eval_batches(StoreImages("test", preprocess), test.labels,
                                                                      preprocess, 64)]
             feats["test"] = (torch.cat(rows), torch.tensor(test.labels))
         feats["report"] = feats.get("test", feats["val"])
-    return settings, feats
+    return settings, model, source, feats
 
 
 def standardised(feats: dict) -> dict:
@@ -87,30 +91,29 @@ def kept(rows: list[tuple[float, float, float]]) -> float:
     return max(rows, key=lambda r: (r[0], -r[1]))[2]
 
 
-def sgd_head(feats: dict, settings: dict, seed: int) -> float:
-    """frozen's phase on these features: the view of epoch e is e mod views, shuffled per epoch."""
-    views, labels = feats["train"]
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(views.shape[-1], int(labels.max()) + 1)
-    optimizer = torch.optim.SGD(head.parameters(), lr=settings["lr"], momentum=settings["momentum"],
-                                weight_decay=settings["weight_decay"])
-    batch, epochs = settings["batch_size"], settings["epochs"]
-    total = epochs * math.ceil(len(labels) / batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
+def sgd_head(model, source, settings: dict, feats: dict, seed: int) -> float:
+    """frozen's phase as train@frozen runs it, on `feats`: the pipeline's optimiser, schedule, loss, step
+    and batches (the source's views in turn, shuffled by seed and epoch), from the head train@frozen's
+    `seed` starts from."""
+    from stages.losses import make_criterion
+    from stages.optim import make_optimizer, make_scheduler
+    from stages.train import new_model
+    from stages.training import Stepper, train_one_epoch
+
+    phase = {**source.run.phase, "seed": seed}
+    source = copy.copy(source)
+    source.run = dataclasses.replace(source.run, phase=phase)
+    source.train_feats, source.val_feats = feats["train"][0], feats["val"][0]
+    model.head.load_state_dict(new_model({**settings, "seed": seed}, model.head.out_features)[0].head.state_dict())
+    optimizer = make_optimizer(model, phase)
+    scheduler = make_scheduler(optimizer, phase, phase["epochs"], source.steps_per_epoch)
+    criterion = make_criterion(phase, source.run.data.train_labels, model.head.out_features, source.run.device)
+    stepper = Stepper(model.head, criterion, optimizer, scheduler, source.run.device, amp=False)
     rows = []
-    for epoch in range(1, epochs + 1):
-        x = views[(epoch - 1) % len(views)]
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            loss = loss_fn(head(x[idx]), labels[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        rows.append(scores(head, feats))
+    for epoch in range(1, phase["epochs"] + 1):
+        model.head.train()
+        train_one_epoch(stepper, source.train_batches(epoch), epoch)
+        rows.append(scores(model.head, feats))
     return kept(rows)
 
 
@@ -156,12 +159,12 @@ def main() -> int:
         for module in ("download", "split", "pack"):
             run_stage(folder, dataset, module)
         probe, split = linear_probe(folder, params)
-        settings, feats = frozen_features(folder)
+        settings, model, source, feats = frozen_features(folder)
         scaled = standardised(feats)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny problems: one thread is fastest
-        found = {"row": statistics.fmean(sgd_head(feats, settings, s) for s in args.seeds),
-                 "standardised": statistics.fmean(sgd_head(scaled, settings, s) for s in args.seeds),
+        found = {"row": statistics.fmean(sgd_head(model, source, settings, feats, s) for s in args.seeds),
+                 "standardised": statistics.fmean(sgd_head(model, source, settings, scaled, s) for s in args.seeds),
                  "lbfgs": lbfgs_head(scaled)}
         torch.set_num_threads(threads)
         table.append((probe, found))
