@@ -51,6 +51,29 @@ def replay(run: dict, patience: int | None, stop_on: str) -> dict:
             "seconds": sum(run["epoch_seconds"][:stopped])}
 
 
+def read_runs(path: Path) -> list[tuple[str, str, list[dict]]]:
+    """(dataset, row, runs) of a bench/suite.py --json file; ValueError when it is not one, or when a run
+    has no per-epoch record."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        rows = [(dataset, row, summary["runs"]) for dataset, result in found.items()
+                for row, summary in result["modes"].items()]
+    except (AttributeError, KeyError, TypeError, json.JSONDecodeError):
+        raise ValueError(f"{path}: not a bench/suite.py --json file") from None
+    for dataset, row, runs in rows:
+        if any("val_loss" not in run for run in runs):
+            raise ValueError(f"{path}: {dataset} {row}: no per-epoch record (made before bench/suite.py kept one)")
+    return rows
+
+
+def parse_patience(text: str) -> int | None:
+    if text == "null":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--patience {text}: must be a whole number >= 1 or null")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite_json", type=Path, help="bench/suite.py --json output")
@@ -59,37 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-on", nargs="+", default=["val_loss", "val_acc"], choices=["val_loss", "val_acc"])
     args = parser.parse_args(argv)
     try:
-        found = json.loads(args.suite_json.read_text(encoding="utf-8"))
-        patiences = [None if p == "null" else int(p) for p in args.patience]
+        rows = read_runs(args.suite_json)
+        patiences = [parse_patience(text) for text in args.patience]
     except (OSError, ValueError) as error:
         print(f"patience: error: {error}", file=sys.stderr)
-        return 2
-    if any(p is not None and p < 1 for p in patiences):
-        print("patience: error: --patience: each must be a whole number >= 1 or null", file=sys.stderr)
         return 2
     print(f"{'dataset':24} {'row':20} {'stop_on':8} {'patience':>8} {'accuracy per seed':>24} {'mean':>7} "
           f"{'stopped':>12} {'kept':>12} {'seconds':>8}")
     means: dict[tuple, list[float]] = {}
-    for dataset, result in found.items():
-        for row, summary in result["modes"].items():
-            runs = summary["runs"]
-            if any("val_loss" not in run for run in runs):
-                print(f"patience: error: {dataset} {row}: no per-epoch record (made before bench/suite.py kept one)",
-                      file=sys.stderr)
-                return 2
-            for stop_on in args.stop_on:
-                for patience in patiences:
-                    if patience is None and stop_on != args.stop_on[0]:
-                        continue  # without early stopping, what it would watch does not matter
-                    replays = [replay(run, patience, stop_on) for run in runs]
-                    mean = statistics.fmean(r["accuracy"] for r in replays)
-                    means.setdefault((row, stop_on if patience else "-", patience), []).append(mean)
-                    per_seed = " / ".join(f"{r['accuracy']:.3f}" for r in replays)
-                    print(f"{dataset[:24]:24} {row[:20]:20} {stop_on if patience else '-':8} {str(patience):>8} "
-                          f"{per_seed:>24} {mean:7.4f} "
-                          f"{'/'.join(str(r['stopped']) for r in replays):>12} "
-                          f"{'/'.join(str(r['kept']) for r in replays):>12} "
-                          f"{statistics.fmean(r['seconds'] for r in replays):8.0f}")
+    for dataset, row, runs in rows:
+        for stop_on in args.stop_on:
+            for patience in patiences:
+                if patience is None and stop_on != args.stop_on[0]:
+                    continue  # without early stopping, what it would watch does not matter
+                replays = [replay(run, patience, stop_on) for run in runs]
+                mean = statistics.fmean(r["accuracy"] for r in replays)
+                means.setdefault((row, stop_on if patience else "-", patience), []).append(mean)
+                per_seed = " / ".join(f"{r['accuracy']:.3f}" for r in replays)
+                print(f"{dataset[:24]:24} {row[:20]:20} {stop_on if patience else '-':8} {str(patience):>8} "
+                      f"{per_seed:>24} {mean:7.4f} "
+                      f"{'/'.join(str(r['stopped']) for r in replays):>12} "
+                      f"{'/'.join(str(r['kept']) for r in replays):>12} "
+                      f"{statistics.fmean(r['seconds'] for r in replays):8.0f}")
     print(f"\n{'over the datasets':24} {'row':20} {'stop_on':8} {'patience':>8} {'mean':>7}")
     for (row, stop_on, patience), values in means.items():
         print(f"{'':24} {row[:20]:20} {stop_on:8} {str(patience):>8} {statistics.fmean(values):7.4f}")

@@ -120,3 +120,23 @@ def test_patience_replayed_from_a_longer_run_matches_a_run_that_stopped(tmp_path
     assert printed.returncode == 0, printed.stderr
     line = next(row for row in printed.stdout.splitlines() if row.split()[:4] == ["colours", "frozen", "val_loss", "2"])
     assert line.split()[6:8] == [str(stopped["stopped_epoch"]), str(stopped["best_epoch"])]
+
+
+def test_patience_bad_input_is_one_line(tmp_path):
+    def patience(*args):
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "patience.py"), *args], capture_output=True,
+                              text=True, timeout=60)
+    other, old, good = tmp_path / "other.json", tmp_path / "old.json", tmp_path / "good.json"
+    other.write_text('{"a": 1}')
+    good.write_text(json.dumps({"colours": {"modes": {"scratch": {"runs": [
+        {"val_loss": [1.0], "val_acc": [0.5], "epoch_seconds": [1.0]}]}}}}))
+    assert patience(str(good)).returncode == 0
+    old.write_text(json.dumps({"colours": {"modes": {"scratch": {"runs": [{"seed": 0, "accuracy": 0.5}]}}}}))
+    for args, message in [((str(other),), f"{other}: not a bench/suite.py --json file"),
+                          ((str(old),), f"{old}: colours scratch: no per-epoch record (made before bench/suite.py "
+                                        "kept one)"),
+                          ((str(good), "--patience", "0"), "--patience 0: must be a whole number >= 1 or null"),
+                          ((str(tmp_path / "nowhere.json"),), "No such file or directory")]:
+        proc = patience(*args)
+        assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+        assert proc.stderr.startswith("patience: error: ") and message in proc.stderr, proc.stderr
