@@ -21,20 +21,19 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages import stopping  # noqa: E402
 
 
 def stop_epoch(values: list[float], patience: int | None, stop_on: str) -> int:
-    """The epoch (1-based) a run with these per-epoch values stops at; the last one when it never does."""
-    if patience is None:
-        return len(values)
-    sign = -1.0 if stop_on == "val_loss" else 1.0
-    best, stale = None, 0
+    """The epoch (1-based) a run with these per-epoch values stops at, by stages.stopping's own rule; the
+    last one when it never does."""
+    count = SimpleNamespace(stop_best=None, stale_epochs=0, stopped_epoch=None)
     for epoch, value in enumerate(values, 1):
-        if best is None or sign * value > sign * best:
-            best, stale = value, 0
-        else:
-            stale += 1
-        if stale >= patience:
+        if stopping.update(count, {"epoch": epoch, stop_on: value}, {"patience": patience, "stop_on": stop_on}):
             return epoch
     return len(values)
 
