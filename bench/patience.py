@@ -39,8 +39,8 @@ def stop_epoch(values: list[float], patience: int | None, stop_on: str) -> int:
 
 
 def kept_epoch(val_acc: list[float], val_loss: list[float], last: int) -> int:
-    """The epoch train keeps among the first `last`: the best val accuracy, then the lowest val loss."""
-    return max(range(1, last + 1), key=lambda e: (val_acc[e - 1], -val_loss[e - 1], -e))
+    """The epoch train keeps among the first `last`, by stages.stopping's rule."""
+    return stopping.kept_epoch(val_acc[:last], val_loss[:last])
 
 
 def replay(run: dict, patience: int | None, stop_on: str) -> dict:

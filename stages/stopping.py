@@ -1,4 +1,8 @@
-"""Early stopping: end a run whose val loss (or accuracy) stopped improving.
+"""What val decides each epoch: which epoch's weights a run keeps, and whether it stops early.
+
+The kept epoch is the one with the best val accuracy, then the lowest val loss; the first of equals.
+
+Early stopping ends a run whose val loss (or accuracy) stopped improving.
 
 `patience` (a mode's row or `train`; null: off) counts the epochs of the mode's last phase since the
 best `stop_on` of that phase (val_loss: lower is better, val_acc: higher; a tie is no improvement).
@@ -9,7 +13,22 @@ uninterrupted one. Stopping only ends the run early: the kept weights are still 
 val epoch (training.record)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+
+def beats_kept(accuracy: float, loss: float, kept_accuracy: float, kept_loss: float) -> bool:
+    """True when an epoch with this val accuracy and loss replaces the one kept so far."""
+    return accuracy > kept_accuracy or (accuracy == kept_accuracy and loss < kept_loss)
+
+
+def kept_epoch(val_accuracy: Sequence[float], val_loss: Sequence[float]) -> int:
+    """The epoch (1-based) a run with these per-epoch val scores keeps."""
+    kept = 0
+    for i in range(1, len(val_accuracy)):
+        if beats_kept(val_accuracy[i], val_loss[i], val_accuracy[kept], val_loss[kept]):
+            kept = i
+    return kept + 1
 
 
 def update(result: Any, row: dict, settings: dict) -> bool:

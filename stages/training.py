@@ -29,6 +29,7 @@ from stages.losses import make_criterion
 from stages.optim import make_optimizer, make_scheduler
 from stages.sharding import shard
 from stages.sources import PhaseRun, epoch_seed, make_source
+from stages.stopping import beats_kept
 from stages.stopping import update as early_stop
 
 
@@ -214,6 +215,6 @@ def record(result: FitResult, model: nn.Module, row: dict) -> None:
     result.train_seconds += row["seconds"]
     result.history.append(row)
     acc, loss = row["val_acc"], row["val_loss"]
-    if acc > result.best_accuracy or (acc == result.best_accuracy and loss < result.best_loss):
+    if beats_kept(acc, loss, result.best_accuracy, result.best_loss):
         result.best_accuracy, result.best_loss, result.best_epoch = acc, loss, row["epoch"]
         result.best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})

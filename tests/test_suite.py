@@ -67,16 +67,46 @@ def test_frozen_heads_prints_each_way_of_training_the_head_beside_the_probe(tmp_
     """bench/frozen_heads.py: frozen's head trained three ways on the pipeline's own cached features."""
     data = tmp_path / "colours"
     write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "frozen_heads.py"), str(data), "--seeds", "0",
-                           "--work", str(tmp_path / "work"), "--set", *TINY], cwd=ROOT, env=env_with_venv(),
-                          capture_output=True, text=True, timeout=900)
+    proc = frozen_heads(str(data), "--seeds", "0", "--work", str(tmp_path / "work"), "--set", *TINY,
+                        "--grid", "lr=0.1,0.3", "epochs=2")
     assert proc.returncode == 0, proc.stderr
-    header, line, mean, above = proc.stdout.splitlines()
+    header, line, mean, above, _, grid_title, grid_header, *grid = proc.stdout.splitlines()
     assert header.split() == ["dataset", "on", "probe", "row", "standardised", "lbfgs"]
     name, split, *numbers = line.split()
     assert (name, split) == ("colours", "test") and all(0 <= float(n) <= 1 for n in numbers)
     assert mean.split()[1:] == numbers  # one dataset: its own numbers are the means
     assert above.split()[-3:] == [f"{int(float(n) > float(numbers[0]))}/1" for n in numbers[1:]]
+    # The grid: both heads at lr 0.1 and 0.3 for 2 epochs, best mean first; TINY's row (lr 0.1, 2 epochs) is
+    # the grid's row at lr 0.1, the same training, so the same score.
+    assert grid_title.startswith("grid: 4 settings") and grid_header.split()[:2] == ["setting", "colours"]
+    settings = {" ".join(g.split()[:3]): float(g.split()[3]) for g in grid}
+    assert sorted(settings) == sorted(f"{h} lr={lr} epochs=2" for h in ("row", "standardised") for lr in (0.1, 0.3))
+    assert list(settings.values()) == sorted(settings.values(), reverse=True)
+    assert settings["row lr=0.1 epochs=2"] == float(numbers[1])
+    assert settings["standardised lr=0.1 epochs=2"] == float(numbers[2])
+
+
+def frozen_heads(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "frozen_heads.py"), *args], cwd=ROOT,
+                          env=env_with_venv(), capture_output=True, text=True, timeout=900)
+
+
+def test_frozen_heads_leave_one_dataset_out_by_hand():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import frozen_heads
+    scores = {"a": {"x": 0.9, "y": 0.5, "z": 0.5}, "b": {"x": 0.1, "y": 0.6, "z": 0.6},
+              "c": {"x": 0.5, "y": 0.6, "z": 0.55}}
+    # Held out x: b has the best mean on y and z (0.6); held out y or z: a (0.7 on the other two).
+    assert frozen_heads.leave_one_out(scores, ["x", "y", "z"]) == {"x": "b", "y": "a", "z": "a"}
+    assert frozen_heads.parse_grid(["lr=0.1,0.3", "epochs=5"]) == [{"lr": 0.1, "epochs": 5}, {"lr": 0.3, "epochs": 5}]
+
+
+def test_frozen_heads_bad_grid_is_one_line(tmp_path):
+    for item, why in (("momentum=0.5", "expected KEY=V1,V2,... with KEY one of lr, weight_decay, epochs"),
+                      ("epochs=5,ten", "5,ten is not a list of ints")):
+        proc = frozen_heads(str(tmp_path), "--grid", item)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+            f"frozen_heads.py: error: --grid: {item}: {why}")
 
 
 def replay_module():
