@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.suite import linear_probe, run_stage, scratch_project, working_dir  # noqa: E402
+from bench.suite import leave_one_out, linear_probe, run_stage, scratch_project, working_dir  # noqa: E402
 from stages.stopping import kept_epoch  # noqa: E402
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -162,14 +162,6 @@ def parse_grid(items: list[str]) -> list[dict]:
         except ValueError:
             raise ValueError(f"{item}: {values} is not a list of {GRID_KEYS[key].__name__}s") from None
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-
-
-def leave_one_out(scores_by_setting: dict, datasets: list[str]) -> dict[str, tuple]:
-    """For each dataset, the setting with the best mean score over the other datasets (the first such in
-    order when several tie)."""
-    def mean_without(setting, held_out):
-        return statistics.fmean(scores_by_setting[setting][d] for d in datasets if d != held_out)
-    return {d: max(scores_by_setting, key=lambda s: mean_without(s, d)) for d in datasets}
 
 
 def setting_name(setting: tuple) -> str:

@@ -91,13 +91,22 @@ def frozen_heads(*args: str) -> subprocess.CompletedProcess:
                           env=env_with_venv(), capture_output=True, text=True, timeout=900)
 
 
-def test_frozen_heads_leave_one_dataset_out_by_hand():
+def test_leave_one_dataset_out_by_hand():
     sys.path.insert(0, str(ROOT / "bench"))
     import frozen_heads
+    import suite
     scores = {"a": {"x": 0.9, "y": 0.5, "z": 0.5}, "b": {"x": 0.1, "y": 0.6, "z": 0.6},
               "c": {"x": 0.5, "y": 0.6, "z": 0.55}}
     # Held out x: b has the best mean on y and z (0.6); held out y or z: a (0.7 on the other two).
-    assert frozen_heads.leave_one_out(scores, ["x", "y", "z"]) == {"x": "b", "y": "a", "z": "a"}
+    assert suite.leave_one_out(scores, ["x", "y", "z"]) == {"x": "b", "y": "a", "z": "a"}
+    # The suite's block: frozen's two rows on three datasets; scratch has one row, so no block of its own.
+    results = {d: {"modes": {"frozen": {"mean": scores["a"][d]}, "frozen+b": {"mean": scores["b"][d]},
+                             "scratch": {"mean": 0.5}}} for d in ("x", "y", "z")}
+    title, x, y, z, mean = suite.held_out(results).splitlines()
+    assert title.startswith("leave one dataset out, frozen:")
+    assert [line.split()[:3] for line in (x, y, z)] == [["x", "frozen+b", "0.1000"], ["y", "frozen", "0.5000"],
+                                                         ["z", "frozen", "0.5000"]]
+    assert mean.split()[:4] == ["mean", "held", "out", f"{(0.1 + 0.5 + 0.5) / 3:.4f}"] and "frozen 0.6333" in mean
     assert frozen_heads.parse_grid(["lr=0.1,0.3", "epochs=5"]) == [{"lr": 0.1, "epochs": 5}, {"lr": 0.3, "epochs": 5}]
 
 
