@@ -233,12 +233,14 @@ def leave_one_out(scores: dict, datasets: list[str]) -> dict[str, object]:
 def held_out(results: dict) -> str:
     """Per mode with variants run on every dataset: the leave-one-dataset-out choice among its rows."""
     names = list(results)
+    if len(names) < 2:
+        return ""
+    on_every_dataset = [row for row in results[names[0]]["modes"] if all(row in results[d]["modes"] for d in names)]
     lines = []
-    for mode in dict.fromkeys(row.split("+")[0] for found in results.values() for row in found["modes"]):
+    for mode in dict.fromkeys(row.split("+")[0] for row in on_every_dataset):
         rows = {row: {d: results[d]["modes"][row]["mean"] for d in names}
-                for row in results[names[0]]["modes"] if row.split("+")[0] == mode
-                and all(row in results[d]["modes"] for d in names)}
-        if len(rows) < 2 or len(names) < 2:
+                for row in on_every_dataset if row.split("+")[0] == mode}
+        if len(rows) < 2:
             continue
         chosen = leave_one_out(rows, names)
         best = max(rows, key=lambda r: statistics.fmean(rows[r].values()))
