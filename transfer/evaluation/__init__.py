@@ -1,0 +1,1 @@
+"""Scores, verdicts and comparisons of trained models."""
