@@ -69,7 +69,6 @@ def _stage_name(main: Callable[..., Any]) -> str:
 
 def run_main(main: Callable[..., Any] | None = None, *, resumes: bool = False) -> Callable[..., Any]:
     """Wrap a stage's main: user errors become one line on stderr and a non-zero exit, no traceback.
-    First, what a killed stage left half-published is finished or discarded (stages.publish).
     `@run_main(resumes=True)` for a stage whose next run continues an interrupted one (train)."""
     if main is None:
         return functools.partial(run_main, resumes=resumes)
@@ -81,9 +80,6 @@ def run_main(main: Callable[..., Any] | None = None, *, resumes: bool = False) -
             signal.signal(signal.SIGINT, signal.default_int_handler)
         name = _stage_name(main)
         try:
-            from stages import publish
-
-            publish.recover()
             return main(*args, **kwargs)
         except UserError as err:
             print(f"{name}: error: {err}", file=sys.stderr)
@@ -108,6 +104,22 @@ def run_main(main: Callable[..., Any] | None = None, *, resumes: bool = False) -
     return wrapper
 
 
+def check_no_links(path: str | os.PathLike) -> Path:
+    """`path`, relative to the project root, with no symbolic link at it or on the way to it (checked
+    without following any): a checkout of an untrusted branch may commit links, and the pipeline
+    never writes or deletes through one, which could lead outside the project. Absolute paths (a
+    user's own --output) are the user's to choose and are returned as they are."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    for depth in range(1, len(path.parts) + 1):
+        step = Path(*path.parts[:depth])
+        if step.is_symlink():
+            fail(f"{step}: a symbolic link where the pipeline writes (it could lead outside the project); "
+                 "remove it and run again")
+    return path
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -116,8 +128,10 @@ def log(message: str) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it is renamed onto `path` only if the block succeeds.
 
-    Works for files and folders, so a killed stage never leaves a half-written output."""
+    Works for files and folders, so a killed stage never leaves a half-written output. A link at
+    `path` is replaced, never followed; one on the way to it is refused (check_no_links)."""
     path = Path(path)
+    check_no_links(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name

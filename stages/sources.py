@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from stages.backbones import TransferNet, frozen_split
+from stages.common import check_no_links
 from stages.datasets import (
     Images,
     TensorImages,
@@ -168,7 +169,7 @@ class FeatureSink:
             dtype = torch.float32 if size * 4 <= self.budget else torch.bfloat16
             self.memory = torch.empty(self.rows, *row_shape, dtype=dtype)
         else:
-            RESUME_DIR.mkdir(parents=True, exist_ok=True)
+            check_no_links(RESUME_DIR).mkdir(parents=True, exist_ok=True)
             self.file, self.row_shape = tempfile.TemporaryFile(dir=RESUME_DIR), tuple(row_shape)
 
     def rows_of(self, first: int, count: int):

@@ -5,7 +5,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 
 import torch
@@ -14,7 +13,7 @@ from stages import params as params_module
 from stages import publish
 from stages.backbones import TransferNet, build_model, check_arch, check_top_blocks, count_params
 from stages.checkpoints import save_checkpoint
-from stages.common import UserError, log, out_of_memory, run_main
+from stages.common import UserError, check_no_links, log, out_of_memory, run_main
 from stages.datasets import TrainData, read_classes, store_splits, train_transform, working_preprocess
 from stages.devices import pick_device
 from stages.distributed import LAUNCHED, OneProcess, check_nproc, launch, start, stop
@@ -147,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one transfer mode (a row of params.yaml `modes`).")
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
+    check_no_links(running_live_dir(mode))  # .resume/<mode>/dvclive: written as training runs, then removed
     params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
     settings = params_module.mode_settings(params, mode)
     classes = read_classes()
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     with publish.outputs(f"train@{mode}", (model_file(mode), live_dir(mode))) as staged:
         os.replace(running_live_dir(mode), staged(live_dir(mode)))
         save_checkpoint(staged(model_file(mode)), model.cpu(), meta)
-    shutil.rmtree(resume_dir(mode), ignore_errors=True)
+    publish.remove(resume_dir(mode))
     log(f"train@{mode}: best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}, "
         f"{result.train_seconds:.1f} s, peak memory {meta['peak_memory_mib']} MiB")
 

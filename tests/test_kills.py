@@ -1,7 +1,8 @@
-"""Each stage's outputs change as one set (stages/publish.py), in a real git + DVC project: every stage
-killed with kill -9 at 5 moments drawn at random (fixed seed), and interrupted with Ctrl-C at one,
-leaves its outputs all old or all new, and the next `dvc repro` ends with the outputs of an
-uninterrupted run, `dvc status` clean and nothing left behind.
+"""Each stage's outputs are published whole (stages/publish.py), in a real git + DVC project: every
+stage killed with kill -9 at 5 moments drawn at random (fixed seed) leaves each output the old one or
+the new one, never half-written or missing; interrupted with Ctrl-C at one, it leaves them all old or
+all new; and the next `dvc repro` ends with the outputs of an uninterrupted run, `dvc status` clean
+and nothing left behind.
 
 A moment is the stage's n-th change to the project's files (a file opened for writing, a rename, a
 removal, a new folder), counted by an audit hook in the stage's own process, which kills it there:
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from stages import publish
+from stages.common import UserError
 from stages.paths import (
     COMPARE_PLOTS_DIR,
     DATA_METRICS,
@@ -222,16 +223,12 @@ def runner(tmp_path, monkeypatch):
     runner.close()
 
 
-def recovered_copy(victim: Project, monkeypatch) -> Project:
-    """A copy of the killed project after what the next stage does first (publish.recover)."""
-    copy = clone(victim, victim.path.with_name(victim.path.name + " recovered"))
-    with monkeypatch.context() as patch:
-        patch.chdir(copy.path)
-        publish.recover()
-    return copy
+def each_old_or_new(state: dict, old: dict, new: dict) -> list[str]:
+    """The outputs that are neither their old nor their new selves (half-written, or missing)."""
+    return [output for output, value in state.items() if value not in (old[output], new[output])]
 
 
-def test_each_stage_killed_at_random_moments_publishes_all_or_nothing(tmp_path, runner, monkeypatch):
+def test_each_stage_killed_at_random_moments_leaves_each_output_old_or_new(tmp_path, runner):
     project = make_project(tmp_path / "project", dataset(tmp_path / "old data", (4, 2), 0), modes=[MODE])
     project.dvc("repro")
     project.set_params(data={"url": str(dataset(tmp_path / "new data", (5, 3), 5))})
@@ -252,11 +249,7 @@ def test_each_stage_killed_at_random_moments_publishes_all_or_nothing(tmp_path, 
             victim = clone(project, tmp_path / f"{number} killed at {moment}")
             code, log = runner.run(victim, args, kill_at=moment)
             assert code == -signal.SIGKILL, f"{where}: not killed\n{log}"
-            if not (victim.path / PUBLISH_DIR / stage / publish.JOURNAL).exists():  # nothing to roll forward
-                assert outputs_state(victim.path, outputs) in (old, new), f"{where}: a mix of old and new"
-            recovered = recovered_copy(victim, monkeypatch)
-            assert outputs_state(recovered.path, outputs) in (old, new), f"{where}, recovered: a mix"
-            assert leftovers(recovered) == [], where
+            assert each_old_or_new(outputs_state(victim.path, outputs), old, new) == [], where
 
         interrupted = clone(project, tmp_path / f"{number} interrupted at {interrupt_at}")
         code, log = runner.run(interrupted, args, kill_at=interrupt_at, sig="INT")
@@ -273,32 +266,15 @@ def test_each_stage_killed_at_random_moments_publishes_all_or_nothing(tmp_path, 
     assert project.changed_stages() == {}
 
 
-@pytest.mark.parametrize("kind", ["file", "folder"])
-def test_a_publish_killed_between_two_renames_is_rolled_forward(kind, tmp_path, monkeypatch):
-    """The moment the random kills may miss: the journal written, one output swapped in, the other
-    still staged. The next stage's start finishes the swap: both new, nothing left."""
+def test_a_folder_output_is_exchanged_in_one_step(tmp_path, monkeypatch):
+    """Where a kill could fall between moving the old folder aside and the new one in, the output
+    would be missing: on Linux the two change places in one rename, and the old one is set aside."""
     monkeypatch.chdir(tmp_path)
-    first, second = Path("out/a.txt"), Path("out/b") if kind == "folder" else Path("out/b.txt")
-    for path, text in ((first, "old a"), (second, "old b")):
-        target = path / "f.txt" if kind == "folder" and path == second else path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    root = PUBLISH_DIR / "stage"
-    (root / "new" / "out").mkdir(parents=True)
-    (root / "new" / first).write_text("new a")
-    staged_second = root / "new" / second
-    if kind == "folder":
-        staged_second.mkdir()
-        (staged_second / "f.txt").write_text("new b")
-    else:
-        staged_second.write_text("new b")
-    (root / publish.JOURNAL).write_text(json.dumps({"outputs": [first.as_posix(), second.as_posix()]}))
-    (root / "old").mkdir()
-    os.replace(first, root / "old" / "0")  # killed here: a.txt moved aside, the new one not yet in place
-    publish.recover()
-    assert first.read_text() == "new a"
-    assert (second / "f.txt" if kind == "folder" else second).read_text() == "new b"
-    assert not PUBLISH_DIR.exists()
+    for name in ("out", "staged"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f.txt").write_text(name)
+    assert publish._exchange(Path("staged"), Path("out"))
+    assert (Path("out") / "f.txt").read_text() == "staged" and (Path("staged") / "f.txt").read_text() == "out"
 
 
 def test_a_stage_removes_what_older_versions_left_aside_of_its_outputs(tmp_path, monkeypatch):
@@ -321,27 +297,30 @@ HOLDER = """
 import sys
 from stages import publish
 with publish.outputs("stage", ["out.txt"]) as staged:
-    staged("out.txt").write_text("new")
+    staged("out.txt").write_text("first")
     print("staged", flush=True)
     sys.stdin.readline()
 """
 
 
-def test_another_stage_starting_leaves_a_running_publish_alone(tmp_path, monkeypatch):
-    """recover() (every stage's start) skips the staging folder of a stage that is still running: it
-    holds its lock. Once that stage ends, its outputs are in place and nothing is left."""
+def test_a_second_run_of_a_stage_leaves_a_running_publish_alone(tmp_path, monkeypatch):
+    """A second run of the same stage, while the first publishes, waits for it and then stops with one
+    line, touching nothing: the first one's outputs arrive whole, and nothing is left."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(publish, "LOCK_WAIT_SECONDS", 0.2)
     Path("out.txt").write_text("old")
     env = {**env_with_venv(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == "staged\n"
-        publish.recover()
-        assert (PUBLISH_DIR / "stage" / "new" / "out.txt").read_text() == "new"
+        with pytest.raises(UserError, match="another run of stage is publishing its outputs"), \
+                publish.outputs("stage", ["out.txt"]) as staged:
+            staged("out.txt").write_text("second")
+        assert (PUBLISH_DIR / "stage" / "new" / "out.txt").read_text() == "first"
         assert Path("out.txt").read_text() == "old"
         holder.communicate("go\n", timeout=60)
     finally:
         holder.kill()
     assert holder.returncode == 0
-    assert Path("out.txt").read_text() == "new" and not PUBLISH_DIR.exists()
+    assert Path("out.txt").read_text() == "first" and not PUBLISH_DIR.exists()
