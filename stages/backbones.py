@@ -68,7 +68,7 @@ def check_arch(c: Checker, arch: str) -> None:
     if arch not in known and not timm_models.is_timm(arch):
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        c.bad("model.arch", f"unknown backbone {arch!r} ({hint}known: {', '.join(known)})")
+        c.bad("model.arch", f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
         return
     low, only = backbone_sizes(arch)
     for key, size in c.image_sizes:
@@ -163,7 +163,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool) -> tuple[Transfer
     elif arch in known_archs():
         body, info = _torchvision(arch, pretrained)
     else:
-        raise UserError(f"model.arch: unknown backbone {arch!r} (known: {', '.join(known_archs())}, "
+        raise UserError(f"model.arch: unknown backbone {timm_models.shown(arch)} (known: {', '.join(known_archs())}, "
                         f"or timm/<any timm model>)")
     num_features = info.pop("num_features")
     return TransferNet(body, num_features, num_classes), info

@@ -5,19 +5,27 @@ torch.save and loaded with weights_only=True: a file that holds any other Python
 before any of it runs."""
 from __future__ import annotations
 
+import math
 import pickle
+import re
 from pathlib import Path
 
 import torch
 
 from stages.backbones import TransferNet, build_model
+from stages.checks import INTERPOLATIONS, MIN_IMAGE_SIZE
 from stages.common import UserError, atomic_path, first_line
 from stages.folding import fold_batchnorm
+from stages.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline checkpoint 1"
 # What inference needs besides the weights; evaluate and export also read the training record.
 REQUIRED = {"arch": str, "classes": list, "class_names": list, "preprocess": dict}
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
+CHANNELS = 3  # RGB: one mean and one std each
+# What torch's weights-only loader says of a pickle that would build or call Python objects; any other
+# complaint of it is about bytes that are no pickle (or a damaged one).
+PYTHON_OBJECTS = re.compile(r"GLOBAL \S+|unrecognized function|Can only (create|build)")
 
 
 def save_checkpoint(path: str | Path, model: TransferNet, meta: dict) -> None:
@@ -34,12 +42,11 @@ def read_checkpoint(path: str | Path) -> dict:
         contents = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = ("it holds Python objects besides tensors and plain data, which are never loaded"
-                  if "weights_only" in str(err).lower() or "weights only" in str(err).lower()
-                  else f"unreadable: {first_line(err)}")
+                  if PYTHON_OBJECTS.search(str(err)) else f"not a torch file, or a damaged one: {unpickler_said(err)}")
         raise UserError(f"{path}: not a model checkpoint of this pipeline ({reason})") from None
     except Exception as err:  # noqa: BLE001 - a truncated zip, a text file, ...: the same user-facing problem
-        raise UserError(f"{path}: not a model checkpoint of this pipeline ({type(err).__name__}: "
-                        f"{first_line(err)})") from None
+        raise UserError(f"{path}: not a model checkpoint of this pipeline (not a torch file, or a damaged one: "
+                        f"{type(err).__name__}: {cut(first_line(err))})") from None
     problems = format_problems(contents)
     if problems:
         raise UserError(f"{path}: not a model checkpoint of this pipeline ({problems})")
@@ -59,15 +66,101 @@ def check_belongs(meta: dict, path: str | Path, mode: str, classes: list[dict]) 
                         f"{shown(folders)}; re-run dvc repro train@{mode}")
 
 
+def unpickler_said(err: pickle.UnpicklingError) -> str:
+    """The weights-only unpickler's own complaint, without torch's advice around it (which suggests
+    loading the file with weights_only=False)."""
+    said = str(err).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in said.splitlines()
+             if line.strip() and not line.strip().startswith("Check the documentation")]
+    return cut(lines[0]) if lines else type(err).__name__
+
+
 def format_problems(contents) -> str:
+    """What is wrong with a loaded checkpoint, each problem naming its field; "" if nothing."""
     if not isinstance(contents, dict) or contents.get("format") != FORMAT:
         return "no pipeline checkpoint format tag; train it again with this version (dvc repro)"
     wrong = [key for key, kind in REQUIRED.items() if not isinstance(contents.get(key), kind)]
     wrong += [f"preprocess.{key}" for key in PREPROCESS_KEYS
               if isinstance(contents.get("preprocess"), dict) and key not in contents["preprocess"]]
-    if not isinstance(contents.get("state_dict"), dict):
+    state = contents.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         wrong.append("state_dict")
-    return f"missing or malformed: {', '.join(wrong)}" if wrong else ""
+    if wrong:
+        return f"missing or malformed: {', '.join(wrong)}"
+    return "; ".join(meta_problems(contents))
+
+
+def meta_problems(meta: dict) -> list[str]:
+    """What is wrong with a model file's arch, classes, class_names and preprocess (a checkpoint's, or
+    an ONNX file's metadata), each as "field: what"; checked when the file is opened, so that nothing
+    fails later on a value no pipeline writes. The count of class names is class_count_problems'."""
+    problems = []
+    if not isinstance(meta.get("arch"), str) or not meta["arch"]:
+        problems.append(f"arch: must be a backbone name, got {shown(meta.get('arch'))}")
+    problems += class_problems(meta.get("classes"), meta.get("class_names"))
+    pre = meta.get("preprocess")
+    if isinstance(pre, dict):
+        problems += preprocess_problems(pre)
+    else:
+        problems.append(f"preprocess: must be a mapping of {', '.join(PREPROCESS_KEYS)}, got {shown(pre)}")
+    return problems
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def class_problems(classes, class_names) -> list[str]:
+    """classes (the class folders, in the order of the model's outputs) and class_names (what each is
+    shown as): lists of strings."""
+    if not _strings(classes) or not classes:
+        return [f"classes: must be a list of class folder names, got {shown(classes)}"]
+    if not _strings(class_names):
+        return [f"class_names: must be a list of names, got {shown(class_names)}"]
+    return []
+
+
+def class_count_problems(meta: dict) -> list[str]:
+    """One class name per class. Checked after the weights where there are weights to check `classes`
+    against: a file whose classes do not fit its weights is told as that."""
+    if len(meta["class_names"]) != len(meta["classes"]):
+        return [f"class_names: {name_count(len(meta['class_names']))} for the {len(meta['classes'])} classes"]
+    return []
+
+
+def name_count(count: int) -> str:
+    return f"{count} name" if count == 1 else f"{count} names"
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def preprocess_problems(pre: dict) -> list[str]:
+    """The preprocessing's fields, as eval_transform and fold_batchnorm take them."""
+    missing = [key for key in PREPROCESS_KEYS if key not in pre]
+    if missing:
+        return [f"preprocess.{key}: missing" for key in missing]
+    problems = []
+    if not _whole(pre["image_size"]) or pre["image_size"] < MIN_IMAGE_SIZE:
+        problems.append(f"preprocess.image_size: must be a whole number >= {MIN_IMAGE_SIZE}, "
+                        f"got {shown(pre['image_size'])}")
+    if not _whole(pre["resize_size"]) or pre["resize_size"] < 1:
+        problems.append(f"preprocess.resize_size: must be a whole number >= 1, got {shown(pre['resize_size'])}")
+    if not _numbers(pre["mean"], CHANNELS):
+        problems.append(f"preprocess.mean: must be {CHANNELS} numbers (R, G, B), got {shown(pre['mean'])}")
+    if not _numbers(pre["std"], CHANNELS) or min(pre["std"]) <= 0:
+        problems.append(f"preprocess.std: must be {CHANNELS} numbers above 0 (R, G, B), got {shown(pre['std'])}")
+    if pre["interpolation"] not in INTERPOLATIONS:
+        problems.append(f"preprocess.interpolation: must be one of {', '.join(INTERPOLATIONS)}, "
+                        f"got {shown(pre['interpolation'])}")
+    return problems
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransferNet, dict]:
@@ -75,13 +168,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     meta = read_checkpoint(path)
     try:
         model, _ = build_model(meta["arch"], len(meta["classes"]), pretrained=False)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
+    except UserError as err:  # its words are for params.yaml's model.arch: here the field is the file's arch
+        raise UserError(f"{path}: {str(err).removeprefix('model.')}") from None
     try:
         model.load_state_dict(meta.pop("state_dict"))
     except RuntimeError as err:
         raise UserError(f"{path}: its weights do not fit {meta['arch']} with {len(meta['classes'])} classes "
                         f"({first_line(err)})") from None
+    problems = class_count_problems(meta)
+    if problems:
+        raise UserError(f"{path}: not a model checkpoint of this pipeline ({'; '.join(problems)})")
     model.to(device).eval()
     fold_batchnorm(model, meta["preprocess"]["image_size"])  # inference: every BatchNorm on running statistics
     return model, meta

@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.common import UserError
+from stages.checkpoints import CHANNELS, class_count_problems, meta_problems, name_count
+from stages.common import UserError, first_line
+from stages.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline onnx 1"
 OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
+# The metadata fields predict reads: plain strings, and JSON ones.
+TEXT_FIELDS, JSON_FIELDS = ("arch", "mode"), ("class_names", "classes", "preprocess")
 # The largest difference in any class probability between ONNX and PyTorch a published file may show.
 MAX_PROBABILITY_DIFFERENCE = 1e-4
 
@@ -84,12 +88,78 @@ class OnnxClassifier:
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for any unreadable file
-            raise UserError(f"{path}: not an ONNX model ({type(err).__name__})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if props.get("format") != FORMAT:
-            raise UserError(f"{path}: not an ONNX model of this pipeline (no {FORMAT!r} format tag)")
-        self.meta = {"arch": props["arch"], "mode": props["mode"], "class_names": json.loads(props["class_names"]),
-                     "classes": json.loads(props["classes"]), "preprocess": json.loads(props["preprocess"])}
+            raise UserError(f"{path}: {why_unloadable(path, err)}") from None
+        self.path = path
+        self.meta = read_metadata(path, self.session)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x.float().numpy()})[0])
+        probs = self.session.run([OUTPUT], {INPUT: x.float().numpy()})[0]
+        expected = (len(x), len(self.meta["class_names"]))
+        if probs.shape != expected:  # a graph whose declared output shape is not what it computes
+            raise UserError(f"{self.path}: the network gave {OUTPUT} of shape {list(probs.shape)}, not "
+                            f"{list(expected)} (images, class_names)")
+        return torch.from_numpy(probs)
+
+
+def why_unloadable(path: Path, err: Exception) -> str:
+    """Why onnxruntime refused the file, read from the file itself where it can be: weights stored
+    outside its folder (onnxruntime refuses to read them) or missing, else onnxruntime's own words."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError, onnx's own checks: no ONNX file either way
+        return f"not an ONNX model ({type(err).__name__})"
+    folder = path.resolve().parent
+    for tensor in graph.graph.initializer:
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+        if location is None:
+            continue
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            return (f"its weights are stored outside its folder (external data {shown(location)}), "
+                    "which is never read; keep them beside the model file")
+        if not target.is_file():
+            return f"its weights file is missing (external data {shown(location)}, beside the model file)"
+    return f"onnxruntime cannot load it ({type(err).__name__}: {cut(first_line(err))})"
+
+
+def read_metadata(path: Path, session) -> dict:
+    """The metadata of an ONNX file of this pipeline, every field checked (and checked against the
+    network's input and output shapes); one line naming the fields if any is wrong."""
+    props = session.get_modelmeta().custom_metadata_map
+    if props.get("format") != FORMAT:
+        raise UserError(f"{path}: not an ONNX model of this pipeline (no {FORMAT!r} format tag)")
+    meta, problems = {}, []
+    for field in TEXT_FIELDS + JSON_FIELDS:
+        if field not in props:
+            problems.append(f"{field}: missing")
+        elif field in TEXT_FIELDS:
+            meta[field] = props[field]
+        else:
+            try:
+                meta[field] = json.loads(props[field])
+            except json.JSONDecodeError as err:
+                problems.append(f"{field}: not JSON ({err})")
+    problems = problems or meta_problems(meta) or class_count_problems(meta) or graph_problems(session, meta)
+    if problems:
+        raise UserError(f"{path}: an ONNX model of this pipeline with damaged metadata ({'; '.join(problems)})")
+    return meta
+
+
+def graph_problems(session, meta: dict) -> list[str]:
+    """The network's input and output against the metadata: images of preprocess.image_size, one
+    probability per class name."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT] or [o.name for o in outputs] != [OUTPUT]:
+        return [f"graph: takes {shown([i.name for i in inputs])} and gives {shown([o.name for o in outputs])}, "
+                f"not [{INPUT!r}] and [{OUTPUT!r}]"]
+    problems = []
+    size = meta["preprocess"]["image_size"]
+    if inputs[0].shape[1:] != [CHANNELS, size, size]:
+        problems.append(f"preprocess.image_size: {size}, but the network takes {INPUT} of shape "
+                        f"{shown(inputs[0].shape)}")
+    if outputs[0].shape[1:] != [len(meta["class_names"])]:
+        problems.append(f"class_names: {name_count(len(meta['class_names']))}, but the network gives {OUTPUT} of shape "
+                        f"{shown(outputs[0].shape)}")
+    return problems

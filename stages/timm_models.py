@@ -18,6 +18,21 @@ from stages.common import UserError, first_line
 
 PREFIX = "timm/"
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
+# A value from a file or params longer than this is cut in a message: a hostile file's 100,000-character
+# name would otherwise fill the terminal.
+SHOWN_CHARS = 80
+SHOWN_TAGS = 8  # of a timm model's pretrained tags, in the message for one it lacks
+
+
+def cut(text: str) -> str:
+    """`text` for a one-line message, cut to SHOWN_CHARS with an ellipsis. (Here, not in stages.common,
+    only because this is the lowest module the model-file checks share.)"""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
+
+
+def shown(value) -> str:
+    """A value from a file or params as a message shows it: its repr, cut."""
+    return cut(repr(value))
 
 
 def is_timm(arch: str) -> bool:
@@ -25,14 +40,26 @@ def is_timm(arch: str) -> bool:
 
 
 def model_name(arch: str) -> str:
-    """The timm name of `timm/<name>`, checked to exist; one line with close names if it does not."""
+    """The timm name of `timm/<name>` or `timm/<name>.<pretrained tag>`, checked to exist with that tag;
+    one line with close names (or the model's tags) if it does not."""
     import timm
 
     name = arch[len(PREFIX):]
-    if not timm.is_model(name):
+    if not timm.is_model(name):  # it looks at the name only: a tag is checked below
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)
         hint = f"close names: {', '.join(close)}" if close else "timm.list_models() lists them"
-        raise UserError(f"model.arch: unknown timm model {name!r} ({hint})")
+        raise UserError(f"model.arch: unknown timm model {shown(name)} ({hint})")
+    architecture, tag = timm.models.split_model_name_tag(name)
+    if "." in name:
+        try:
+            known_tag = timm.models.get_pretrained_cfg(name) is not None
+        except RuntimeError:  # timm's answer to a tag the architecture has no weights under
+            known_tag = False
+        if not known_tag:
+            tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{architecture}.*")]
+            listed = ", ".join(tags[:SHOWN_TAGS]) + (", ..." if len(tags) > SHOWN_TAGS else "")
+            hint = f"its tags: {listed}" if tags else "it has no pretrained weights"
+            raise UserError(f"model.arch: timm model {architecture} has no pretrained tag {shown(tag)} ({hint})")
     return name
 
 
