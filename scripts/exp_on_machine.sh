@@ -17,14 +17,22 @@ if [ $# -lt 3 ]; then
   echo "usage: $0 <git-url> <clone-dir> <name> [dvc exp run options]" >&2
   exit 2
 fi
-url=$1 dir=$2 name=$3
+url=$1 dir=$2 name=$3 rev=${EXP_REV:-origin/HEAD}
 shift 3
+# A value that starts with '-' would reach git or dvc as an option (git clone --upload-pack=<command>
+# runs that command): `--` ends git's options before the URL and folder; a revision or experiment
+# name cannot follow a `--` there, so one that starts with '-' is refused.
+for value in "$rev" "$name"; do
+  case $value in
+    -*) echo "$0: error: '$value' starts with '-': not a revision or experiment name" >&2; exit 2 ;;
+  esac
+done
 if [ ! -d "$dir/.git" ]; then
-  git clone -q "$url" "$dir"
+  git clone -q -- "$url" "$dir"
 fi
-cd "$dir"
+cd -- "$dir"
 git fetch -q origin
-git checkout -q --detach "${EXP_REV:-origin/HEAD}"
+git checkout -q --detach "$rev" --
 dvc fetch --run-cache -q                     # the run cache's entries, and the outputs dvc.lock names
 dvc exp run --pull -n "$name" "$@"           # --pull: the outputs of stages restored from the run cache
 dvc exp push --run-cache origin "$name"      # the experiment (git ref), its outputs and the run cache

@@ -129,6 +129,15 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def link_leaving(link: Path, root: Path) -> str | None:
+    """Why download and source follow no link `link` in a dataset folder whose real path is `root`: it
+    dangles, or leads out of the folder (to /etc, the project...); None when it stays inside."""
+    real = Path(os.path.realpath(link))  # unlike Path.resolve, no error on a loop of links: it dangles
+    if not real.exists():
+        return f"dangling link to {os.readlink(link)}"
+    return None if real == root or root in real.parents else f"link to {os.readlink(link)}, outside the dataset folder"
+
+
 def archive_kind(path: Path) -> str | None:
     """"zip", "tar:" plus its compression ("tar:gz", ...; tarfile's mode) or None, judged by the content
     rather than the name."""

@@ -1,9 +1,11 @@
 """Stage `download`: bring the dataset that params data.url names into data/raw.
 
-data.url is an http(s) URL, a local archive or a local folder (copied, links followed as copies). An
+data.url is an http(s) URL, a local archive or a local folder (copied; a link inside it is followed as a
+copy only where it leads to somewhere inside that folder, never out of it, into the project or round a loop). An
 archive is checked against data.sha256 when given, then unpacked. data/raw appears only complete: a
 failed or interrupted run leaves none. What was skipped (dangling links, unreadable files, devices and FIFOs)
-is listed in data/raw/.skipped.json, which split reports in metrics/data.json."""
+(links out of the folder among them) is listed in data/raw/.skipped.json, which split reports in
+metrics/data.json."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from stages import params, publish
-from stages.archives import fetch, file_sha256, is_url, unpack
+from stages.archives import fetch, file_sha256, is_url, link_leaving, unpack
 from stages.common import disk_full, fail, log, run_main
 from stages.paths import RAW_DIR, RAW_SKIPPED
 
@@ -32,11 +34,12 @@ def check_source_folder(folder: Path, source: str) -> None:
 def copy_folder(source: Path, target: Path) -> list[dict]:
     """Copy the folder `source` to `target` (created here), a link as a copy of what it points to.
 
-    A link to a folder that holds it is not followed (it would nest copies without end); a dangling
-    link, a file that cannot be read (or vanishes while copied) and anything not a file or folder are
-    skipped; a full disk stops the copy. Returns {"path", "reason"} for each thing skipped, paths
-    relative to `source`."""
+    A link that leads outside `source`, or to a folder that holds it (it would nest copies without
+    end), is not followed; a dangling link, a file that cannot be read (or vanishes while copied) and
+    anything not a file or folder are skipped; a full disk stops the copy. Returns {"path", "reason"}
+    for each thing skipped, paths relative to `source`."""
     skipped: list[dict] = []
+    root = source.resolve()
 
     def skip(relative: str, reason: str) -> None:
         skipped.append({"path": relative, "reason": reason})
@@ -46,7 +49,10 @@ def copy_folder(source: Path, target: Path) -> list[dict]:
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             path, relative = Path(entry.path), Path(entry.path).relative_to(source).as_posix()
             try:
-                if entry.is_dir():
+                leaving = link_leaving(path, root) if entry.is_symlink() else None
+                if leaving:
+                    skip(relative, leaving)
+                elif entry.is_dir():
                     real = path.resolve()
                     if real in holders:
                         skip(relative, "link to a folder that holds it (a loop)")
@@ -54,8 +60,6 @@ def copy_folder(source: Path, target: Path) -> list[dict]:
                         copy_tree(path, dest / entry.name, holders | {real})
                 elif entry.is_file():
                     shutil.copy2(path, dest / entry.name)
-                elif entry.is_symlink() and not path.exists():
-                    skip(relative, f"dangling link to {os.readlink(path)}")
                 else:
                     skip(relative, "not a regular file or folder (a device or FIFO)")
             except OSError as err:
@@ -63,7 +67,7 @@ def copy_folder(source: Path, target: Path) -> list[dict]:
                     raise
                 skip(relative, err.strerror or str(err))
 
-    copy_tree(source, target, frozenset({source.resolve()}))
+    copy_tree(source, target, frozenset({root}))
     return skipped
 
 

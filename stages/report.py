@@ -19,10 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stages.common import UserError, atomic_path, fail, run_main, write_text
+from stages.common import atomic_path, fail, run_main, write_text
 
 WORKSPACE = "workspace"  # the name DVC gives the working tree in its diff tables
 DEFAULT_BASES = ("main", "origin/main")
+MAX_CHARS = 65_536  # what a GitHub pull-request comment holds
+LOAD_FAILURE = re.compile(  # DVC's two warnings (it exits 0) that it could not read a revision's files
+    r"failed to load (?:some )?(\w+) (?:in revision '([^']*)', (.+)|for following revisions: (.+))")
 
 
 def git(*args: str) -> str | None:
@@ -31,13 +34,26 @@ def git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def dvc(*args: str) -> str:
-    """The real DVC CLI of this interpreter (not DVC internals, which change between versions)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+def dvc(*args: str, revs: list[str]) -> str:
+    """The real DVC CLI of this interpreter (not DVC internals, which change between versions), with the
+    revisions `revs` after `--` (never read as options); fails when DVC could not read one of them."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args, "--", *revs], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit {proc.returncode}"]
         fail(f"dvc {' '.join(args)}: {lines[-1].strip()}")
+    check_read(proc.stderr, revs)
     return proc.stdout
+
+
+def check_read(stderr: str, revs: list[str]) -> None:
+    """Fail where DVC could not read one of `revs` (and the workspace beside a lone base): it diffs that as
+    absent, everything "changed". Another revision's trouble (a broken workspace beside two) is not ours."""
+    asked = set(revs) | ({WORKSPACE} if len(revs) == 1 else set())
+    for what, rev, why, listed in LOAD_FAILURE.findall(stderr):  # the warnings, with reasons, come first
+        for name in [rev] if rev else re.findall(r"'([^']*)'", listed):
+            if name in asked:
+                fail(f"{name}: DVC cannot read its {what}" + (f" ({why.strip()})" if why else "")
+                     + "; fix the revision's dvc.yaml or files")
 
 
 def check_repository() -> None:
@@ -48,7 +64,9 @@ def check_repository() -> None:
 
 
 def check_revision(rev: str) -> str:
-    if git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}") is None:
+    if rev.startswith("-"):  # git and dvc would read it as an option (--output=<file> writes a file)
+        fail(f"{rev!r}: starts with '-': not a revision")
+    if git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}") is None:
         fail(f"{rev!r}: no such git revision")
     return rev
 
@@ -65,20 +83,12 @@ def default_base() -> str:
 
 # ---------------------------------------------------------------------------------------------- params, metrics
 
-def params_section(revs: list[str]) -> tuple[int, str]:
-    """(how many params changed, the section's Markdown)."""
-    changed = json.loads(dvc("params", "diff", *revs, "--json") or "{}")
-    count = sum(len(rows) for rows in changed.values())
-    body = dvc("params", "diff", *revs, "--md").strip() if count else "No params changed."
-    return count, f"## Params\n\n{body}\n"
-
-
-def metrics_section(revs: list[str]) -> tuple[dict, str]:
-    """({path: {metric: {old, new, diff}}} of the changed metrics, the section's Markdown)."""
-    changed = json.loads(dvc("metrics", "diff", *revs, "--json") or "{}")
+def diff_section(kind: str, revs: list[str]) -> tuple[dict, str]:
+    """({path: {name: {old, new, ...}}} of the changed params or metrics (kind), the section's Markdown)."""
+    changed = json.loads(dvc(kind, "diff", "--json", revs=revs) or "{}")
     changed = {path: rows for path, rows in changed.items() if rows}
-    body = dvc("metrics", "diff", *revs, "--md").strip() if changed else "No metrics changed."
-    return changed, f"## Metrics\n\n{body}\n"
+    body = dvc(kind, "diff", "--md", revs=revs).strip() if changed else f"No {kind} changed."
+    return changed, f"## {kind.capitalize()}\n\n{body}\n"
 
 
 def accuracy_changes(metrics: dict) -> list[str]:
@@ -171,7 +181,10 @@ def draw_lines(name: str, item: dict, base: str, head: str, path: Path) -> bool:
     lines: dict[tuple, list[tuple[float, float]]] = {}
     for value in item["content"]["data"]["values"]:
         key = (value.get(series_field, "") if series_field else "", value.get("rev"))
-        lines.setdefault(key, []).append((float(value[x_field]), float(value[y_field])))
+        try:
+            lines.setdefault(key, []).append((float(value[x_field]), float(value[y_field])))
+        except (KeyError, TypeError, ValueError):  # a word in a committed CSV
+            fail(f"{name}: at {value.get('rev')}: {x_field} or {y_field} is not a number in {value}")
     colours = {series: f"C{i}" for i, series in enumerate(sorted({str(series) for series, _ in lines}))}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for (series, rev), points in sorted(lines.items(), key=lambda item: (str(item[0][0]), item[0][1] != base)):
@@ -188,6 +201,9 @@ def draw_lines(name: str, item: dict, base: str, head: str, path: Path) -> bool:
 
 def plot_markdown(name: str, items: list[dict], base: str, head: str, files: Path, link: str) -> str:
     """One changed plot: its images at both revisions side by side, a drawing of its lines, or its name."""
+    top = Path(git("rev-parse", "--show-toplevel") or ".").resolve()  # DVC reads through a workspace link
+    if head == WORKSPACE and top not in Path(os.path.realpath(top / name)).parents:
+        fail(f"{name}: a link out of the project; the report copies no file from outside it")
     images = {item["revisions"][0]: Path(item["url"]) for item in items if item["type"] == "image"}
     if images:
         cells = []
@@ -208,7 +224,7 @@ def plot_markdown(name: str, items: list[dict], base: str, head: str, files: Pat
 def plots_section(revs: list[str], base: str, head: str, files: Path, link: str) -> tuple[int, str]:
     """(how many plots changed, the section's Markdown); the changed images are written under `files`."""
     with tempfile.TemporaryDirectory(prefix="dvc-plots-") as out:
-        data = json.loads(dvc("plots", "diff", *revs, "--json", "-o", out))["data"]
+        data = json.loads(dvc("plots", "diff", "--json", "-o", out, revs=revs))["data"]
         changed = changed_plots(data, base, head)
         blocks = [plot_markdown(name, items, base, head, files, link) for name, items in changed]
     body = "\n".join(blocks) if blocks else "No plots changed.\n"
@@ -222,16 +238,35 @@ def build_report(base: str, head: str | None, files: Path) -> str:
     revs = [base] if head is None else [base, head]
     head_name = head or WORKSPACE
     link = files.name  # the folder lies beside the report: a relative link works in any checkout
-    n_params, params = params_section(revs)
-    metrics, metrics_md = metrics_section(revs)
+    params, params_md = diff_section("params", revs)
+    metrics, metrics_md = diff_section("metrics", revs)
     n_plots, plots = plots_section(revs, base, head_name, files, link)
-    summary = summary_line(base, head_name, n_params, metrics, n_plots)
-    return "\n".join([summary, "", params, metrics_md, plots])
+    summary = summary_line(base, head_name, sum(map(len, params.values())), metrics, n_plots)
+    return capped("\n".join([summary, "", params_md, metrics_md, plots]), base, head_name)
+
+
+def capped(text: str, base: str, head: str) -> str:
+    """`text` whole when a pull-request comment holds it, else cut at a line, with a line saying so."""
+    if len(text) <= MAX_CHARS:
+        return text
+    note = (f"\n\n**Cut here**: {len(text):,} characters are more than a pull-request comment holds "
+            f"({MAX_CHARS:,}); `dvc params/metrics/plots diff {base} {head}` show the rest.\n")
+    return text[:text.rfind("\n", 0, MAX_CHARS - len(note))] + note  # cut at a line
 
 
 def files_dir(output: Path) -> Path:
     """Where the report's images go: report.md -> report_files/, beside it."""
     return output.with_name(f"{output.stem}_files")
+
+
+def check_output(output: Path) -> None:
+    """Refuse a link (a checkout may commit `report_files` as one to anywhere) or a non-folder where the
+    report writes. Every folder of a relative path is the checkout's; of an absolute one, only its own."""
+    folders = [output.parent] if output.is_absolute() else [p for p in output.parents if p != Path(".")]
+    for path in (*folders, files_dir(output), output):
+        if path.is_symlink() or path.exists() and path.is_dir() == (path == output):
+            what = "a link" if path.is_symlink() else "a folder" if path == output else "not a folder"
+            fail(f"{path}: is {what}; the report writes its files, through no link, into folders (name another -o)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -250,8 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     head = check_revision(args.head) if args.head else None
     output = Path(args.output)
     files = files_dir(output)
-    if output.is_dir():
-        raise UserError(f"{output}: is a folder; name the report's Markdown file")
+    check_output(output)
     with atomic_path(files) as tmp_files:  # the images first, then the report: nothing half-written
         tmp_files.mkdir()
         text = build_report(base, head, tmp_files)

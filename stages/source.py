@@ -5,9 +5,9 @@ DVC watches only the files a stage declares, and a folder or archive that a para
 them. So this stage runs on every `dvc repro` (always_changed in dvc.yaml) and writes
 data/source.json, which `download` depends on: download runs again exactly when that file changes.
 For a local folder or archive it holds a sha256 of every file's path and bytes (a link as what it
-points to, as download copies it); touching a file changes nothing, adding, removing or editing one
-does. For an http(s) URL it holds the URL alone, so that online and offline (DATASET_MIRROR) runs
-write the same file and the same dvc.lock.
+points to, as download copies it, and no link out of the folder); touching a file changes nothing,
+adding, removing or editing one does. For an http(s) URL it holds the URL alone, so that online and
+offline (DATASET_MIRROR) runs write the same file and the same dvc.lock.
 
 Each file is hashed once: its sha256 is reused while its size, mtime and inode are those recorded in
 .source_hashes.json (scratch, ignored by git), as git and DVC reuse theirs."""
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stages import params
-from stages.archives import is_url
+from stages.archives import is_url, link_leaving
 from stages.common import log, run_main, write_json
 from stages.paths import RAW_DIR, SOURCE_HASHES, SOURCE_JSON
 
@@ -30,15 +30,20 @@ SETTLE_NS = 2 * 10**9  # a file changed this recently may change again within it
 
 
 def tree_files(folder: Path) -> Iterator[tuple[str, Path | str]]:
-    """(path relative to `folder`, the file) for each file under it, links followed but no loop, in
-    name order; (path, why) for what download would skip instead (a loop, a dangling link, a FIFO)."""
+    """(path relative to `folder`, the file) for each file under it, links followed but no loop and
+    none out of `folder`, in name order; (path, why) for what download would skip instead (a loop, a
+    dangling link or one leading outside, a FIFO): nothing outside the dataset is read."""
+    root = folder.resolve()
 
     def walk(current: Path, holders: frozenset[Path]) -> Iterator[tuple[str, Path | str]]:
         for entry in sorted(os.scandir(current), key=lambda e: e.name):
             path = Path(entry.path)
             relative = path.relative_to(folder).as_posix()
             try:
-                if entry.is_dir() and path.resolve() in holders:
+                leaving = link_leaving(path, root) if entry.is_symlink() else None
+                if leaving:
+                    yield relative, leaving
+                elif entry.is_dir() and path.resolve() in holders:
                     yield relative, "loop"
                 elif entry.is_dir():
                     yield from walk(path, holders | {path.resolve()})
@@ -47,7 +52,7 @@ def tree_files(folder: Path) -> Iterator[tuple[str, Path | str]]:
             except OSError as err:
                 yield relative, f"unreadable: {err.strerror or err}"
 
-    yield from walk(folder, frozenset({folder.resolve()}))
+    yield from walk(folder, frozenset({root}))
 
 
 class Hasher:

@@ -1,0 +1,234 @@
+"""A checkout of an untrusted branch never reaches outside the project: no user-given value reaches git
+or dvc as an option, a local dataset's links out of it are neither copied nor read, archives keep their
+members inside, and the pull-request report refuses what DVC cannot read, bad values and links where it
+writes, and stays within what a pull-request comment holds."""
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from stages import archives, download, source
+from stages.common import UserError
+from stages.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
+from stages.report import MAX_CHARS, files_dir
+from tests.conftest import ROOT, Project, env_with_venv, run_in_process
+from tests.imagegen import tree_bytes, write_class_folders
+from tests.test_report import run_report
+
+SCRIPT = ROOT / "scripts" / "exp_on_machine.sh"
+SECRET = b"outside the dataset: never copied, never read\n"
+
+
+def one_error_line(proc: subprocess.CompletedProcess, stage: str) -> str:
+    """The single `<stage>: error: ...` line a user error gives (exit 2, no traceback)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"{stage}: error: "), line
+    return line
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+def test_exp_on_machine_passes_the_url_to_git_clone_as_a_url(tmp_path):
+    """git clone --upload-pack=<command> <repo> runs the command; after `--` it is just a missing repo."""
+    origin = tmp_path / "origin"
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    subprocess.run(["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True)
+    marker, work = tmp_path / "marker", tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(["bash", str(SCRIPT), f"--upload-pack=touch {marker};", f"file://{origin}", "exp"],
+                          cwd=work, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and not marker.exists(), proc.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_exp_on_machine_refuses_a_revision_that_reads_as_an_option(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT), "file:///nowhere", str(tmp_path / "clone"), "exp"], cwd=tmp_path,
+                          env={**env_with_venv(), "EXP_REV": "--output=x"}, capture_output=True, text=True)
+    assert proc.returncode == 2 and "'--output=x' starts with '-'" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- local datasets
+
+@pytest.fixture
+def hostile_dataset(tmp_path: Path) -> tuple[Project, Path, Path]:
+    """(a project folder to run download in, a dataset with links out of it, the folder they lead to):
+    a link to an outside folder, to an outside file, and to the project itself, beside one link that
+    stays inside the dataset."""
+    project = Project(tmp_path / "work")
+    shutil.copytree(ROOT / "stages", project.path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / PARAMS_FILE, project.path / PARAMS_FILE)
+    dataset, outside = tmp_path / "insects", tmp_path / "outside"
+    write_class_folders(dataset / "train", {"ants": 2, "bees": 2})
+    write_class_folders(dataset / "val", {"ants": 2, "bees": 2}, seed=1)
+    (outside / "deeper").mkdir(parents=True)
+    (outside / "deeper" / "secret.txt").write_bytes(SECRET)
+    (dataset / "train" / "ants" / "etc").symlink_to(outside)
+    (dataset / "train" / "bees" / "secret.jpg").symlink_to(outside / "deeper" / "secret.txt")
+    (dataset / "val" / "project").symlink_to(project.path)
+    (dataset / "val" / "bees" / "alias.jpg").symlink_to("../ants/ants_000.jpg")
+    project.set_params(data={"url": str(dataset)})
+    return project, dataset, outside
+
+
+LINKS_OUT = {"train/ants/etc", "train/bees/secret.jpg", "val/project"}
+
+
+def test_download_copies_no_link_out_of_a_local_dataset_and_lists_them(hostile_dataset, monkeypatch, capsys):
+    project, dataset, outside = hostile_dataset
+    monkeypatch.chdir(project.path)
+    assert run_in_process(download.main) == 0
+    err = capsys.readouterr().err
+    copied = tree_bytes(project.path / RAW_DIR)
+    skipped = json.loads(copied.pop(RAW_SKIPPED.name))
+    assert {item["path"] for item in skipped} == LINKS_OUT, skipped
+    assert all("outside the dataset folder" in item["reason"] for item in skipped), skipped
+    assert all(f"warning: skipped {dataset}/{path}: link to " in err for path in LINKS_OUT), err
+    assert SECRET not in copied.values() and not any(path.split("/")[-1] in ("etc", "project") for path in copied)
+    assert copied["val/bees/alias.jpg"] == copied["val/ants/ants_000.jpg"]  # a link inside is still a copy
+    assert len(copied) == 9
+
+
+def test_the_source_digest_reads_nothing_out_of_the_dataset(hostile_dataset):
+    _, dataset, outside = hostile_dataset
+    listed = dict(source.tree_files(dataset))
+    assert {path for path, item in listed.items() if not isinstance(item, Path)} == LINKS_OUT, listed
+    digest = source.folder_digest(dataset, source.Hasher({}))
+    (outside / "deeper" / "secret.txt").write_bytes(b"changed " + SECRET)
+    (outside / "another.txt").write_bytes(SECRET)
+    assert source.folder_digest(dataset, source.Hasher({})) == digest and digest["files"] == 9
+
+
+@pytest.mark.parametrize("target", ["../../etc/passwd", "/etc/passwd"])
+def test_unpack_refuses_a_zip_link_leading_outside(target, tmp_path):
+    """Zip links (Info-ZIP: the mode's link bits, the target as data); tar links and `..` or absolute
+    member names are tested in tests/test_download.py."""
+    archive = tmp_path / "links.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("d/ok.txt", b"ok")
+        link = zipfile.ZipInfo("d/link")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, target)
+    with pytest.raises(UserError, match="links.zip: link 'd/link' points outside the archive"):
+        archives.unpack(archive, tmp_path / "raw", 1, "links.zip")
+    assert not (tmp_path / "raw").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+DVC_YAML = """\
+stages:
+  evaluate:
+    cmd: echo evaluate
+    params: [lr]
+    metrics:
+      - metrics/m.json:
+          cache: false
+    plots:
+      - plots/curve.csv:
+          cache: false
+          x: epoch
+          y: acc
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_revisions(tmp_path_factory) -> Project:
+    """A git + DVC repo of hand-written files, no training: tag `base`, and tags branching from it that
+    a hostile branch could hold: `broken` (dvc.yaml unreadable), `huge` (a metrics file of many keys),
+    `nan` (a word in a plotted CSV), `linked` (report_files and pr committed as links out of the repo)."""
+    project = Project(tmp_path_factory.mktemp("untrusted") / "repo")
+    project.path.mkdir()
+    project.git("init", "-q")
+    project.git("config", "user.email", "tests@example.com")
+    project.git("config", "user.name", "tests")
+    project.dvc("init", "-q")
+    files = {"dvc.yaml": DVC_YAML, "params.yaml": "lr: 0.1\n", "metrics/m.json": '{"accuracy": 0.5}\n',
+             "plots/curve.csv": "epoch,acc\n1,0.5\n2,0.6\n"}
+    commit(project, "base", files)
+    commit(project, "broken", {"dvc.yaml": "stages: [evaluate\n", "params.yaml": "lr: 0.2\n"})
+    many = {"accuracy": 0.5, **{f"metric_number_{i:05d}_with_a_long_name": i for i in range(3000)}}
+    commit(project, "huge", {"metrics/m.json": json.dumps(many)})
+    commit(project, "nan", {"plots/curve.csv": "epoch,acc\n1,0.5\n2,oops\n"})
+    project.git("checkout", "-q", "base")
+    (project.path / "report_files").symlink_to("../outside")
+    (project.path / "pr").symlink_to("../outside")
+    project.git("add", "report_files", "pr")
+    project.git("commit", "-q", "-m", "linked")
+    project.git("tag", "linked")
+    project.git("checkout", "-q", "base")
+    return project
+
+
+def commit(project: Project, tag: str, files: dict[str, str]) -> None:
+    """Commit `files` on top of `base` (the first commit: on top of nothing) and tag it `tag`."""
+    if tag != "base":
+        project.git("checkout", "-q", "base")
+    for name, text in files.items():
+        (project.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (project.path / name).write_text(text)
+    project.git("add", *files)
+    project.git("commit", "-q", "-m", tag)
+    project.git("tag", tag)
+
+
+def test_report_refuses_a_revision_that_reads_as_an_option(hostile_revisions, tmp_path):
+    marker, out = tmp_path / "marker", tmp_path / "report.md"
+    proc = run_report(hostile_revisions.path, "-o", str(out), "--", f"--output={marker}", "base")
+    assert "starts with '-'" in one_error_line(proc, "report")
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("rev, words", [("broken", "broken: DVC cannot read its params"),
+                                        ("nan", "plots/curve.csv: at nan: epoch or acc is not a number")])
+def test_report_of_a_revision_dvc_cannot_read_or_a_bad_value_is_one_line(hostile_revisions, tmp_path, rev, words):
+    """DVC warns, exits 0 and diffs an unreadable dvc.yaml as no params, metrics or plots at all."""
+    out = tmp_path / "report.md"
+    proc = run_report(hostile_revisions.path, "base", rev, "-o", str(out))
+    assert words in one_error_line(proc, "report")
+    assert not out.exists() and not files_dir(out).exists()
+
+
+def test_a_huge_report_is_cut_to_what_a_pull_request_comment_holds(hostile_revisions, tmp_path):
+    out = tmp_path / "report.md"
+    proc = run_report(hostile_revisions.path, "base", "huge", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "3000 metrics changed" in text.splitlines()[0]
+    assert MAX_CHARS - 1000 < len(text) <= MAX_CHARS
+    assert text.splitlines()[-1].startswith("**Cut here**: 2") and "more than a pull-request comment holds" in text
+
+
+@pytest.mark.parametrize("output", ["report.md", "pr/report.md"])
+def test_report_writes_through_no_committed_link(hostile_revisions, tmp_path, output):
+    """report_files/ (beside report.md) or the report's folder committed as a link out of the checkout."""
+    checkout = tmp_path / "checkout"
+    hostile_revisions.git("worktree", "add", "-q", "--detach", str(checkout), "linked")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    proc = run_report(checkout, "base", "HEAD", "-o", output)
+    assert "is a link" in one_error_line(proc, "report")
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in checkout.iterdir()) == sorted([".git", ".dvc", ".dvcignore", "dvc.yaml",
+                                                                "params.yaml", "metrics", "plots", "pr",
+                                                                "report_files"])
+
+
+def test_report_copies_no_workspace_plot_that_links_out_of_the_project(hostile_revisions, tmp_path):
+    checkout = tmp_path / "checkout"
+    hostile_revisions.git("worktree", "add", "-q", "--detach", str(checkout), "base")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("epoch,acc\n1,0.25\n")
+    (checkout / "plots" / "curve.csv").unlink()
+    (checkout / "plots" / "curve.csv").symlink_to(secret)
+    proc = run_report(checkout, "base", "-o", str(tmp_path / "report.md"))
+    assert "plots/curve.csv: a link out of the project" in one_error_line(proc, "report")
+    assert not (tmp_path / "report.md").exists()
