@@ -7,8 +7,14 @@ logs (train@<mode>) of every mode in params `modes`, and writes:
   plots/compare/confusion/          those confusion matrices normalised by actual class: all modes in
                                     all_modes.png, or <mode>.png each when the classes are many
   plots/compare/val_acc.csv, train_loss.csv   epoch, mode, value: the data of dvc.yaml's all-modes charts
-  results/summary.json, results/summary.md   the table of the modes' headline numbers (plain outputs,
-                                             not metrics: each number is a metric once, in its mode's file)
+  results/summary.json, results/summary.md   the verdict and the table of the modes' headline numbers
+                                             (plain outputs, not metrics: each number is a metric once, in
+                                             its mode's file)
+
+The verdict reads every mode's predictions on the same reporting images (plots/predictions/<mode>.csv):
+each pair of modes is tested on the images where one is right and the other wrong (exact McNemar,
+Holm-corrected), the modes no other mode beats significantly are `tied`, and the cheapest of them by
+train seconds is `recommended` (transfer.evaluation.stats.verdict). A tie is never shown as a win.
 """
 from __future__ import annotations
 
@@ -42,8 +48,10 @@ from stages.paths import (
     live_tsv,
     mode_details,
     mode_metrics,
+    predictions_csv,
 )
 from stages.plotting import ANNOTATE_MAX_CLASSES, DPI, TICK_LABELS_MAX_CLASSES, Figure
+from transfer.evaluation import stats
 
 # What the summary copies from each metrics/<mode>.json and results/details/<mode>.json; the details'
 # confusion matrix is drawn too.
@@ -107,12 +115,38 @@ def load_mode(mode: str) -> dict:
     # The train curves only add lines; a log without them still compares on val.
     train_acc, train_loss = (curve_path(mode, "train", metric) for metric in ("acc", "loss"))
     return {"metrics": metrics, "details": details, "val_acc": read_curve(curve_path(mode, "val")),
+            "predictions": read_predictions(predictions_csv(mode)),
             "train_acc": read_curve(train_acc) if train_acc.exists() else None,
             "train_loss": read_curve(train_loss) if train_loss.exists() else None}
 
 
+def read_predictions(path: Path) -> dict[str, bool]:
+    """{image path: predicted right} from evaluate's plots/predictions/<mode>.csv."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a predictions CSV ({str(err).splitlines()[0]})") from None
+    if not {"path", "actual", "predicted"} <= set(table.columns) or table["path"].duplicated().any():
+        raise UserError(f"{path}: expected columns path, actual, predicted and one row per image")
+    return dict(zip(table["path"], (table["actual"] == table["predicted"]).tolist()))
+
+
+def paired_correct(runs: dict[str, dict]) -> dict[str, list[bool]]:
+    """Each mode's right/wrong on the same images in the same order; the modes must have predicted the
+    same images (they do when they were evaluated on the same split)."""
+    first_mode = next(iter(runs))
+    first = runs[first_mode]["predictions"]
+    for mode, run in runs.items():
+        if set(run["predictions"]) != set(first):
+            raise UserError(f"{predictions_csv(mode)}: not the same images as {predictions_csv(first_mode)}; "
+                            "re-run the evaluate stages on one split (dvc repro)")
+    order = sorted(first)
+    return {mode: [run["predictions"][path] for path in order] for mode, run in runs.items()}
+
+
 def missing_inputs(modes: list[str]) -> list[Path]:
-    needed = [p for mode in modes for p in (mode_metrics(mode), mode_details(mode), curve_path(mode, "val"))]
+    needed = [p for mode in modes
+              for p in (mode_metrics(mode), mode_details(mode), curve_path(mode, "val"), predictions_csv(mode))]
     return [p for p in needed if not p.exists()]
 
 
@@ -143,11 +177,20 @@ def plot_accuracy_time(summary: dict[str, dict]) -> Figure:
     colors = [f"C{i % 10}" for i in range(len(modes))]
     fig = Figure(figsize=(max(8.0, 2.4 * len(modes)), 4.5), dpi=DPI)
     acc_ax, time_ax = fig.subplots(1, 2)
-    accuracies, split = [summary[m]["accuracy"] for m in modes], summary[modes[0]]["evaluated_on"]
-    bars = acc_ax.bar(modes, accuracies, color=colors)
-    acc_ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracies], fontsize=8)
-    acc_ax.set_ylim(0, 1.08)  # headroom for the labels above full bars
-    acc_ax.set_title(f"{split.capitalize()} accuracy (best val epoch)")
+    rows, split = [summary[m] for m in modes], summary[modes[0]]["evaluated_on"]
+    accuracies = [row["accuracy"] for row in rows]
+    lows, highs = [row["accuracy_ci"][0] for row in rows], [row["accuracy_ci"][1] for row in rows]
+    # Dots with their 95% intervals on an axis spanning the intervals: the overlaps are what to read.
+    acc_ax.errorbar(modes, accuracies, yerr=[[a - lo for a, lo in zip(accuracies, lows)],
+                                            [hi - a for a, hi in zip(accuracies, highs)]],
+                    fmt="none", ecolor="0.4", capsize=6)
+    acc_ax.scatter(modes, accuracies, color=colors, zorder=3)
+    for x, (accuracy, row) in enumerate(zip(accuracies, rows)):
+        acc_ax.annotate(f"{row['correct']}/{row['images']}", (x, accuracy), xytext=(8, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+    margin = max(0.01, 0.08 * (max(highs) - min(lows)))
+    acc_ax.set_ylim(max(0.0, min(lows) - margin), min(1.0, max(highs) + margin))
+    acc_ax.set_title(f"{split.capitalize()} accuracy with its 95% interval")
     acc_ax.set_ylabel("accuracy")
     seconds = [summary[m]["train_seconds"] for m in modes]
     bars = time_ax.bar(modes, seconds, color=colors)
@@ -243,25 +286,72 @@ def curve_table(runs: dict[str, dict], series: str, column: str) -> str:
 def summarize(runs: dict[str, dict]) -> dict:
     table = {mode: {**{key: {**run["metrics"], **run["details"]}[key] for key in SUMMARY_KEYS},
                     "evaluated_on": run["metrics"].get("evaluated_on", "val")} for mode, run in runs.items()}
-    # max() keeps the first of equals: a tie goes to the mode listed first in params.
-    best = max(table, key=lambda mode: table[mode]["accuracy"])
-    return {"modes": table, "best_mode": best}
+    found = stats.verdict(paired_correct(runs), {mode: row["train_seconds"] for mode, row in table.items()})
+    for mode, row in table.items():
+        score = found["accuracy"][mode]
+        row.update(correct=score["correct"], images=score["total"], accuracy_ci=[score["low"], score["high"]])
+    images = found["images"]
+    verdict = {key: found[key] for key in ("tied", "recommended", "worse", "pairs", "alpha")}
+    verdict["detectable_difference"] = stats.detectable_difference(images)
+    return {"modes": table, "verdict": verdict}
+
+
+def counts(summary: dict, modes: list[str]) -> str:
+    """"146/153 each", or "146/153, 140/153 and 139/153"."""
+    rows = [summary["modes"][mode] for mode in modes]
+    if len({row["correct"] for row in rows}) == 1:
+        return f"{rows[0]['correct']}/{rows[0]['images']}" + (" each" if len(rows) > 1 else "")
+    return and_list([f"{row['correct']}/{row['images']}" for row in rows])
+
+
+def and_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def verdict_sentences(summary: dict) -> str:
+    """The summary's opening: which modes the data cannot tell apart, which of them to use, which are
+    worse, and how big a difference these images could show."""
+    verdict, rows = summary["verdict"], summary["modes"]
+    tied, pick = [mode for mode in rows if mode in verdict["tied"]], verdict["recommended"]  # in params order
+    seconds = lambda mode: f"{rows[mode]['train_seconds']:.0f} s"
+    if len(tied) == 1:
+        text = f"{pick} is significantly better than every other mode ({counts(summary, tied)}); use it."
+    else:
+        closest = min(pair["p_holm"] for pair in verdict["pairs"] if pair["a"] in tied and pair["b"] in tied)
+        others = [mode for mode in tied if mode != pick]
+        text = (f"{and_list(tied)} are tied ({counts(summary, tied)}, {stats.format_p(closest)} for the "
+                f"closest pair); {pick} is the cheapest ({seconds(pick)} against "
+                f"{and_list([seconds(mode) for mode in others])}).")
+    for worse in verdict["worse"]:
+        mode = worse["mode"]
+        text += (f" {mode} is worse ({counts(summary, [mode])} against {worse['beaten_by']}'s "
+                 f"{counts(summary, [worse['beaten_by']])}, {stats.format_p(worse['p_holm'])}).")
+    images = next(iter(rows.values()))["images"]
+    text += (f" On {images} images a paired test tells apart differences of about "
+             f"{100 * verdict['detectable_difference']:.0f} points or more"
+             if verdict["detectable_difference"] < 1 else f" {images} images are too few to tell modes apart")
+    return text + " (95% intervals and p-values after Holm's correction)."
 
 
 def markdown_table(summary: dict, runs: dict[str, dict]) -> str:
     split = next(iter(summary["modes"].values()))["evaluated_on"]  # test, or val without a test set
-    lines = [f"| mode | {split} accuracy | balanced acc. | macro F1 | best epoch | train time (s) | trainable params |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    verdict = summary["verdict"]
+    lines = [verdict_sentences(summary), "",
+             f"| mode | verdict | {split} accuracy (95% interval) | right | balanced acc. | macro F1 | best epoch "
+             "| train time (s) | trainable params |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, row in summary["modes"].items():
-        name = f"**{mode}**" if mode == summary["best_mode"] else mode
-        lines.append(f"| {name} | {row['accuracy']:.1%} | {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
+        said = "recommended" if mode == verdict["recommended"] else "tied" if mode in verdict["tied"] else "worse"
+        low, high = row["accuracy_ci"]
+        lines.append(f"| {mode} | {said} | {row['accuracy']:.1%} ({low:.1%}-{high:.1%}) "
+                     f"| {row['correct']}/{row['images']} | {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
                      f"| {row['best_epoch']} | {row['train_seconds']:.0f} | {row['trainable_params']:,} |")
     first = next(iter(runs.values()))["details"]
     images = first.get(f"{split}_images")
     on = f" on {images} {split} images" if images is not None else ""
     return ("\n".join(lines) + "\n\n"
-            f"Backbone {first.get('arch', '?')} ({first['total_params']:,} parameters){on}; "
-            f"best mode in bold. Best epoch: the epoch whose weights were kept (best on val).\n")
+            f"Backbone {first.get('arch', '?')} ({first['total_params']:,} parameters){on}. "
+            "Best epoch: the epoch whose weights were kept (best on val).\n")
 
 
 @run_main
@@ -289,9 +379,7 @@ def main() -> None:
             inside(path).write_text(curve_table(runs, series, column), encoding="utf-8")
         write_text(staged(SUMMARY_MD), markdown_table(summary, runs))
         write_json(staged(SUMMARY_JSON), summary)
-    best = summary["modes"][summary["best_mode"]]
-    log(f"compare: {len(modes)} modes; best {summary['best_mode']} ({best['accuracy']:.1%} "
-        f"{best['evaluated_on']} accuracy)")
+    log(f"compare: {verdict_sentences(summary)}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from stages.common import log, run_main, save_figure, write_json
 from stages.datasets import Images, StoreImages, eval_batches, read_classes, read_split
 from stages.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
 from stages.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
+from transfer.evaluation import stats
 
 PARAMS = ("train.device", "train.inference_dtype", "modes.{mode}")  # as dvc.yaml's evaluate stage declares them
 MAX_ERRORS_SHOWN = 16
@@ -49,6 +50,8 @@ def headline_scores(probs: torch.Tensor, labels: list[int], names: list[str]) ->
     loss = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), torch.tensor(labels)).item()
     scores = {
         "accuracy": float((predicted == actual).mean()),
+        "correct": int((predicted == actual).sum()),  # a review reads "correct 146 -> 147" as one image
+        "images": len(labels),
         "balanced_accuracy": float(balanced_accuracy_score(actual, predicted)),
         "macro_f1": float(f1_score(actual, predicted, labels=indices, average="macro", zero_division=0)),
         "loss": loss,
@@ -74,6 +77,16 @@ def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> di
     }
 
 
+def intervals(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """95% intervals of the headline scores: Wilson for accuracy (a count of images), a bootstrap over
+    images for balanced accuracy and macro F1."""
+    actual, predicted = np.array(labels), probs.argmax(1).numpy()
+    macro_f1 = lambda a, p: stats.macro_f1(a, p, classes=len(names))
+    return {"accuracy_ci": list(stats.wilson_interval(int((predicted == actual).sum()), len(labels))),
+            "balanced_accuracy_ci": list(stats.bootstrap_interval(actual, predicted, stats.balanced_accuracy)),
+            "macro_f1_ci": list(stats.bootstrap_interval(actual, predicted, macro_f1))}
+
+
 def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int], split: str = "val",
                val_scores: dict | None = None) -> tuple[dict, dict]:
     """(metrics, details) of the reporting `split`: metrics/<mode>.json holds the few numbers `dvc metrics
@@ -92,7 +105,7 @@ def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int], sp
     details = {"mode": mode, "arch": meta["arch"], "evaluated_on": split, f"{split}_images": len(labels),
                "epochs": meta["epochs"],
                "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
-               **class_scores(probs, labels, names)}
+               **intervals(probs, labels, names), **class_scores(probs, labels, names)}
     return metrics, details
 
 

@@ -1,6 +1,7 @@
-"""Stage export: publish the model of the mode named by params `mode`.
+"""Stage export: publish the model of the mode named by params `mode`, or with `mode: auto` the mode
+compare recommends (results/summary.json: the cheapest of the modes no other beats significantly).
 
-Writes models/model.pt (a byte copy of models/<mode>.pt), models/model.onnx (the same network for
+Writes models/model.pt (a byte copy of models/modes/<mode>.pt), models/model.onnx (the same network for
 onnxruntime, published only if it gives the PyTorch model's probabilities on every val image of
 data/store: stages.onnx_model), results/headline.json (that mode's headline metrics from
 metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
@@ -21,6 +22,7 @@ from stages.paths import (
     EXPORTED_ONNX,
     EXPORTED_SAMPLES,
     HEADLINE_JSON,
+    SUMMARY_JSON,
     mode_details,
     mode_metrics,
     model_file,
@@ -55,16 +57,26 @@ def publish_onnx(source: Path, target: Path) -> str:
     return f"{EXPORTED_ONNX} gives the same top-1 on all {count} val images, probabilities within {largest:.1e}"
 
 
+def recommended_mode() -> str:
+    """The mode compare recommends: the cheapest of those no other mode beats significantly."""
+    summary = read_json(SUMMARY_JSON)
+    mode = summary.get("verdict", {}).get("recommended") if isinstance(summary, dict) else None
+    if not isinstance(mode, str):
+        raise UserError(f"{SUMMARY_JSON}: names no recommended mode; re-run compare (dvc repro)")
+    return mode
+
+
 @run_main
 def main() -> None:
     params = params_module.declared(params_module.load(), PARAMS)
-    mode = params["mode"]
+    mode = params["mode"] if params["mode"] != params_module.AUTO_MODE else recommended_mode()
     source = model_file(mode)
     samples = samples_png(mode)
     for path in (source, samples):
         if not path.is_file():
             raise UserError(f"{path}: missing; run train@{mode} and evaluate@{mode} first (dvc repro)")
-    headline = {"mode": mode, "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
+    headline = {"mode": mode, "chosen_by": "compare's verdict" if params["mode"] == params_module.AUTO_MODE
+                else "params", "arch": read_field(mode_details(mode), mode, ("arch",))["arch"],
                 **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
     # Which split the scores are of: test where the dataset has one (val chose the kept epoch).
     headline["evaluated_on"] = read_json(mode_metrics(mode)).get("evaluated_on", "val")

@@ -17,6 +17,7 @@ from stages.checks import TRAIN_KEYS, Checker, check_data, check_mode, check_pac
 from stages.common import UserError
 from stages.paths import PARAMS_FILE
 
+AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
 SECTIONS = {"mode", "data", "pack", "model", "train", "modes"}
 
 
@@ -52,8 +53,10 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
         modes = {}
     for name, row in modes.items():
         check_mode(c, name, row, train)
-    if not isinstance(top.get("mode"), str) or top["mode"] not in modes:  # [frozen] is no dict key
-        c.bad("mode", f"unknown mode {top.get('mode')!r} (known: {', '.join(map(str, modes))})")
+    if not isinstance(top.get("mode"), str) or top["mode"] not in (*modes, AUTO_MODE):  # [frozen] is no dict key
+        c.bad("mode", f"unknown mode {top.get('mode')!r} (known: {AUTO_MODE}, {', '.join(map(str, modes))})")
+    if AUTO_MODE in modes:
+        c.bad(f"modes.{AUTO_MODE}", f"'{AUTO_MODE}' is the name of `mode: {AUTO_MODE}`, not a mode's; rename the row")
     if not isinstance(model.get("arch"), str):
         c.bad("model.arch", f"must be a backbone name, got {model.get('arch')!r}")
     elif arch_check is not None:

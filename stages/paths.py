@@ -59,8 +59,11 @@ def split_csv(name: str) -> Path:
     return SPLIT_DIR / f"{name}.csv"
 
 
+MODE_MODELS_DIR = MODELS_DIR / "modes"  # a folder of its own: export depends on it, and writes into models/
+
+
 def model_file(mode: str) -> Path:
-    return MODELS_DIR / f"{mode}.pt"
+    return MODE_MODELS_DIR / f"{mode}.pt"
 
 
 def mode_metrics(mode: str) -> Path:

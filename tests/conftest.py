@@ -122,7 +122,7 @@ def tiny_row(row: dict, epochs: int) -> None:
 
 def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("stages",):
+    for name in ("stages", "transfer"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy2(ROOT / name, path / name)
