@@ -2,7 +2,7 @@
 
     python bench/backbones.py efficientnet_lite0 resnet18 timm/mobilenetv3_large_100 timm/convnext_atto
 
-Each backbone is built as the pipeline builds it (stages.backbones.build_model, 2 classes) at random
+Each backbone is built as the pipeline builds it (transfer.models.backbones.build_model, 2 classes) at random
 init, so that it runs offline (the time of a network does not depend on its weights), at its own
 input size unless --image-size is given. Inference: eval mode, BatchNorm folded as evaluate and
 predict run it. Train step: forward, backward and an SGD step of the whole network. Each figure is
@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import stages.devices  # noqa: E402,F401  - its allocator settings, as in a train stage
-from stages.backbones import build_model, count_params  # noqa: E402
-from stages.folding import fold_batchnorm  # noqa: E402
+import transfer.core.devices  # noqa: E402,F401  - its allocator settings, as in a train stage
+from transfer.models.backbones import build_model, count_params  # noqa: E402
+from transfer.models.folding import fold_batchnorm  # noqa: E402
 
 BATCH = 16
 

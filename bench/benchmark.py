@@ -34,9 +34,9 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
     import torch
     from torch import nn
 
-    from stages import params as params_module
-    from stages.backbones import build_model
-    from stages.datasets import read_classes
+    from transfer.core import params as params_module
+    from transfer.data.loaders import read_classes
+    from transfer.models.backbones import build_model
 
     params = params_module.load()
     pretrained = params["modes"][mode]["pretrained"]
@@ -74,9 +74,9 @@ def tutorial_loaders(pre: dict) -> dict:
     import torch
     from torchvision import transforms
 
-    from stages.datasets import read_split
-    from stages.images import open_rgb
-    from stages.paths import RAW_DIR
+    from transfer.core.paths import RAW_DIR
+    from transfer.data.decode import open_rgb
+    from transfer.data.loaders import read_split
 
     norm = transforms.Normalize(pre["mean"], pre["std"])
     tf = {"train": transforms.Compose([transforms.RandomResizedCrop(pre["image_size"]),
@@ -125,11 +125,11 @@ def pipeline(mode: str, epochs: int) -> dict:
     """The train stage's work for one mode (decode once, cached features, ...), epochs overridden."""
     import tempfile
 
-    from stages import params as params_module
-    from stages.datasets import read_classes, store_splits
-    from stages.devices import bf16_inference, pick_device, uses_bf16
-    from stages.train import run_training
-    from stages.training import ResumeState
+    from transfer.core import params as params_module
+    from transfer.core.devices import bf16_inference, pick_device, uses_bf16
+    from transfer.data.loaders import read_classes, store_splits
+    from transfer.training.loop import ResumeState
+    from transfer.training.runs import run_training
 
     params = params_module.load()
     settings = params_module.mode_settings(params, mode)

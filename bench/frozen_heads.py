@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.suite import leave_one_out, linear_probe, run_stage, scratch_project, working_dir  # noqa: E402
-from stages.stopping import kept_epoch  # noqa: E402
+from transfer.training.stopping import kept_epoch  # noqa: E402
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 GRID_KEYS = {"lr": float, "weight_decay": float, "epochs": int}
@@ -49,14 +49,21 @@ GRID_HEADS = ("row", "standardised")
 
 
 def frozen_features(folder: Path):
-    """frozen's settings, model and its phase's source (stages.sources.CachedFeatures: the training views and val
-    images through the frozen body, as train@frozen computes them), and the features as tensors:
+    """frozen's settings, model and its phase's source (transfer.training.sources.CachedFeatures: the
+    training views and val images through the frozen body, as train@frozen computes them), and the features as tensors:
     train views, val, and the split that reports."""
-    from stages import params as params_module
-    from stages.backbones import build_model, frozen_split, set_trainable
-    from stages.datasets import StoreImages, eval_batches, read_classes, read_split, store_splits, working_preprocess
-    from stages.devices import bf16_inference, memory_format
-    from stages.sources import PhaseRun, make_source
+    from transfer.core import params as params_module
+    from transfer.core.devices import bf16_inference, memory_format
+    from transfer.data.loaders import (
+        StoreImages,
+        eval_batches,
+        read_classes,
+        read_split,
+        store_splits,
+        working_preprocess,
+    )
+    from transfer.models.backbones import build_model, frozen_split, set_trainable
+    from transfer.training.sources import PhaseRun, make_source
 
     with working_dir(folder):
         settings = params_module.mode_settings(params_module.load(), "frozen")
@@ -97,7 +104,7 @@ def scores(head: torch.nn.Module, feats: dict) -> tuple[float, float, float]:
 
 
 def kept(rows: list[tuple[float, float, float]]) -> float:
-    """The reporting accuracy of the row train@frozen keeps, by stages.stopping's rule."""
+    """The reporting accuracy of the row train@frozen keeps, by transfer.training.stopping's rule."""
     return rows[kept_epoch([r[0] for r in rows], [r[1] for r in rows]) - 1][2]
 
 
@@ -105,10 +112,10 @@ def sgd_head(model, source, settings: dict, feats: dict, seed: int, changes: dic
     """frozen's phase as train@frozen runs it, on `feats`: the pipeline's optimiser, schedule, loss, step
     and batches (the source's views in turn, shuffled by seed and epoch), from the head train@frozen's
     `seed` starts from; `changes` replace settings of the phase."""
-    from stages.losses import make_criterion
-    from stages.optim import make_optimizer, make_scheduler
-    from stages.train import new_model
-    from stages.training import Stepper, train_one_epoch
+    from transfer.training.loop import Stepper, train_one_epoch
+    from transfer.training.losses import make_criterion
+    from transfer.training.optim import make_optimizer, make_scheduler
+    from transfer.training.runs import new_model
 
     phase = {**source.run.phase, "seed": seed, **(changes or {})}
     source = copy.copy(source)

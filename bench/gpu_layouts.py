@@ -8,7 +8,7 @@ Run by hand on a CUDA machine from the project root (no data needed: random imag
 Each configuration runs in a fresh process, because what it measures first is a per-process cost:
 the first training step, in which cuDNN picks and sets up its kernels for that layout and precision.
 Then the steady step (mean of 20 after 4), and a forward pass of 128 images without gradients (the
-pipeline's validation batch), first and steady. stages.devices.memory_format follows these numbers."""
+pipeline's validation batch), first and steady. transfer.core.devices.memory_format follows these numbers."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,7 @@ CONFIGS = [("fp32", "NCHW"), ("fp32", "CL"), ("bf16", "NCHW"), ("bf16", "CL")]
 def measure(precision: str, layout: str, batch: int) -> dict:
     import torch
 
-    from stages.backbones import build_model, set_trainable, train_mode
+    from transfer.models.backbones import build_model, set_trainable, train_mode
 
     fmt = torch.channels_last if layout == "CL" else torch.contiguous_format
     amp = precision == "bf16"

@@ -22,13 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import params as params_module  # noqa: E402
-from stages.backbones import build_model  # noqa: E402
-from stages.datasets import read_classes, store_splits  # noqa: E402
-from stages.devices import cpu_has_bf16  # noqa: E402
-from stages.folding import fold_batchnorm  # noqa: E402
-from stages.train import run_training  # noqa: E402
-from stages.training import ResumeState  # noqa: E402
+from transfer.core import params as params_module  # noqa: E402
+from transfer.core.devices import cpu_has_bf16  # noqa: E402
+from transfer.data.loaders import read_classes, store_splits  # noqa: E402
+from transfer.models.backbones import build_model  # noqa: E402
+from transfer.models.folding import fold_batchnorm  # noqa: E402
+from transfer.training.loop import ResumeState  # noqa: E402
+from transfer.training.runs import run_training  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 

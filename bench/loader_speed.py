@@ -29,11 +29,18 @@ def main() -> None:
 
     import torch
 
-    from stages import params as params_module
-    from stages.backbones import build_model
-    from stages.datasets import TensorImages, decode_all, read_classes, read_split, train_transform, working_preprocess
-    from stages.paths import PARAMS_FILE
-    from stages.sources import EpochSampler
+    from transfer.core import params as params_module
+    from transfer.core.paths import PARAMS_FILE
+    from transfer.data.loaders import (
+        TensorImages,
+        decode_all,
+        read_classes,
+        read_split,
+        train_transform,
+        working_preprocess,
+    )
+    from transfer.models.backbones import build_model
+    from transfer.training.sources import EpochSampler
 
     settings = params_module.mode_settings(params_module.load(ROOT / PARAMS_FILE), args.mode)
     _, pre = build_model(settings["arch"], len(read_classes()), False)

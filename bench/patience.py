@@ -6,7 +6,7 @@
 bench/suite.py records each run's epochs (val loss, val accuracy, seconds). A run that stops early
 trains the same epochs as a longer one up to the epoch it stops at (every epoch is seeded from the
 seed and the epoch; the schedule is the row's), so one run without early stopping holds the answer
-for every patience: the epoch it would stop at (stages.stopping's rule: `patience` epochs without a
+for every patience: the epoch it would stop at (transfer.training.stopping's rule: `patience` epochs without a
 strictly better `stop_on`), the epoch it would keep (train's rule: the best val accuracy, then the
 lowest val loss, up to there) and the seconds spent until then. It prints, per dataset, row and
 setting, the kept epoch's val accuracy (as training measured it, in float32: evaluate's bfloat16
@@ -25,11 +25,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import stopping  # noqa: E402
+from transfer.training import stopping  # noqa: E402
 
 
 def stop_epoch(values: list[float], patience: int | None, stop_on: str) -> int:
-    """The epoch (1-based) a run with these per-epoch values stops at, by stages.stopping's own rule; the
+    """The epoch (1-based) a run with these per-epoch values stops at, by transfer.training.stopping's own rule; the
     last one when it never does."""
     count = SimpleNamespace(stop_best=None, stale_epochs=0, stopped_epoch=None)
     for epoch, value in enumerate(values, 1):
@@ -39,7 +39,7 @@ def stop_epoch(values: list[float], patience: int | None, stop_on: str) -> int:
 
 
 def kept_epoch(val_acc: list[float], val_loss: list[float], last: int) -> int:
-    """The epoch train keeps among the first `last`, by stages.stopping's rule."""
+    """The epoch train keeps among the first `last`, by transfer.training.stopping's rule."""
     return stopping.kept_epoch(val_acc[:last], val_loss[:last])
 
 

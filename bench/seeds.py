@@ -23,11 +23,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import params as params_module  # noqa: E402
-from stages.datasets import read_classes, store_splits  # noqa: E402
-from stages.paths import PARAMS_FILE  # noqa: E402
-from stages.train import run_training  # noqa: E402
-from stages.training import ResumeState  # noqa: E402
+from transfer.core import params as params_module  # noqa: E402
+from transfer.core.paths import PARAMS_FILE  # noqa: E402
+from transfer.data.loaders import read_classes, store_splits  # noqa: E402
+from transfer.training.loop import ResumeState  # noqa: E402
+from transfer.training.runs import run_training  # noqa: E402
 
 
 def main() -> None:

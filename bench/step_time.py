@@ -7,7 +7,7 @@ Run by hand from the project root (a minute on a 2-core CPU; nothing else should
 
 Each row adds one thing to the row above, on the same random batch and a pretrained
 EfficientNet-Lite0 with BatchNorm on its ImageNet statistics (finetune's keep_bn_stats): the default
-memory layout, channels-last, BatchNorm folded into the convolutions (stages.folding.fold_batchnorm),
+memory layout, channels-last, BatchNorm folded into the convolutions (transfer.models.folding.fold_batchnorm),
 then 160 px training crops (finetune's augment.crop_size) instead of 224 px. Then the same for
 inference (validation), which runs at 224 px."""
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import stages.devices  # noqa: E402,F401  - its allocator settings, as in a train stage
-from stages.backbones import build_model, train_mode  # noqa: E402
-from stages.folding import fold_batchnorm  # noqa: E402
+import transfer.core.devices  # noqa: E402,F401  - its allocator settings, as in a train stage
+from transfer.models.backbones import build_model, train_mode  # noqa: E402
+from transfer.models.folding import fold_batchnorm  # noqa: E402
 
 
 def per_image_ms(step, batch: int, steps: int) -> float:

@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.paths import PARAMS_FILE, live_tsv, mode_metrics  # noqa: E402
+from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics  # noqa: E402
 
 
 class SuiteError(Exception):
@@ -109,8 +109,8 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from stages.backbones import build_model, frozen_split
-    from stages.datasets import StoreImages, eval_batches, read_split, working_preprocess
+    from transfer.data.loaders import StoreImages, eval_batches, read_split, working_preprocess
+    from transfer.models.backbones import build_model, frozen_split
 
     model, preprocess = build_model(params["model"]["arch"], 2, pretrained=True)
     preprocess = working_preprocess(preprocess, params["train"]["image_size"])

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import params as params_module  # noqa: E402
-from stages.backbones import build_model, frozen_split  # noqa: E402
-from stages.datasets import read_classes, store_splits  # noqa: E402
-from stages.devices import memory_format  # noqa: E402
-from stages.sources import PhaseRun, cached_features  # noqa: E402
+from transfer.core import params as params_module  # noqa: E402
+from transfer.core.devices import memory_format  # noqa: E402
+from transfer.data.loaders import read_classes, store_splits  # noqa: E402
+from transfer.models.backbones import build_model, frozen_split  # noqa: E402
+from transfer.training.sources import PhaseRun, cached_features  # noqa: E402
 
 GRID = {"views": [2, 4, 8], "epochs": [10, 25, 50], "lr": [0.003, 0.01, 0.03, 0.1], "optimizer": ["sgd", "adamw"],
         "label_smoothing": [0.0, 0.1], "weight_decay": [1e-4, 1e-2]}

@@ -4,7 +4,7 @@ import signal
 import sys
 
 # `python -m stages.<name>` imports this package first, then seconds of torch & co. before the stage's
-# own handling (stages.common.run_main) is in place: Ctrl-C or SIGTERM then is one line, not a traceback.
+# own handling (transfer.core.stage.run_main) is in place: Ctrl-C or SIGTERM then is one line, not a traceback.
 if sys.argv[:1] == ["-m"]:
     def _interrupted_while_starting(signum, frame):
         argv = getattr(sys, "orig_argv", [])

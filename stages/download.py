@@ -13,10 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
-from stages import params, publish
-from stages.archives import fetch, file_sha256, is_url, link_leaving, unpack
-from stages.common import disk_full, fail, log, run_main
-from stages.paths import RAW_DIR, RAW_SKIPPED
+from transfer.core import params, publish
+from transfer.core.errors import disk_full, fail
+from transfer.core.paths import RAW_DIR, RAW_SKIPPED
+from transfer.core.stage import log, run_main
+from transfer.data.archives import fetch, file_sha256, is_url, link_leaving, unpack
 
 PARAMS = ("data.url", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
 

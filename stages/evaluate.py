@@ -16,14 +16,15 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 from torchvision.transforms.v2.functional import to_pil_image
 
-from stages import params as params_module
-from stages import publish
-from stages.checkpoints import check_belongs, load_checkpoint
-from stages.common import log, run_main, save_figure, write_json
-from stages.datasets import Images, StoreImages, eval_batches, read_classes, read_split
-from stages.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
-from stages.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
+from transfer.core import params as params_module
+from transfer.core import publish
+from transfer.core.devices import bf16_inference, inference_batch, memory_format, pick_device, to_device
+from transfer.core.files import save_figure, write_json
+from transfer.core.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
+from transfer.core.stage import log, run_main
+from transfer.data.loaders import Images, StoreImages, eval_batches, read_classes, read_split
 from transfer.evaluation import stats
+from transfer.models.checkpoints import check_belongs, load_checkpoint
 
 PARAMS = ("train.device", "train.inference_dtype", "modes.{mode}")  # as dvc.yaml's evaluate stage declares them
 MAX_ERRORS_SHOWN = 16
@@ -111,7 +112,7 @@ def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int], sp
 
 def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str,
                split: str = "val"):
-    from stages.plotting import WRONG_COLOR, image_grid
+    from transfer.evaluation.figures import WRONG_COLOR, image_grid
 
     predicted = probs.argmax(1).tolist()
     wrong = [i for i, (p, y) in enumerate(zip(predicted, labels)) if p != y]
@@ -147,7 +148,7 @@ def sample_grid(images: Images, labels: list[int], probs: torch.Tensor, names: l
                 split: str = "val"):
     """The model's predictions on the first images of each class in turn, right green, wrong red
     (export publishes the published mode's copy as plots/model/val_predictions.png)."""
-    from stages.plotting import RIGHT_COLOR, WRONG_COLOR, image_grid
+    from transfer.evaluation.figures import RIGHT_COLOR, WRONG_COLOR, image_grid
 
     picks = round_robin(labels, len(names), SAMPLES_SHOWN)
     predicted = probs.argmax(1).tolist()

@@ -3,7 +3,7 @@ compare recommends (results/summary.json: the cheapest of the modes no other bea
 
 Writes models/model.pt (a byte copy of models/modes/<mode>.pt), models/model.onnx (the same network for
 onnxruntime, published only if it gives the PyTorch model's probabilities on every val image of
-data/store: stages.onnx_model), results/headline.json (that mode's headline metrics from
+data/store: transfer.models.onnx_model), results/headline.json (that mode's headline metrics from
 metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
 predictions on the first val images of each class). It reads only that mode's files and the val
@@ -13,10 +13,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from stages import params as params_module
-from stages import publish
-from stages.common import UserError, log, read_json, run_main, write_json
-from stages.paths import (
+from transfer.core import params as params_module
+from transfer.core import publish
+from transfer.core.errors import UserError
+from transfer.core.files import read_json, write_json
+from transfer.core.paths import (
     EXPORT_PLOTS_DIR,
     EXPORTED_MODEL,
     EXPORTED_ONNX,
@@ -28,6 +29,7 @@ from stages.paths import (
     model_file,
     samples_png,
 )
+from transfer.core.stage import log, run_main
 
 PARAMS = ("mode",)  # as dvc.yaml's export stage declares them
 HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy")
@@ -45,9 +47,9 @@ def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
 def publish_onnx(source: Path, target: Path) -> str:
     """The ONNX file of the checkpoint at `source`, written to `target` and checked against the
     checkpoint on the val images: one line and no file where they differ."""
-    from stages.checkpoints import load_checkpoint
-    from stages.datasets import StoreImages, eval_batches, read_split
-    from stages.onnx_model import check_parity, export
+    from transfer.data.loaders import StoreImages, eval_batches, read_split
+    from transfer.models.checkpoints import load_checkpoint
+    from transfer.models.onnx_model import check_parity, export
 
     model, meta = load_checkpoint(source, device="cpu")
     images = StoreImages("val", meta["preprocess"])

@@ -1,5 +1,5 @@
 """Stage `pack`: decode every image of data/split once, resize it to pack.short_side, re-encode it,
-and write the whole store to data/store (tar shards + index.json, see stages/store.py).
+and write the whole store to data/store (tar shards + index.json, see transfer/data/store.py).
 
 Training and evaluation then read the store image by image instead of decoding data/raw into memory.
 The store is published whole or not at all: a failure or a kill half-way leaves the previous one."""
@@ -15,11 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import params, publish, store
-from stages.common import UserError, log, run_main
-from stages.datasets import read_classes, read_split, resize_short_side
-from stages.images import UnreadableImage, open_rgb
-from stages.paths import RAW_DIR, SPLIT_DIR, STORE_DIR
+from transfer.core import params, publish
+from transfer.core.errors import UserError
+from transfer.core.paths import RAW_DIR, SPLIT_DIR, STORE_DIR
+from transfer.core.stage import log, run_main
+from transfer.data import store
+from transfer.data.decode import UnreadableImage, open_rgb
+from transfer.data.loaders import read_classes, read_split, resize_short_side
 
 PARAMS = ("pack.short_side", "pack.interpolation", "pack.encoding", "pack.jpeg_quality", "pack.jpeg_draft",
         "pack.shard_mb")

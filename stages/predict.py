@@ -8,8 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from stages.common import UserError, run_main
-from stages.paths import EXPORTED_MODEL
+from transfer.core.errors import UserError
+from transfer.core.paths import EXPORTED_MODEL
+from transfer.core.stage import run_main
 
 DEFAULT_MODEL = EXPORTED_MODEL
 # Folders are searched for these; a file named on the command line is tried whatever its name.
@@ -75,8 +76,8 @@ def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
     """For each file {"path", "top": [{"class", "probability"}, ...]} or {"path", "error"}."""
     import torch
 
-    from stages.datasets import eval_transform
-    from stages.images import UnreadableImage, open_rgb
+    from transfer.data.decode import UnreadableImage, open_rgb
+    from transfer.data.loaders import eval_transform
 
     transform = eval_transform(meta["preprocess"])
     names = meta["class_names"]
@@ -93,7 +94,7 @@ def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
             results.append(result)
         if not tensors:
             continue
-        if hasattr(model, "probabilities"):  # an ONNX file through onnxruntime (stages.onnx_model)
+        if hasattr(model, "probabilities"):  # an ONNX file through onnxruntime (transfer.models.onnx_model)
             probs = model.probabilities(torch.stack(tensors))
         else:
             with torch.inference_mode():
@@ -120,12 +121,12 @@ def main(argv: list[str] | None = None) -> None:
                         "or pass --model")
     # Imported late: --help and mistakes in the paths answer at once, without loading torch.
     if args.model.suffix == ".onnx":
-        from stages.onnx_model import OnnxClassifier
+        from transfer.models.onnx_model import OnnxClassifier
 
         model = OnnxClassifier(args.model)
         meta = model.meta
     else:
-        from stages.checkpoints import load_checkpoint
+        from transfer.models.checkpoints import load_checkpoint
 
         model, meta = load_checkpoint(args.model, device="cpu")
     top_k = min(args.top_k, len(meta["class_names"]))

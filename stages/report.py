@@ -19,7 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stages.common import atomic_path, fail, run_main, write_text
+from transfer.core.errors import fail
+from transfer.core.files import atomic_path, write_text
+from transfer.core.stage import run_main
 
 WORKSPACE = "workspace"  # the name DVC gives the working tree in its diff tables
 DEFAULT_BASES = ("main", "origin/main")

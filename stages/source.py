@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from stages import params
-from stages.archives import is_url, link_leaving
-from stages.common import log, run_main, write_json
-from stages.paths import RAW_DIR, SOURCE_HASHES, SOURCE_JSON
+from transfer.core import params
+from transfer.core.files import write_json
+from transfer.core.paths import RAW_DIR, SOURCE_HASHES, SOURCE_JSON
+from transfer.core.stage import log, run_main
+from transfer.data.archives import is_url, link_leaving
 
 PARAMS = ("data.url",)  # as dvc.yaml's source stage declares it
 SETTLE_NS = 2 * 10**9  # a file changed this recently may change again within its mtime's tick: not reused

@@ -28,10 +28,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import params, publish
-from stages.common import fail, log, run_main, write_json
-from stages.images import UnreadableImage, open_rgb
-from stages.layouts import (
+from transfer.core import params, publish
+from transfer.core.errors import fail
+from transfer.core.files import write_json
+from transfer.core.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, RAW_SKIPPED, SPLIT_DIR, split_csv
+from transfer.core.stage import log, run_main
+from transfer.data.decode import UnreadableImage, open_rgb
+from transfer.data.layouts import (
     PREFIXED,
     class_folders,
     dataset_root,
@@ -41,7 +44,6 @@ from stages.layouts import (
     resolve_layout,
     unused_files,
 )
-from stages.paths import CLASSES_JSON, DATA_METRICS, RAW_DIR, RAW_SKIPPED, SPLIT_DIR, split_csv
 
 PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.test_fraction", "data.split_seed",
           "data.class_names")

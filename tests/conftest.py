@@ -120,10 +120,18 @@ def tiny_row(row: dict, epochs: int) -> None:
         node.get("augment", {}).pop("crop_size", None)
 
 
+CODE_DIRS = ("stages", "transfer")  # what a project needs of this repository's code
+
+
+def copy_code(path: Path) -> None:
+    """The pipeline's code (the stages and the library) into the project folder `path`."""
+    for name in CODE_DIRS:
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("stages", "transfer"):
-        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(path)
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy2(ROOT / name, path / name)
     project = Project(path)

@@ -9,15 +9,15 @@ import pytest
 import torch
 import yaml
 
-from stages import params as params_module
-from stages.backbones import body_blocks, build_model, check_arch
-from stages.checks import Checker, check_train
-from stages.common import UserError
-from stages.optim import make_optimizer
-from stages.train import run_training
-from stages.training import ResumeState
 from tests.conftest import ROOT, env_with_venv, tiny_row
 from tests.test_training import block_state_names, changed, tiny_data
+from transfer.core import params as params_module
+from transfer.core.errors import UserError
+from transfer.core.param_checks import Checker, check_train
+from transfer.models.backbones import body_blocks, build_model, check_arch
+from transfer.training.loop import ResumeState
+from transfer.training.optim import make_optimizer
+from transfer.training.runs import run_training
 
 TUTORIAL = ["resnet18", "alexnet", "vgg16", "squeezenet1_0", "densenet161", "inception_v3", "googlenet",
             "shufflenet_v2_x1_0", "mobilenet_v2", "resnext50_32x4d", "wide_resnet50_2", "mnasnet1_0"]
@@ -136,7 +136,7 @@ def test_unknown_timm_name_lists_close_names():
 
 def test_timm_weights_offline_are_one_line_naming_the_file_then_load_from_it(tmp_path):
     """Offline, pretrained timm weights are one line saying which file goes where; put there, they load."""
-    code = ("from stages.backbones import build_model\nfrom stages.common import run_main\n"
+    code = ("from transfer.models.backbones import build_model\nfrom transfer.core import run_main\n"
             f"run_main(lambda: build_model({TIMM_CNN!r}, 2, pretrained=True))()")
     env = {**env_with_venv(), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -172,7 +172,7 @@ def test_a_local_timm_weights_file_that_does_not_load_is_one_line_naming_it(cont
         from safetensors.torch import save_file
 
         save_file(timm.create_model("mobilenetv3_small_100", pretrained=False).state_dict(), target)
-    code = ("from stages.backbones import build_model\nfrom stages.common import run_main\n"
+    code = ("from transfer.models.backbones import build_model\nfrom transfer.core import run_main\n"
             f"run_main(lambda: build_model({TIMM_CNN!r}, 2, pretrained=True))()")
     env = {**env_with_venv(), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -184,7 +184,7 @@ def test_a_local_timm_weights_file_that_does_not_load_is_one_line_naming_it(cont
 @pytest.mark.parametrize("arch", [TIMM_VIT, "squeezenet1_0"])
 def test_checkpoint_of_any_backbone_loads_back_the_same_network(arch, tmp_path):
     """A checkpoint is rebuilt from its arch name without weights: the same function as the trained model."""
-    from stages.checkpoints import load_checkpoint, save_checkpoint
+    from transfer.models.checkpoints import load_checkpoint, save_checkpoint
 
     model, preprocess = build_model(arch, 2, pretrained=False)
     meta = {"arch": arch, "classes": ["a", "b"], "class_names": ["A", "B"], "preprocess": preprocess}

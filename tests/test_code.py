@@ -1,5 +1,7 @@
 """The code stays small enough to read: ruff's rules (complexity 10 at most, pyproject.toml) pass, no
-module of the pipeline is over 300 lines and no function over 60."""
+module of the pipeline is over 300 lines and no function over 60; and its layers hold: the stages
+import the library (transfer/), the library and the bench tools never import a stage, and no module
+imports itself round a circle."""
 from __future__ import annotations
 
 import ast
@@ -11,20 +13,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from transfer.core.code_deps import _imported, module_file
 
 
 def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed (requirements-dev.txt installs it)")
-    proc = subprocess.run([ruff, "check", "stages", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([ruff, "check", "stages", "transfer", "tests", "bench"], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_code_shape():
     """Small enough to read: no module of the pipeline over 300 lines, no function over 60."""
     long = []
-    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "bench").rglob("*.py")]):
+    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "transfer").rglob("*.py"),
+                        *(ROOT / "bench").rglob("*.py")]):
         text = path.read_text(encoding="utf-8")
         rel = path.relative_to(ROOT).as_posix()
         if text.count("\n") > 300:
@@ -33,3 +38,40 @@ def test_code_shape():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{rel}: {node.name}() {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def project_imports(path: Path) -> set[str]:
+    """The project modules (stages.*, transfer.*) that the file at `path` imports, anywhere in it."""
+    return {name for name in _imported(ast.parse(path.read_text(encoding="utf-8"))) if module_file(name)}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_library_and_the_bench_tools_never_import_a_stage():
+    crossing = [f"{path.relative_to(ROOT)} imports {name}"
+                for folder in ("transfer", "bench") for path in sorted((ROOT / folder).rglob("*.py"))
+                for name in sorted(project_imports(path)) if name.split(".")[0] == "stages"]
+    assert crossing == []
+
+
+def test_no_module_imports_itself_round_a_circle():
+    graph = {module_name(path): {name for name in project_imports(path) if name != module_name(path)}
+             for folder in ("stages", "transfer") for path in (ROOT / folder).rglob("*.py")}
+    circles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in trail:
+                circles.append(" -> ".join(trail[trail.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, trail + [nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    assert circles == []

@@ -14,9 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import compare
 from stages.export import HEADLINE_KEYS
-from tests.conftest import ROOT, env_with_venv, make_project
+from tests.conftest import ROOT, copy_code, env_with_venv, make_project
+from transfer.evaluation.comparison_figures import confusion_figures, plot_error_curves
+from transfer.evaluation.mode_results import load_mode
 
 MODES = ["frozen", "finetune", "freeze_unfreeze"]
 RUNS = {"frozen": (0.85, 4), "finetune": (0.9, 5), "freeze_unfreeze": (0.95, 6)}  # mode: (accuracy, epochs)
@@ -75,7 +76,7 @@ def compare_dir(tmp_path: Path) -> Path:
     """The stage code and params (3 modes) plus the inputs of every mode; metrics/data.json too."""
     root = tmp_path / "proj"
     root.mkdir()
-    shutil.copytree(ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(root)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["modes"] = {mode: params["modes"][mode] for mode in MODES}
     params["mode"] = "freeze_unfreeze"
@@ -149,8 +150,8 @@ def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path, mo
     assert proc.returncode == 0, proc.stderr
 
     monkeypatch.chdir(compare_dir)
-    runs = {mode: compare.load_mode(mode) for mode in MODES}
-    lines = {line.get_label(): line for line in compare.plot_error_curves(runs).axes[0].get_lines()}
+    runs = {mode: load_mode(mode) for mode in MODES}
+    lines = {line.get_label(): line for line in plot_error_curves(runs).axes[0].get_lines()}
     assert "frozen (train)" not in lines and "finetune (train)" in lines
     frozen = lines["frozen (val)"]
     assert list(frozen.get_xdata()) == [1, 2, 3, 4]
@@ -300,7 +301,7 @@ def test_confusion_matrices_of_100_classes_are_normalised_one_image_per_mode(com
             assert img.format == "PNG" and img.width < 2000  # one mode's matrix, not five side by side
 
     monkeypatch.chdir(compare_dir)
-    figures = compare.confusion_figures({mode: compare.load_mode(mode) for mode in MODES})
+    figures = confusion_figures({mode: load_mode(mode) for mode in MODES})
     assert list(figures) == [f"{mode}.png" for mode in MODES]
     for mode in MODES:
         drawn = figures[f"{mode}.png"].axes[0].get_images()[0].get_array()

@@ -18,12 +18,12 @@ import torch
 import yaml
 
 from stages import download, evaluate, split, train
-from stages.backbones import build_model
-from stages.checkpoints import save_checkpoint
-from stages.common import UserError
-from stages.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, SPLIT_DIR, STORE_DIR, model_file
-from tests.conftest import ROOT, TINY_TRAIN, env_with_venv, run_in_process
+from tests.conftest import ROOT, TINY_TRAIN, copy_code, env_with_venv, run_in_process
 from tests.imagegen import make_image, pack, write_class_folders
+from transfer.core.errors import UserError
+from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, SPLIT_DIR, STORE_DIR, model_file
+from transfer.models.backbones import build_model
+from transfer.models.checkpoints import save_checkpoint
 
 DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
@@ -32,7 +32,7 @@ DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 def work(tmp_path: Path, monkeypatch) -> Path:
     """The stages and params.yaml (tiny training) in a plain folder, the current directory."""
     path = tmp_path / "work"
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(path)
     params = yaml.safe_load((ROOT / PARAMS_FILE).read_text())
     params["train"].update(TINY_TRAIN)
     (path / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.paths import live_dir, live_tsv, mode_metrics, model_file, resume_dir, resume_state, running_live_dir
 from tests.conftest import Project, clone, make_project
 from tests.imagegen import write_class_folders
+from transfer.core.paths import live_dir, live_tsv, mode_metrics, model_file, resume_dir, resume_state, running_live_dir
 
 # frozen: the head on cached features; finetune: every weight, BatchNorm on its ImageNet statistics.
 MODES = ["frozen", "finetune"]
@@ -112,7 +112,7 @@ def test_only_rank_0_writes_files(two_processes):
     assert set(writers) == {None, "0", "1"}, writers  # the agent and both ranks were audited, per mode
     assert writers[None] == [] and writers["1"] == [], writers
     for mode in MODES:
-        # The live logs grow in .resume/<mode>/dvclive/ and are published with the model (stages.publish).
+        # The live logs grow in .resume/<mode>/dvclive/ and are published with the model (transfer.core.publish).
         running_tsv = running_live_dir(mode) / live_tsv(mode, "val/acc").relative_to(live_dir(mode))
         for path in (model_file(mode), resume_state(mode), running_tsv):
             assert f"{root}/{path.as_posix()}" in writers["0"], (path, writers["0"])

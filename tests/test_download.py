@@ -1,4 +1,4 @@
-"""Stage `download` and stages/archives.py: a real HTTP server, real archives, hostile archives."""
+"""Stage `download` and transfer/data/archives.py: a real HTTP server, real archives, hostile archives."""
 from __future__ import annotations
 
 import hashlib
@@ -14,18 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from stages import archives, download
-from stages.common import UserError
-from stages.paths import PARAMS_FILE, PUBLISH_DIR, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
-from tests.conftest import MIRROR_ENV, ROOT, Project, make_project, run_in_process
+from stages import download
+from tests.conftest import MIRROR_ENV, ROOT, Project, copy_code, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
+from transfer.core.errors import UserError
+from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
+from transfer.data import archives
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Project:
     """The stages and params.yaml in a plain folder: enough to run one stage, without git or DVC."""
     path = tmp_path / "work"
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(path)
     shutil.copy2(ROOT / PARAMS_FILE, path / PARAMS_FILE)
     return Project(path)
 

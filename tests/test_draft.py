@@ -1,4 +1,4 @@
-"""stages.images.open_rgb(path, draft_size): large JPEGs decoded at a DCT scale (PIL's draft mode),
+"""transfer.data.decode.open_rgb(path, draft_size): large JPEGs decoded at a DCT scale (PIL's draft mode),
 as stage `pack` decodes them, against a full decode."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from stages.datasets import resize_short_side
-from stages.images import open_rgb
+from transfer.data.decode import open_rgb
+from transfer.data.loaders import resize_short_side
 
 # Draft-mode decoding of a large JPEG against a full decode, both resized to the same short side:
 # measured on photo() images of 600x520 to 2000x1500 (quality 92) at short sides 37 and 256, so at

@@ -1,6 +1,6 @@
 """dvc.yaml declares what each stage really reads: every project module its command runs (imports
-followed to any depth, stages.imports) and every param it reads (the stage module's PARAMS, the only
-params stages.params.declared lets it see). A missing dep would let DVC skip a stage whose code changed."""
+followed to any depth, transfer.core.code_deps) and every param it reads (the stage module's PARAMS, the only
+params transfer.core.params.declared lets it see). A missing dep would let DVC skip a stage whose code changed."""
 from __future__ import annotations
 
 import ast
@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-from stages.imports import stage_code_files, stage_modules
 from tests.conftest import ROOT
+from transfer.core.code_deps import stage_code_files, stage_modules
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 STAGES = DVC_YAML["stages"]
@@ -51,10 +51,11 @@ def test_imports_are_followed_into_functions_and_through_the_package():
     """The closure sees a lazy import inside a function (predict loads torch only when it classifies)
     and the package's own __init__, which `python -m` runs first."""
     modules = stage_modules("stages.predict")
-    assert "stages.checkpoints" in modules and "stages" in modules
-    assert "stages.training" not in stage_modules("stages.evaluate")  # evaluate trains nothing
+    assert "transfer.models.checkpoints" in modules and "stages" in modules
+    assert "transfer.training.loop" not in stage_modules("stages.evaluate")  # evaluate trains nothing
 
 
 def test_the_closure_reaches_modules_imported_only_indirectly():
     """train imports training, which imports sources, which imports devices: all of them are train's code."""
-    assert {"stages/training.py", "stages/sources.py", "stages/devices.py"} <= set(stage_code_files("stages.train"))
+    assert {"transfer/training/loop.py", "transfer/training/sources.py",
+            "transfer/core/devices.py"} <= set(stage_code_files("stages.train"))

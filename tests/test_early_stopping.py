@@ -6,9 +6,9 @@ import json
 import re
 import signal
 
-from stages.paths import mode_metrics
 from tests.conftest import make_project
 from tests.test_reliability import EPOCH_LINE, clone, differences, results, run_until_epoch, small_dataset
+from transfer.core.paths import mode_metrics
 
 MODE = "finetune"
 # So small a rate that val accuracy never moves: epoch 1 is the best, epochs 2 and 3 tie it, 3 of 8 is the last.

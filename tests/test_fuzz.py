@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from stages import download, split
-from stages.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, SPLIT_DIR
 from tests.conftest import ROOT, run_in_process
 from tests.imagegen import make_image
+from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, SPLIT_DIR
 
 SEED = 19
 CASES = 300

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.paths import PUBLISH_DIR, RAW_DIR, RESUME_DIR
 from tests.conftest import Project, make_project
 from tests.imagegen import write_class_folders
+from transfer.core.paths import PUBLISH_DIR, RAW_DIR, RESUME_DIR
 
 
 def victim_folder(root: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Each stage's outputs are published whole (stages/publish.py), in a real git + DVC project: every
+"""Each stage's outputs are published whole (transfer/core/publish.py), in a real git + DVC project: every
 stage killed with kill -9 at 5 moments drawn at random (fixed seed) leaves each output the old one or
 the new one, never half-written or missing; interrupted with Ctrl-C at one, it leaves them all old or
 all new; and the next `dvc repro` ends with the outputs of an uninterrupted run, `dvc status` clean
@@ -22,9 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import publish
-from stages.common import UserError
-from stages.paths import (
+from tests.conftest import Project, clone, env_with_venv, make_project
+from tests.imagegen import write_class_folders
+from tests.test_reliability import TIMING, stray_files, without_timing
+from transfer.core import publish
+from transfer.core.errors import UserError
+from transfer.core.paths import (
     COMPARE_PLOTS_DIR,
     DATA_METRICS,
     EXPORT_PLOTS_DIR,
@@ -44,9 +47,6 @@ from stages.paths import (
     predictions_csv,
     samples_png,
 )
-from tests.conftest import Project, clone, env_with_venv, make_project
-from tests.imagegen import write_class_folders
-from tests.test_reliability import TIMING, stray_files, without_timing
 
 MODE = "frozen"
 SEED = 19
@@ -295,7 +295,7 @@ def test_a_stage_removes_what_older_versions_left_aside_of_its_outputs(tmp_path,
 
 HOLDER = """
 import sys
-from stages import publish
+from transfer.core import publish
 with publish.outputs("stage", ["out.txt"]) as staged:
     staged("out.txt").write_text("first")
     print("staged", flush=True)

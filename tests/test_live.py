@@ -9,9 +9,9 @@ import re
 import subprocess
 import sys
 
-from stages.paths import live_dir, running_live_dir
 from tests.conftest import make_project
 from tests.imagegen import write_class_folders
+from transfer.core.paths import live_dir, running_live_dir
 
 EPOCH_LINE = re.compile(r"^epoch +(\d+) ")
 EPOCHS = 3

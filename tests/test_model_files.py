@@ -18,16 +18,16 @@ import pytest
 import torch
 
 from stages import predict
-from stages.backbones import build_model, check_arch
-from stages.checkpoints import load_checkpoint, name_count, save_checkpoint
-from stages.checks import INTERPOLATIONS, MIN_IMAGE_SIZE
-from stages.common import UserError
-from stages.datasets import working_preprocess
-from stages.onnx_model import INPUT, OUTPUT, OnnxClassifier, export
-from stages.params import check
-from stages.timm_models import SHOWN_CHARS
 from tests.conftest import ROOT, env_with_venv, run_in_process
 from tests.imagegen import make_image
+from transfer.core.errors import UserError
+from transfer.core.param_checks import INTERPOLATIONS, MIN_IMAGE_SIZE
+from transfer.core.params import check
+from transfer.data.loaders import working_preprocess
+from transfer.models.backbones import build_model, check_arch
+from transfer.models.checkpoints import load_checkpoint, name_count, save_checkpoint
+from transfer.models.onnx_model import INPUT, OUTPUT, OnnxClassifier, export
+from transfer.models.timm_models import SHOWN_CHARS
 
 ARCH = "mobilenet_v3_small"
 CLASSES = ["ants", "bees"]

@@ -1,4 +1,4 @@
-"""stages.params: params.yaml is checked whole before any work starts, every problem reported at once,
+"""transfer.core.params: params.yaml is checked whole before any work starts, every problem reported at once,
 one line each, naming the key; a typo in a key name is an error, not a silently ignored setting."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import params as params_module
-from stages.backbones import check_arch
-from stages.common import UserError
 from tests.conftest import ROOT
+from transfer.core import params as params_module
+from transfer.core.errors import UserError
+from transfer.models.backbones import check_arch
 
 REAL = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
 LINE = re.compile(r"params\.yaml: [^:\n]+: .+")  # every reported problem: "params.yaml: <key>: <why>"
@@ -81,7 +81,7 @@ def test_real_params_are_valid():
 # (change to the real params, the key the problem names, words the problem says)
 SINGLE = [
     # the mode export publishes must be a key of `modes`
-    ({"mode": "finetuned"}, "mode", f"unknown mode 'finetuned' (known: {', '.join(REAL['modes'])})"),
+    ({"mode": "finetuned"}, "mode", f"unknown mode 'finetuned' (known: auto, {', '.join(REAL['modes'])})"),
     # backbones: unknown (with the known ones listed), image size too small or not the one it takes
     ({"model__arch": "resnet19"}, "model.arch", "unknown backbone 'resnet19'"),
     ({"model__arch": "alexnet", "train__image_size": 48}, "train.image_size",

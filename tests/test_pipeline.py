@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from stages.paths import mode_details
 from tests.conftest import ALWAYS_RUNS, ROOT, Project, make_project
 from tests.imagegen import write_class_folders
+from transfer.core.paths import mode_details
 
 MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
 ALL_STAGES = ["download", "split", "pack", *[f"train@{m}" for m in MODES], *[f"evaluate@{m}" for m in MODES],

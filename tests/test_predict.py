@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.backbones import build_model
-from stages.checkpoints import save_checkpoint
-from tests.conftest import ROOT, env_with_venv
+from tests.conftest import copy_code, env_with_venv
 from tests.imagegen import make_image, write_class_folders
+from transfer.models.backbones import build_model
+from transfer.models.checkpoints import save_checkpoint
 
 FOLDERS = ["ants", "bees", "wasps"]
 NAMES = ["Ants", "Bees", "Wasps"]
@@ -45,7 +45,7 @@ def workdir(tmp_path: Path, checkpoint: Path) -> Path:
     (not an image), a hidden macOS resource fork and a PNG; single.jpg lies beside it."""
     root = tmp_path / "proj"
     root.mkdir()
-    shutil.copytree(ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(root)
     (root / "models").mkdir()
     shutil.copy2(checkpoint, root / "models" / "model.pt")
     write_class_folders(root / "photos", {"ants": 2, "bees": 1})

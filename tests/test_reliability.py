@@ -21,7 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.paths import (
+from tests.conftest import Project, clone, make_project
+from tests.imagegen import make_image, write_class_folders
+from transfer.core.paths import (
     DATA_METRICS,
     MODELS_DIR,
     SPLIT_DIR,
@@ -34,8 +36,6 @@ from stages.paths import (
     resume_state,
     running_live_dir,
 )
-from tests.conftest import Project, clone, make_project
-from tests.imagegen import make_image, write_class_folders
 
 MODE = "finetune"
 EPOCHS = 3

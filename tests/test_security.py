@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.backbones import build_model
-from stages.checkpoints import FORMAT, load_checkpoint, save_checkpoint
-from stages.common import UserError
 from tests.conftest import make_project
 from tests.imagegen import make_image, write_class_folders
+from transfer.core.errors import UserError
+from transfer.models.backbones import build_model
+from transfer.models.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 
 EPOCH_LINE = re.compile(r"^epoch +(\d+) ", re.MULTILINE)
 

@@ -8,9 +8,9 @@ import shutil
 import time
 
 from stages import source
-from stages.paths import RAW_DIR, TRAIN_CSV
 from tests.conftest import make_project
 from tests.imagegen import make_image, pack, write_class_folders
+from transfer.core.paths import RAW_DIR, TRAIN_CSV
 
 
 def train_rows(project) -> int:

@@ -1,4 +1,4 @@
-"""Stage `split`, stages/images.py, and `dvc repro` of download + split: generated datasets in every
+"""Stage `split`, transfer/data/decode.py, and `dvc repro` of download + split: generated datasets in every
 layout, odd and broken image files, and (when present) the real hymenoptera dataset."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import yaml
 from PIL import Image
 
 from stages import download, split
-from stages.common import UserError
-from stages.images import UnreadableImage, open_rgb
-from stages.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
 from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process
 from tests.imagegen import make_image, write_class_folders
+from transfer.core.errors import UserError
+from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
+from transfer.data.decode import UnreadableImage, open_rgb
 
 DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 

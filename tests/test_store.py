@@ -1,4 +1,4 @@
-"""Stage `pack` and stages/store.py: the decode-once image store, read back image by image.
+"""Stage `pack` and transfer/data/store.py: the decode-once image store, read back image by image.
 
 Most tests run the stage's main in a folder holding params.yaml, data/raw and data/split (made by the
 split stage's own code); the last one drives `dvc repro pack` in real DVC projects."""
@@ -18,14 +18,14 @@ import torch
 import yaml
 
 from stages import pack, split
-from stages import params as params_module
-from stages.common import UserError
-from stages.datasets import read_split, resize_short_side
-from stages.images import open_rgb
-from stages.paths import RAW_DIR, SPLIT_DIR, STORE_DIR, STORE_INDEX
-from stages.store import ImageStore, ShardWriter, encode, load_split, split_digests, write_index
 from tests.conftest import ROOT, make_project, run_in_process
 from tests.imagegen import make_image, tree_bytes, write_class_folders
+from transfer.core import params as params_module
+from transfer.core.errors import UserError
+from transfer.core.paths import RAW_DIR, SPLIT_DIR, STORE_DIR, STORE_INDEX
+from transfer.data.decode import open_rgb
+from transfer.data.loaders import read_split, resize_short_side
+from transfer.data.store import ImageStore, ShardWriter, encode, load_split, split_digests, write_index
 
 SHORT_SIDE = 36  # the tiny images are 48x40: every one is resized
 PACK = {"short_side": SHORT_SIDE, "interpolation": "bicubic", "encoding": "png", "jpeg_quality": 90,
@@ -59,7 +59,7 @@ def run_pack(**changes) -> int:
 
 
 def expected(rel: str, short_side: int = SHORT_SIDE) -> torch.Tensor:
-    """What training decodes in memory today (stages.datasets.decode_all)."""
+    """What training decodes in memory today (transfer.data.loaders.decode_all)."""
     return resize_short_side(open_rgb(RAW_DIR / rel), short_side, "bicubic")
 
 
@@ -325,9 +325,9 @@ def tiny_settings(mode: str, budget_mb: float) -> dict:
 def test_training_from_the_store_equals_training_from_memory(workdir, tmp_path, mode, budget_mb):
     """Lossless store at the working size: the same weights and history, to the bit, as from images
     decoded into memory from data/raw, whether the store's images are held in memory or streamed."""
-    from stages.datasets import TrainData, decode_all
-    from stages.train import run_training
-    from stages.training import ResumeState
+    from transfer.data.loaders import TrainData, decode_all
+    from transfer.training.loop import ResumeState
+    from transfer.training.runs import run_training
 
     assert run_pack(short_side=37, jpeg_draft=False) == 0
     settings = tiny_settings(mode, budget_mb)

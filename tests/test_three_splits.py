@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_MD, mode_metrics, model_file
 from tests.conftest import make_project
 from tests.imagegen import write_class_folders
+from transfer.core.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_MD, mode_metrics, model_file
 
 MODE = "frozen"
 

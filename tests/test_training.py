@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from stages import params as params_module
-from stages.backbones import body_blocks, build_model, frozen_split
-from stages.checkpoints import load_checkpoint, save_checkpoint
-from stages.datasets import TrainData, eval_transform, resize_short_side, working_preprocess
-from stages.optim import make_scheduler
-from stages.training import ResumeState
 from tests.conftest import HYMENOPTERA_ZIP, ROOT, tiny_row
 from tests.imagegen import make_image
+from transfer.core import params as params_module
+from transfer.data.loaders import TrainData, eval_transform, resize_short_side, working_preprocess
+from transfer.models.backbones import body_blocks, build_model, frozen_split
+from transfer.models.checkpoints import load_checkpoint, save_checkpoint
+from transfer.training.loop import ResumeState
+from transfer.training.optim import make_scheduler
 
 SIZE = 32
 
@@ -44,7 +44,7 @@ def tiny_data(preprocess: dict, n_train: int = 20, n_val: int = 8) -> TrainData:
 def train(mode: str, tmp_path: Path, hook=None, **overrides):
     """Train a mode of the real params.yaml at tiny sizes: (model, its weights before, FitResult).
     `hook(model)` may register forward hooks on the model before it trains."""
-    from stages.train import run_training
+    from transfer.training.runs import run_training
 
     s = settings_for(mode, **overrides)
     before = {}
@@ -138,7 +138,7 @@ def test_cached_prefix_computes_the_same_network():
 
 def test_scratch_starts_from_weights_unlike_the_pretrained_ones():
     """scratch: random init, not ImageNet's; the same seed gives the same init, another seed another."""
-    from stages.train import new_model
+    from transfer.training.runs import new_model
 
     scratch = settings_for("scratch")
     a = new_model(scratch, 2)[0].state_dict()
@@ -211,7 +211,7 @@ def test_offline_weights_see_a_bee(tmp_path):
 
 def test_unknown_backbone_and_offline_weights_are_one_clear_line():
     """An unknown arch lists the known ones; missing torchvision weights say which file goes where."""
-    from stages.common import UserError
+    from transfer.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown backbone 'resnet19'.*resnet18"):
         build_model("resnet19", 2, pretrained=False)
@@ -226,8 +226,8 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
     """Each image's crop comes from (seed, epoch, index): 0 workers, 2 persistent workers and a
     second pass all give the same batches, a new epoch gives new crops, and the global random stream
     (dropout) does not move."""
-    from stages.datasets import TensorImages, train_transform
-    from stages.sources import EpochSampler
+    from transfer.data.loaders import TensorImages, train_transform
+    from transfer.training.sources import EpochSampler
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, False)[1], SIZE)
     data = tiny_data(pre, n_train=12)
@@ -252,7 +252,7 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
 
 
 def test_channels_last_where_it_measured_faster():
-    from stages.devices import memory_format
+    from transfer.core.devices import memory_format
 
     assert memory_format(torch.device("cpu"), 16) == torch.channels_last
     assert memory_format(torch.device("cpu")) == torch.channels_last
@@ -277,8 +277,8 @@ def _with_trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
 def test_folded_batchnorm_computes_the_same_outputs_and_gradients(arch, pairs):
     """Folding is an exact rewrite: the same outputs in eval mode, the same gradients for every weight
     (BatchNorm's too) with keep_bn_stats, untouched BatchNorm in train mode, the same state-dict keys."""
-    from stages.backbones import train_mode
-    from stages.folding import fold_batchnorm
+    from transfer.models.backbones import train_mode
+    from transfer.models.folding import fold_batchnorm
 
     torch.manual_seed(0)
     plain = _with_trained_statistics(build_model(arch, 3, pretrained=False)[0])
@@ -303,7 +303,7 @@ def test_folded_batchnorm_computes_the_same_outputs_and_gradients(arch, pairs):
 def test_folding_leaves_alone_what_it_cannot_rewrite_exactly():
     """A conv whose raw output is used besides its BatchNorm keeps both as they were; a deep copy of a
     folded model is folded on its own weights."""
-    from stages.folding import fold_batchnorm
+    from transfer.models.folding import fold_batchnorm
 
     class Shortcut(torch.nn.Module):
         def __init__(self):
@@ -340,7 +340,7 @@ def test_folding_leaves_alone_what_it_cannot_rewrite_exactly():
 def test_training_crops_at_crop_size_and_validation_at_the_image_size(tmp_path):
     """augment.crop_size sets the size of the training crops alone: random and center crops come out
     at it, the val images stay at the image size, and a mode trains on them end to end."""
-    from stages.datasets import train_transform
+    from transfer.data.loaders import train_transform
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, pretrained=False)[1], 64)
     image = resize_short_side(make_image(0, 1), pre["resize_size"], pre["interpolation"])
@@ -400,8 +400,8 @@ def test_the_shorthand_trains_the_same_as_its_phases(tmp_path):
 
 def test_frozen_without_random_augmentation_caches_one_view():
     """With nothing random in the augmentation, every view of an image is the same: one is computed."""
-    from stages.devices import memory_format
-    from stages.sources import CachedFeatures, PhaseRun, make_source
+    from transfer.core.devices import memory_format
+    from transfer.training.sources import CachedFeatures, PhaseRun, make_source
 
     off = {"crop_scale": None, "hflip": 0, "vflip": 0, "rotation": 0, "color_jitter": 0, "grayscale": 0}
     for augment, views in ((off, 1), ({"crop_scale": [0.5, 1.0]}, 3)):
@@ -418,8 +418,8 @@ def test_frozen_without_random_augmentation_caches_one_view():
 def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same(tmp_path, monkeypatch):
     """Cached features that exceed train.memory_budget_mb are kept in bfloat16; beyond that even, in an
     unnamed file read a batch at a time: the same numbers as bfloat16 in memory, weights to the bit."""
-    from stages.devices import memory_format
-    from stages.sources import DiskRows, PhaseRun, cached_features
+    from transfer.core.devices import memory_format
+    from transfer.training.sources import DiskRows, PhaseRun, cached_features
 
     monkeypatch.chdir(tmp_path)  # the file goes under .resume/ of the stage's folder
     s = settings_for("partial")
@@ -448,8 +448,8 @@ def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same
 
 def stalled(mode: str, tmp_path: Path, on_epoch=None, **overrides):
     """A run that stopped improving: its rate so small that val accuracy never moves (patience 2)."""
-    from stages.train import new_model
-    from stages.training import fit
+    from transfer.training.loop import fit
+    from transfer.training.runs import new_model
 
     s = settings_for(mode, **{"lr": 1e-9, "epochs": 8, "patience": 2, "stop_on": "val_acc", **overrides})
     model, preprocess = new_model(s, 2)
@@ -485,7 +485,7 @@ def test_patience_counts_in_the_last_phase_only(tmp_path):
 
 def test_balanced_class_weights_weigh_the_loss_as_computed_by_hand():
     """Labels 0, 0, 0, 1: weights n / (k x count) = 4 / 6 and 4 / 2; the loss is the weighted mean."""
-    from stages.losses import balanced_weights, make_criterion
+    from transfer.training.losses import balanced_weights, make_criterion
 
     labels = [0, 0, 0, 1]
     assert torch.allclose(balanced_weights(labels, 2), torch.tensor([4 / 6, 2.0]))
@@ -504,7 +504,7 @@ def test_balanced_class_weights_weigh_the_loss_as_computed_by_hand():
 def test_clip_grad_norm_scales_each_step_down_to_that_norm():
     """clip_grad_norm: the gradient of all trained parameters together is scaled to that norm when it
     is larger, its direction kept; without it (null) the step is the raw gradient's."""
-    from stages.training import Stepper
+    from transfer.training.loop import Stepper
 
     def step(clip):
         torch.manual_seed(0)
@@ -537,7 +537,7 @@ def test_clip_grad_norm_of_a_row_reaches_its_training_steps(tmp_path):
 
 
 def test_clip_grad_norm_must_be_positive_or_null():
-    from stages.checks import Checker, check_train
+    from transfer.core.param_checks import Checker, check_train
 
     c = Checker()
     check_train(c, {"clip_grad_norm": 0}, "modes.finetune", partial=True)

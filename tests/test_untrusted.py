@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from stages import archives, download, source
-from stages.common import UserError
-from stages.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
+from stages import download, source
 from stages.report import MAX_CHARS, files_dir
-from tests.conftest import ROOT, Project, env_with_venv, run_in_process
+from tests.conftest import ROOT, Project, copy_code, env_with_venv, run_in_process
 from tests.imagegen import tree_bytes, write_class_folders
 from tests.test_report import run_report
+from transfer.core.errors import UserError
+from transfer.core.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
+from transfer.data import archives
 
 SCRIPT = ROOT / "scripts" / "exp_on_machine.sh"
 SECRET = b"outside the dataset: never copied, never read\n"
@@ -64,7 +65,7 @@ def hostile_dataset(tmp_path: Path) -> tuple[Project, Path, Path]:
     a link to an outside folder, to an outside file, and to the project itself, beside one link that
     stays inside the dataset."""
     project = Project(tmp_path / "work")
-    shutil.copytree(ROOT / "stages", project.path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(project.path)
     shutil.copy2(ROOT / PARAMS_FILE, project.path / PARAMS_FILE)
     dataset, outside = tmp_path / "insects", tmp_path / "outside"
     write_class_folders(dataset / "train", {"ants": 2, "bees": 2})

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from stages.backbones import build_model, set_trainable, train_mode  # noqa: E402
+from transfer.models.backbones import build_model, set_trainable, train_mode  # noqa: E402
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "eager"
 torch.manual_seed(0)

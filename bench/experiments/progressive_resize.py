@@ -19,12 +19,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from stages import params as params_module  # noqa: E402
-from stages import sources, training  # noqa: E402
-from stages.datasets import read_classes, train_transform  # noqa: E402
-from stages.devices import worker_count  # noqa: E402
-from stages.paths import PARAMS_FILE  # noqa: E402
-from stages.train import run_training  # noqa: E402
+from transfer.core import params as params_module  # noqa: E402
+from transfer.core.devices import worker_count  # noqa: E402
+from transfer.core.paths import PARAMS_FILE  # noqa: E402
+from transfer.data.loaders import read_classes, train_transform  # noqa: E402
+from transfer.training import loop as training  # noqa: E402
+from transfer.training import sources  # noqa: E402
+from transfer.training.runs import run_training  # noqa: E402
 
 START = int(os.environ.get("START", "128"))
 

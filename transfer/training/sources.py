@@ -23,9 +23,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from stages.backbones import TransferNet, frozen_split
-from stages.common import check_no_links
-from stages.datasets import (
+from transfer.core.devices import inference_batch, to_device, worker_count
+from transfer.core.files import check_no_links
+from transfer.core.paths import RESUME_DIR
+from transfer.data.loaders import (
     Images,
     TensorImages,
     TrainData,
@@ -35,9 +36,8 @@ from stages.datasets import (
     normalized_batches,
     train_transform,
 )
-from stages.devices import inference_batch, to_device, worker_count
-from stages.distributed import OneProcess
-from stages.paths import RESUME_DIR
+from transfer.models.backbones import TransferNet, frozen_split
+from transfer.training.distributed import OneProcess
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -75,7 +75,7 @@ class PhaseRun:
     fmt: torch.memory_format  # the layout of image batches
     amp: bool  # bf16 autocast while training
     inference_amp: bool  # bf16 autocast in passes without gradients (the frozen part's outputs)
-    strategy: OneProcess = field(default_factory=OneProcess)  # one process, or one of several (stages.distributed)
+    strategy: OneProcess = field(default_factory=OneProcess)  # one process, or one of several (distributed)
 
 
 def make_source(model: TransferNet, run: PhaseRun, first_epoch: int) -> Source:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.checkpoints import CHANNELS, class_count_problems, meta_problems, name_count
-from stages.common import UserError, first_line
-from stages.timm_models import cut, shown
+from transfer.core.errors import UserError, first_line
+from transfer.models.checkpoints import CHANNELS, class_count_problems, meta_problems, name_count
+from transfer.models.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline onnx 1"
 OPSET = 17

@@ -30,7 +30,7 @@ METRICS_DIR = Path("metrics")
 DVCLIVE_DIR = Path("dvclive")
 DETAILS_DIR = Path("results/details")
 RESUME_DIR = Path(".resume")  # scratch space of a running train stage (in .dvcignore)
-PUBLISH_DIR = Path(".publish")  # staging folders of the stages publishing their outputs (stages/publish.py)
+PUBLISH_DIR = Path(".publish")  # staging folders of the stages publishing their outputs (transfer/core/publish.py)
 
 # compare
 COMPARE_PLOTS_DIR = Path("plots/compare")
@@ -42,13 +42,13 @@ COMPARE_CONFUSION_DIR = COMPARE_PLOTS_DIR / "confusion"
 COMPARE_VAL_ACC_CSV = COMPARE_PLOTS_DIR / "val_acc.csv"
 COMPARE_TRAIN_LOSS_CSV = COMPARE_PLOTS_DIR / "train_loss.csv"
 # The Vega-Lite template of those charts: a line per mode (colour) and revision (dash).
-BY_MODE_TEMPLATE = Path("stages/plot_templates/linear_by_mode.json")
+BY_MODE_TEMPLATE = Path("transfer/evaluation/plot_templates/linear_by_mode.json")
 SUMMARY_JSON = Path("results/summary.json")
 SUMMARY_MD = Path("results/summary.md")
 
 # export
 EXPORTED_MODEL = MODELS_DIR / "model.pt"
-EXPORTED_ONNX = MODELS_DIR / "model.onnx"  # the same network for onnxruntime (stages.onnx_model)
+EXPORTED_ONNX = MODELS_DIR / "model.onnx"  # the same network for onnxruntime (transfer.models.onnx_model)
 HEADLINE_JSON = Path("results/headline.json")
 EXPORT_PLOTS_DIR = Path("plots/model")
 EXPORTED_SAMPLES = EXPORT_PLOTS_DIR / "val_predictions.png"

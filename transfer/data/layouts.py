@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from stages.common import fail
+from transfer.core.errors import fail
 
 TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
 VAL_FOLDERS = ("val", "valid", "validation", "test")

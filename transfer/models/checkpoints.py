@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from stages.backbones import TransferNet, build_model
-from stages.checks import INTERPOLATIONS, MIN_IMAGE_SIZE
-from stages.common import UserError, atomic_path, first_line
-from stages.folding import fold_batchnorm
-from stages.timm_models import cut, shown
+from transfer.core.errors import UserError, first_line
+from transfer.core.files import atomic_path
+from transfer.core.param_checks import INTERPOLATIONS, MIN_IMAGE_SIZE
+from transfer.models.backbones import TransferNet, build_model
+from transfer.models.folding import fold_batchnorm
+from transfer.models.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline checkpoint 1"
 # What inference needs besides the weights; evaluate and export also read the training record.

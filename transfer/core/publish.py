@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from stages.common import check_no_links, fail
-from stages.paths import PUBLISH_DIR
+from transfer.core.errors import fail
+from transfer.core.files import check_no_links
+from transfer.core.paths import PUBLISH_DIR
 
 try:
     import fcntl

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from stages.backbones import TransferNet, body_blocks
+from transfer.models.backbones import TransferNet, body_blocks
 
 
 def body_groups(model: TransferNet, rate: float, layer_decay: float | None) -> list[dict]:

@@ -1,6 +1,6 @@
 """Load params.yaml, check all of it before any work starts, and resolve a mode into its phases.
 
-Every problem is collected and reported at once, one line each, naming the key (stages.checks): a
+Every problem is collected and reported at once, one line each, naming the key (transfer.core.param_checks): a
 typo in a key name is an error, not a silently ignored setting. A stage then reads only the params it
 declares (`declared`), the same list dvc.yaml gives it, so that DVC re-runs it when one changes."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from stages.checks import TRAIN_KEYS, Checker, check_data, check_mode, check_pack, check_train
-from stages.common import UserError
-from stages.paths import PARAMS_FILE
+from transfer.core.errors import UserError
+from transfer.core.param_checks import TRAIN_KEYS, Checker, check_data, check_mode, check_pack, check_train
+from transfer.core.paths import PARAMS_FILE
 
 AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
 SECTIONS = {"mode", "data", "pack", "model", "train", "modes"}
@@ -35,7 +35,7 @@ _Loader.add_implicit_resolver(
 def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None) -> dict:
     """Return the params if they are valid; raise UserError listing every problem otherwise.
 
-    `arch_check` (stages.backbones.check_arch, for the stages that build a model) also checks
+    `arch_check` (transfer.models.backbones.check_arch, for the stages that build a model) also checks
     model.arch and the image sizes against that backbone."""
     c = Checker()
     if not isinstance(params, dict):

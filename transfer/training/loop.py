@@ -1,8 +1,8 @@
 """The one training loop every transfer mode runs.
 
-A mode is data (stages.params.mode_settings): a list of phases, each saying what trains, at what
+A mode is data (transfer.core.params.mode_settings): a list of phases, each saying what trains, at what
 rate, on what batches and for how long. `fit` runs the phases in order; each epoch of a phase trains
-on its source's batches (stages.sources), validates, keeps the best weights and saves the state.
+on its source's batches (transfer.training.sources), validates, keeps the best weights and saves the state.
 
 Every epoch is seeded from (seed, epoch), and the state after each epoch is saved aside, so a killed
 run resumes at its last finished epoch and ends exactly where an uninterrupted run would."""
@@ -19,18 +19,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stages.backbones import TransferNet, set_trainable, train_mode
-from stages.common import atomic_path, log
-from stages.datasets import TrainData
-from stages.devices import bf16_inference, memory_format, uses_bf16
-from stages.distributed import OneProcess, own_totals
-from stages.folding import fold_batchnorm
-from stages.losses import make_criterion
-from stages.optim import make_optimizer, make_scheduler
-from stages.sharding import shard
-from stages.sources import PhaseRun, epoch_seed, make_source
-from stages.stopping import beats_kept
-from stages.stopping import update as early_stop
+from transfer.core.devices import bf16_inference, memory_format, uses_bf16
+from transfer.core.files import atomic_path
+from transfer.core.stage import log
+from transfer.data.loaders import TrainData
+from transfer.models.backbones import TransferNet, set_trainable, train_mode
+from transfer.models.folding import fold_batchnorm
+from transfer.training.distributed import OneProcess, own_totals
+from transfer.training.losses import make_criterion
+from transfer.training.optim import make_optimizer, make_scheduler
+from transfer.training.sharding import shard
+from transfer.training.sources import PhaseRun, epoch_seed, make_source
+from transfer.training.stopping import beats_kept
+from transfer.training.stopping import update as early_stop
 
 
 @dataclass
@@ -42,7 +43,7 @@ class FitResult:
     best_loss: float = math.inf
     train_seconds: float = 0.0
     trainable_params: int = 0
-    stop_best: float | None = None  # early stopping's count (stages.stopping), carried by the resume state
+    stop_best: float | None = None  # early stopping's count (transfer.training.stopping), carried by the resume state
     stale_epochs: int = 0
     stopped_epoch: int | None = None
 

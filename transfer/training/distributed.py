@@ -4,7 +4,7 @@ averages their gradients, and this module is all the training loop sees of it.
 The train stage re-runs itself under torchrun (`launch`): one process per CUDA GPU (NCCL), or
 several on the CPU (gloo). Every process builds the same seeded model and reads the same data;
 each global batch (train.batch_size images, as with one process) is dealt out to the processes
-(stages.sharding), each computes the gradient of its share, and the weighted average DDP makes of
+(transfer.training.sharding), each computes the gradient of its share, and the weighted average DDP makes of
 them is that of the whole batch. Where BatchNorm statistics are frozen, the weights therefore equal
 those of one process to float rounding. Training BatchNorm layers are SyncBatchNorm on GPUs (their
 statistics over the whole batch); on the CPU each process normalises over its own share.
@@ -19,8 +19,9 @@ import sys
 import torch
 from torch import nn
 
-from stages.common import UserError, log
-from stages.devices import pick_device
+from transfer.core.devices import pick_device
+from transfer.core.errors import UserError
+from transfer.core.stage import log
 
 LAUNCHED = "LOCAL_RANK"  # set by torchrun in each process it starts
 

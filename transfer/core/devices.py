@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from stages.common import UserError
+from transfer.core.errors import UserError
 
 CPU_THREADS = torch.get_num_threads()
 

@@ -23,8 +23,9 @@ from typing import IO
 
 from tqdm import tqdm
 
-from stages.common import UserError, disk_full, fail, log
-from stages.paths import RAW_DIR
+from transfer.core.errors import UserError, disk_full, fail
+from transfer.core.paths import RAW_DIR
+from transfer.core.stage import log
 
 MIRROR_ENV = "DATASET_MIRROR"
 TRIES = 5

@@ -1,6 +1,6 @@
 """Data for training and evaluation: the split's images at the backbone's working size, and their transforms.
 
-Stage `pack` decodes every image once into data/store (stages.store), at a short side of
+Stage `pack` decodes every image once into data/store (transfer.data.store), at a short side of
 pack.short_side. Training and evaluation read images from there as uint8 tensors whose short side is
 the backbone's working size (`resize_size`, the short side before the crop): held in memory while the
 split fits `train.memory_budget_mb`, read from the store image by image beyond it, so that memory does
@@ -21,9 +21,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from stages.common import UserError
-from stages.images import UnreadableImage, open_rgb
-from stages.paths import CLASSES_JSON, RAW_DIR, SPLIT_DIR, split_csv
+from transfer.core.errors import UserError
+from transfer.core.paths import CLASSES_JSON, RAW_DIR, SPLIT_DIR, split_csv
+from transfer.data.decode import UnreadableImage, open_rgb
 
 
 @dataclass
@@ -87,7 +87,7 @@ class StoreImages(Sequence):
     working short side differs from the store's (a smaller backbone size, scratch's 96 px)."""
 
     def __init__(self, split: str, preprocess: dict):
-        from stages.store import ImageStore
+        from transfer.data.store import ImageStore
 
         self.store, self.preprocess = ImageStore(split), preprocess
         size = preprocess["resize_size"]
@@ -208,7 +208,7 @@ def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: di
 class TensorImages(torch.utils.data.Dataset):
     """Decoded images + labels, transformed on access.
 
-    A key is (index, seed), as stages.training.EpochSampler makes them: the augmentation draws from
+    A key is (index, seed), as transfer.training.loop.EpochSampler makes them: the augmentation draws from
     that seed alone, so the view of an image depends on the run's seed, the epoch and the index, never
     on which loader worker happens to make it, how many workers there are, or a resume."""
 

@@ -1,0 +1,73 @@
+"""Files written whole or not at all, never through a link, and JSON read with one-line errors."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from transfer.core.errors import fail
+
+
+def check_no_links(path: str | os.PathLike) -> Path:
+    """`path`, relative to the project root, with no symbolic link at it or on the way to it (checked
+    without following any): a checkout of an untrusted branch may commit links, and the pipeline
+    never writes or deletes through one, which could lead outside the project. Absolute paths (a
+    user's own --output) are the user's to choose and are returned as they are."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    for depth in range(1, len(path.parts) + 1):
+        step = Path(*path.parts[:depth])
+        if step.is_symlink():
+            fail(f"{step}: a symbolic link where the pipeline writes (it could lead outside the project); "
+                 "remove it and run again")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it is renamed onto `path` only if the block succeeds.
+
+    Works for files and folders, so a killed stage never leaves a half-written output. A link at
+    `path` is replaced, never followed; one on the way to it is refused (check_no_links)."""
+    path = Path(path)
+    check_no_links(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        fail(f"{path}: missing; run the stage that writes it first (dvc repro)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        fail(f"{path}: not valid JSON ({err})")
