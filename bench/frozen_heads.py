@@ -1,10 +1,10 @@
 """How frozen's linear head compares with the linear probe, trained other ways on the same features.
 
-    D=/data/suite; python bench/frozen_heads.py $D/caltech20 $D/cifar10-tiny $D/clothing-large \
+    D=/data/suite; python -m bench.frozen_heads $D/caltech20 $D/cifar10-tiny $D/clothing-large \
         $D/magtile-imbalanced hymenoptera_data.zip --seeds 0 1 2
 
 For each dataset (a folder or archive, as `data.url` takes it) a scratch project outside the
-repository is packed as bench/suite.py packs it, and the frozen body's outputs are computed once with
+repository is packed as bench.suite packs it, and the frozen body's outputs are computed once with
 the pipeline's own code and frozen's row (its cached views of the training images; centre crops of
 val and test). On them a linear head is trained per seed (init and shuffling) in each of these ways,
 the epoch kept by val accuracy (then val loss) as train@frozen keeps it, and scored on the split that
@@ -16,7 +16,7 @@ reports (test where there is one, else val):
 - `lbfgs`: multinomial logistic regression solved by L-BFGS on the standardised views, its L2
   strength chosen on val from a grid (deterministic: one seed is all it needs).
 
-beside the linear probe of bench/suite.py (scikit-learn on standardised centre-crop features, C=1).
+beside the linear probe of bench.suite (scikit-learn on standardised centre-crop features, C=1).
 
 `--grid lr=0.03,0.1,0.3 weight_decay=0,0.01 epochs=50,100` also trains the `row` and `standardised`
 heads at every combination of those values of frozen's row, and prints the settings with the best
@@ -37,11 +37,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.suite import leave_one_out, linear_probe, run_stage, scratch_project, working_dir  # noqa: E402
-from transfer.training.stopping import kept_epoch  # noqa: E402
+from bench.suite import leave_one_out, linear_probe, run_stage, scratch_project, working_dir
+from transfer.training.stopping import kept_epoch
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 GRID_KEYS = {"lr": float, "weight_decay": float, "epochs": int}
@@ -199,11 +196,12 @@ def print_grid(grid: dict, probes: dict, row: tuple) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.frozen_heads", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="sets",
-                        help="override a param in every scratch project, as bench/suite.py's --set")
+                        help="override a param in every scratch project, as bench.suite's --set")
     parser.add_argument("--work", type=Path, help="where the scratch projects go (default: a temporary folder)")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2,...",
                         help=f"also train the {' and '.join(GRID_HEADS)} heads at every combination of these "

@@ -1,9 +1,9 @@
 """Early stopping read off runs that went on longer: what another patience would have kept, and when.
 
-    python bench/suite.py <datasets> --modes scratch --set modes.scratch.patience=null --json full.json
-    python bench/patience.py full.json --patience 15 25 50 --stop-on val_loss val_acc
+    python -m bench.suite <datasets> --modes scratch --set modes.scratch.patience=null --json full.json
+    python -m bench.patience full.json --patience 15 25 50 --stop-on val_loss val_acc
 
-bench/suite.py records each run's epochs (val loss, val accuracy, seconds). A run that stops early
+bench.suite records each run's epochs (val loss, val accuracy, seconds). A run that stops early
 trains the same epochs as a longer one up to the epoch it stops at (every epoch is seeded from the
 seed and the epoch; the schedule is the row's), so one run without early stopping holds the answer
 for every patience: the epoch it would stop at (transfer.training.stopping's rule: `patience` epochs without a
@@ -23,9 +23,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from transfer.training import stopping  # noqa: E402
+from transfer.training import stopping
 
 
 def stop_epoch(values: list[float], patience: int | None, stop_on: str) -> int:
@@ -51,17 +49,17 @@ def replay(run: dict, patience: int | None, stop_on: str) -> dict:
 
 
 def read_runs(path: Path) -> list[tuple[str, str, list[dict]]]:
-    """(dataset, row, runs) of a bench/suite.py --json file; ValueError when it is not one, or when a run
+    """(dataset, row, runs) of a bench.suite --json file; ValueError when it is not one, or when a run
     has no per-epoch record."""
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
         rows = [(dataset, row, summary["runs"]) for dataset, result in found.items()
                 for row, summary in result["modes"].items()]
     except (AttributeError, KeyError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"{path}: not a bench/suite.py --json file") from None
+        raise ValueError(f"{path}: not a bench.suite --json file") from None
     for dataset, row, runs in rows:
         if any("val_loss" not in run for run in runs):
-            raise ValueError(f"{path}: {dataset} {row}: no per-epoch record (made before bench/suite.py kept one)")
+            raise ValueError(f"{path}: {dataset} {row}: no per-epoch record (made before bench.suite kept one)")
     return rows
 
 
@@ -74,8 +72,9 @@ def parse_patience(text: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suite_json", type=Path, help="bench/suite.py --json output")
+    parser = argparse.ArgumentParser(prog="python -m bench.patience", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite_json", type=Path, help="python -m bench.suite --json output")
     parser.add_argument("--patience", nargs="+", default=["15", "25", "50", "null"],
                         help="patiences to replay (null: no early stopping)")
     parser.add_argument("--stop-on", nargs="+", default=["val_loss", "val_acc"], choices=["val_loss", "val_acc"])

@@ -3,15 +3,14 @@ evaluate decode all of data/raw into RAM) against the code with it (stage pack d
 data/store, train and evaluate read it), on the same generated datasets in one run:
 
     git worktree add /tmp/old <commit-before-the-store>
-    python bench/scale.py --old /tmp/old --sizes 1000 5000 20000             # --new: this checkout
-    python bench/scale.py --old /tmp/old --new . --sizes 40 80 --work /tmp/scale   # a quick try
+    python -m bench.scale --old /tmp/old --sizes 1000 5000 20000             # --new: this checkout
+    python -m bench.scale --old /tmp/old --new . --sizes 40 80 --work /tmp/scale   # a quick try
 
-Per N: N seeded JPEG photos in --work (outside the repository, reused later), 4 classes told apart by
-colour and shape, 10% at 4032x3024. Per N and checkout: a project of its stages/, params.yaml (data.url
-the photos, mode frozen alone, 1 epoch, cached_views 1, train.workers 0), dvc.yaml; download, split,
-pack (new path only), train, evaluate run there as `python -m stages.<name>`; wall and CPU seconds
-(user + system: steadier on a shared machine), peak RSS from os.wait4; then new/old ratios, growth
-across N, targets. 2 cores: ~40 min for N=1,000 and 5,000 on both paths, an hour more for 20,000."""
+Per N: N seeded JPEG photos in --work (outside the repository, reused), 4 classes told apart by colour and shape,
+10% at 4032x3024. Per N and checkout: a project of its code, params.yaml (data.url the photos, mode frozen alone,
+1 epoch, cached_views 1, train.workers 0), dvc.yaml; download, split, pack (new path only), train, evaluate run
+there as `python -m stages.<name>`; wall and CPU seconds (user + system: steadier when shared), peak RSS (os.wait4);
+new/old ratios, growth across N, targets. 2 cores: ~40 min for N=1,000 and 5,000 on both paths, +1 h for 20,000."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +32,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import ROOT, copy_code
+
 MODE, MEASURED = "frozen", ("train", "evaluate")
 GENERATOR = 1  # bump when the generated images change: earlier ones are then not reused
 PHONE, PHONE_SHARE, SMALL = (4032, 3024), 0.1, ((500, 375), (640, 480), (800, 600), (600, 800))
@@ -41,12 +41,12 @@ VARIANTS = 2  # base images per class and size; every image is a cheap variation
 PALETTE = ((200, 40, 40), (40, 160, 40), (40, 40, 200), (200, 200, 40), (160, 40, 160), (40, 180, 180))
 SIDES = (3, 4, 6, 24, 5, 8)  # each class's shape: a regular polygon of this many sides
 CLASSES, MIN_PER_CLASS = 4, 5
-# The targets printed beside the numbers.
-TARGET_KB_PER_IMAGE, TARGET_GIB, TARGET_N, TARGET_TIME_SPREAD = 16, 3, 20_000, 0.15
+TARGET_KB_PER_IMAGE, TARGET_GIB, TARGET_N, TARGET_TIME_SPREAD = 16, 3, 20_000, 0.15  # printed beside the numbers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", type=Path, help="checkout of the code before the store (none: new path only)")
     parser.add_argument("--new", type=Path, default=ROOT, help="checkout of the code with the store (default: this)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000], help="dataset sizes N")
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Every argument checked, or one line naming the bad one and exit; paths resolved, sizes sorted."""
-    refuse = lambda message: sys.exit(f"bench/scale.py: {message}")
+    refuse = lambda message: sys.exit(f"bench.scale: {message}")
     for option in ("old", "new"):
         if (code := getattr(args, option)) is not None:
             setattr(args, option, code := code.expanduser().resolve())
@@ -152,9 +152,9 @@ def generate(n: int, args: argparse.Namespace) -> tuple[Path, float, int]:
 
 
 def make_project(code: Path, project: Path, dataset: Path, layout: str) -> None:
-    """The checkout's stages/, dvc.yaml, params.yaml (the photos, mode frozen alone, 1 epoch ...) in `project`."""
+    """The checkout's code, dvc.yaml, params.yaml (the photos, mode frozen alone, 1 epoch ...) in `project`."""
     shutil.rmtree(project, ignore_errors=True)
-    shutil.copytree(code / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(code, project)
     shutil.copy2(code / "dvc.yaml", project / "dvc.yaml")
     params = yaml.safe_load((code / "params.yaml").read_text(encoding="utf-8"))
     params["data"].update(url=str(dataset), sha256=None, layout=layout)

@@ -1,11 +1,11 @@
 """The validation suite: every mode on several datasets and seeds, against a linear probe.
 
-    python bench/suite.py /data/flowers.zip /data/cifar10-prefix /data/pets --seeds 0 1 2
-    python bench/suite.py /data/gestures --modes frozen finetune --set modes.frozen.lr=0.03 --json out.json
+    python -m bench.suite /data/flowers.zip /data/cifar10-prefix /data/pets --seeds 0 1 2
+    python -m bench.suite /data/gestures --modes frozen finetune --set modes.frozen.lr=0.03 --json out.json
 
 Each dataset is what `data.url` accepts (a folder or an archive). For each one the script makes a
 scratch project in a temporary folder outside the repository (or under --work): the pipeline's
-stages/ and params.yaml, with data.url set to the dataset and the --set overrides applied (dotted
+stages/, transfer/ and params.yaml, with data.url set to the dataset and the --set overrides applied (dotted
 keys, values read as YAML). It runs the stages download, split and pack there once, then train@<mode>
 and evaluate@<mode> for every mode and seed (train.seed), each as its own process, as `dvc repro`
 would. It prints per dataset and mode the accuracy's mean and spread over the seeds (sample standard
@@ -25,7 +25,6 @@ import contextlib
 import copy
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,10 +34,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics  # noqa: E402
+from bench import ROOT, copy_code
+from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics
 
 
 class SuiteError(Exception):
@@ -60,8 +57,8 @@ def set_key(params: dict, assignment: str) -> None:
 
 
 def scratch_project(folder: Path, dataset: Path, modes: list[str], sets: list[str]) -> dict:
-    """The pipeline's stages and params in `folder`, set for `dataset`; the params it wrote."""
-    shutil.copytree(ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    """The pipeline's code (stages/, transfer/) and params in `folder`, set for `dataset`; the params it wrote."""
+    copy_code(ROOT, folder)
     params = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
     unknown = [mode for mode in modes if mode not in params["modes"]]
     if unknown:
@@ -253,7 +250,8 @@ def held_out(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", type=Path, help="folders or archives, as data.url takes them")
     parser.add_argument("--modes", nargs="+", help="default: every mode of params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Rebuild the four validation-suite datasets from pinned commits of public GitHub repositories.
 
     git clone --bare https://github.com/<owner>/<name> MIRRORS/<owner>+<name>     # each repo of SOURCES
-    python bench/suite_datasets.py --mirror-root MIRRORS --out /data/suite          # outside the repository
+    python -m bench.suite_datasets --mirror-root MIRRORS --out /data/suite          # outside the repository
 
 Each source is a git directory under MIRROR_ROOT/<owner>+<name>/ (bare, or a clone's .git, or repo/ in it);
 files are read with `git cat-file` at the pinned commit, so the result depends only on that commit.
@@ -24,6 +23,8 @@ import sys
 from pathlib import Path
 
 from PIL import Image
+
+from bench import ROOT
 
 # repo -> the commit read
 SOURCES = {
@@ -202,11 +203,11 @@ def describe(root: Path, layout: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.suite_datasets", description=__doc__.split("\n")[0])
     ap.add_argument("--mirror-root", type=Path, required=True, help="the repositories' git directories")
     ap.add_argument("--out", type=Path, required=True, help="where the dataset folders go (outside the repository)")
     args = ap.parse_args()
-    if args.out.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+    if args.out.resolve().is_relative_to(ROOT):
         raise SystemExit(f"suite_datasets: error: --out {args.out}: inside the repository")
     summary, skipped = {}, []
     for name, (layout, build) in DATASETS.items():

@@ -1,4 +1,5 @@
-"""bench/suite.py on a tiny generated dataset: one mode, one seed, tiny settings, real stage processes."""
+"""python -m bench.suite (and bench.frozen_heads, bench.patience) on a tiny generated dataset: one mode, one seed,
+tiny settings, real stage processes."""
 from __future__ import annotations
 
 import json
@@ -15,9 +16,14 @@ TINY = ["train.epochs=1", "train.image_size=32", "train.batch_size=8", "train.ca
         "modes.frozen.epochs=2", "modes.frozen.patience=1", "pack.short_side=40", "data.test_fraction=0.25"]
 
 
+def bench(tool: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m bench.<tool> ARGS` from the project root, as the docs run it."""
+    return subprocess.run([sys.executable, "-m", f"bench.{tool}", *args], cwd=ROOT, env=env_with_venv(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def suite(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "suite.py"), *args], cwd=ROOT, env=env_with_venv(),
-                          capture_output=True, text=True, timeout=900)
+    return bench("suite", *args)
 
 
 def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
@@ -64,7 +70,7 @@ def test_suite_bad_input_is_one_line(tmp_path):
 
 
 def test_frozen_heads_prints_each_way_of_training_the_head_beside_the_probe(tmp_path):
-    """bench/frozen_heads.py: frozen's head trained three ways on the pipeline's own cached features."""
+    """bench.frozen_heads: frozen's head trained three ways on the pipeline's own cached features."""
     data = tmp_path / "colours"
     write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
     proc = frozen_heads(str(data), "--seeds", "0", "--work", str(tmp_path / "work"), "--set", *TINY,
@@ -87,14 +93,11 @@ def test_frozen_heads_prints_each_way_of_training_the_head_beside_the_probe(tmp_
 
 
 def frozen_heads(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "frozen_heads.py"), *args], cwd=ROOT,
-                          env=env_with_venv(), capture_output=True, text=True, timeout=900)
+    return bench("frozen_heads", *args)
 
 
 def test_leave_one_dataset_out_by_hand():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import frozen_heads
-    import suite
+    from bench import frozen_heads, suite
     scores = {"a": {"x": 0.9, "y": 0.5, "z": 0.5}, "b": {"x": 0.1, "y": 0.6, "z": 0.6},
               "c": {"x": 0.5, "y": 0.6, "z": 0.55}}
     # Held out x: b has the best mean on y and z (0.6); held out y or z: a (0.7 on the other two).
@@ -115,17 +118,11 @@ def test_frozen_heads_bad_grid_is_one_line(tmp_path):
                       ("epochs=5,ten", "5,ten is not a list of ints")):
         proc = frozen_heads(str(tmp_path), "--grid", item)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
-            f"frozen_heads.py: error: --grid: {item}: {why}")
-
-
-def replay_module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import patience
-    return patience
+            f"python -m bench.frozen_heads: error: --grid: {item}: {why}")
 
 
 def test_patience_replay_rules_by_hand():
-    patience = replay_module()
+    from bench import patience
     loss = [1.0, 0.8, 0.9, 0.8, 0.7, 0.75, 0.76, 0.77]
     assert patience.stop_epoch(loss, 2, "val_loss") == 4  # 0.9 and a tie (0.8) are not better
     assert patience.stop_epoch(loss, 3, "val_loss") == 8  # the 0.7 at 5 resets it; 6, 7, 8 are stale
@@ -152,10 +149,10 @@ def test_patience_replayed_from_a_longer_run_matches_a_run_that_stopped(tmp_path
     full, stopped = found["frozen"]["runs"][0], found["frozen+p2"]["runs"][0]
     assert len(full["val_loss"]) == 12 and stopped["stopped_epoch"] < 12  # it did stop early
     assert full["val_loss"][:stopped["stopped_epoch"]] == stopped["val_loss"]  # the same epochs up to the stop
-    replayed = replay_module().replay(full, 2, "val_loss")
+    from bench import patience
+    replayed = patience.replay(full, 2, "val_loss")
     assert (replayed["stopped"], replayed["kept"]) == (stopped["stopped_epoch"], stopped["best_epoch"])
-    printed = subprocess.run([sys.executable, str(ROOT / "bench" / "patience.py"), str(out), "--patience", "2",
-                              "--stop-on", "val_loss"], capture_output=True, text=True, timeout=60)
+    printed = bench("patience", str(out), "--patience", "2", "--stop-on", "val_loss", timeout=60)
     assert printed.returncode == 0, printed.stderr
     line = next(row for row in printed.stdout.splitlines() if row.split()[:4] == ["colours", "frozen", "val_loss", "2"])
     assert line.split()[6:8] == [str(stopped["stopped_epoch"]), str(stopped["best_epoch"])]
@@ -163,16 +160,15 @@ def test_patience_replayed_from_a_longer_run_matches_a_run_that_stopped(tmp_path
 
 def test_patience_bad_input_is_one_line(tmp_path):
     def patience(*args):
-        return subprocess.run([sys.executable, str(ROOT / "bench" / "patience.py"), *args], capture_output=True,
-                              text=True, timeout=60)
+        return bench("patience", *args, timeout=60)
     other, old, good = tmp_path / "other.json", tmp_path / "old.json", tmp_path / "good.json"
     other.write_text('{"a": 1}')
     good.write_text(json.dumps({"colours": {"modes": {"scratch": {"runs": [
         {"val_loss": [1.0], "val_acc": [0.5], "epoch_seconds": [1.0]}]}}}}))
     assert patience(str(good)).returncode == 0
     old.write_text(json.dumps({"colours": {"modes": {"scratch": {"runs": [{"seed": 0, "accuracy": 0.5}]}}}}))
-    for args, message in [((str(other),), f"{other}: not a bench/suite.py --json file"),
-                          ((str(old),), f"{old}: colours scratch: no per-epoch record (made before bench/suite.py "
+    for args, message in [((str(other),), f"{other}: not a bench.suite --json file"),
+                          ((str(old),), f"{old}: colours scratch: no per-epoch record (made before bench.suite "
                                         "kept one)"),
                           ((str(good), "--patience", "0"), "--patience 0: must be a whole number >= 1 or null"),
                           ((str(tmp_path / "nowhere.json"),), "No such file or directory")]:

@@ -1,4 +1,4 @@
-"""Matplotlib helpers shared by the stages that draw: an image grid with captions, a confusion matrix.
+"""Matplotlib helpers shared by the stages that draw: an image grid with captions, and the settings of every figure.
 
 Figures are built with matplotlib.figure.Figure rather than pyplot, so nothing stays registered in
 pyplot's global state and no figure needs closing; the Agg backend draws them without a display."""
@@ -46,30 +46,3 @@ def image_grid(images: Sequence, captions: Sequence[str], colors: Sequence[str] 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def draw_confusion(ax, matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str | None = None) -> None:
-    """Draw a confusion matrix (rows = actual, columns = predicted) on `ax`, counts annotated.
-
-    Cells are shaded by their share of the row (the recall of that actual class), so that a large
-    class does not wash out the errors of a small one."""
-    counts = [[int(v) for v in row] for row in matrix]
-    n = len(counts)
-    shares = [[v / max(1, sum(row)) for v in row] for row in counts]
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    if n <= ANNOTATE_MAX_CLASSES:
-        for i, row in enumerate(counts):
-            for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=9 if n <= 10 else 6,
-                        color="white" if shares[i][j] > 0.5 else "black")
-    if n <= TICK_LABELS_MAX_CLASSES:
-        ax.set_xticks(range(n), labels, rotation=45 if n > 2 else 0, ha="right" if n > 2 else "center",
-                      fontsize=8)
-        ax.set_yticks(range(n), labels, fontsize=8)
-    else:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    if title:
-        ax.set_title(title)

@@ -1,32 +1,26 @@
-"""Benchmark: the plain tutorial loop against the pipeline's training, same data, machine and backbone.
+"""The subcommands of bench.speed that train: `tutorial` (the plain tutorial loop against the pipeline's
+training) and `inference-dtype` (bfloat16 against float32 for the passes without gradients). Run them
+as `python -m bench.speed tutorial|inference-dtype ...`; each function's docstring is its --help.
 
-Run by hand from the project root after `dvc repro pack` (never in CI):
-
-    python bench/benchmark.py                 # frozen, finetune, scratch; 25 / 3 / 25 epochs
-    python bench/benchmark.py --quick         # a short run of each (smoke test)
-    python bench/benchmark.py --modes frozen --epochs 25
-
-For each mode, (a) the tutorial loop (batch 4, SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), every JPEG
-decoded every epoch, the whole network run forward every epoch, BatchNorm left in train mode) and
-(b) the pipeline's training of that mode (its row in params.yaml, with the epochs set to the same
-number) each run in a fresh process; the report gives wall seconds, training images per second,
-peak memory (max RSS), best val accuracy and the ratio (a)/(b)."""
+The library is imported inside the functions: the tutorial loop's process must not load the
+pipeline's settings (transfer.core.devices tunes the allocator when imported)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import ROOT
 
 # frozen and scratch: the tutorials' 25 epochs; finetune: 3, its cost per epoch (25 take 10 minutes
 # in the tutorial loop on a 2-core CPU).
 DEFAULT_EPOCHS = {"frozen": 25, "finetune": 3, "scratch": 25}
+DTYPES = ("float32", "bfloat16")
 
 
 def tutorial_loop(mode: str, epochs: int) -> dict:
@@ -123,8 +117,6 @@ def tutorial_phase(model, loader, training: bool, criterion, optimizer, device) 
 
 def pipeline(mode: str, epochs: int) -> dict:
     """The train stage's work for one mode (decode once, cached features, ...), epochs overridden."""
-    import tempfile
-
     from transfer.core import params as params_module
     from transfer.core.devices import bf16_inference, pick_device, uses_bf16
     from transfer.data.loaders import read_classes, store_splits
@@ -160,31 +152,38 @@ def size_text(crop: int | None, size: int) -> str:
 
 def run_child(variant: str, mode: str, epochs: int) -> dict:
     """Run one variant in a fresh process; its peak memory is the child's max RSS."""
-    cmd = [sys.executable, __file__, "--child", variant, "--modes", mode, "--epochs", str(epochs)]
+    cmd = [sys.executable, "-m", "bench.speed", "tutorial", "--child", variant, "--modes", mode, "--epochs",
+           str(epochs)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     out = proc.stdout.read()
     if status != 0:
-        sys.exit(f"benchmark: {variant} {mode} failed (exit status {status})")
+        sys.exit(f"speed tutorial: {variant} {mode} failed (exit status {status})")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_mib"] = usage.ru_maxrss / 1024
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="frozen,finetune,scratch")
-    parser.add_argument("--epochs", type=int, help="the same number for every mode (default: per mode)")
-    parser.add_argument("--quick", action="store_true", help="2 epochs of each mode: a smoke run")
-    parser.add_argument("--child", choices=("tutorial", "pipeline"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def tutorial(args) -> None:
+    """The plain tutorial loop against the pipeline's training, same data, machine and backbone.
+
+    Run by hand from the project root after `dvc repro pack` (never in CI):
+
+        python -m bench.speed tutorial                 # frozen, finetune, scratch; 25 / 3 / 25 epochs
+        python -m bench.speed tutorial --quick         # a short run of each (smoke test)
+        python -m bench.speed tutorial --modes frozen --epochs 25
+
+    For each mode, (a) the tutorial loop (batch 4, SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), every JPEG
+    decoded every epoch, the whole network run forward every epoch, BatchNorm left in train mode) and
+    (b) the pipeline's training of that mode (its row in params.yaml, with the epochs set to the same
+    number) each run in a fresh process; the report gives wall seconds, training images per second,
+    peak memory (max RSS), best val accuracy and the ratio (a)/(b).
+    """
     os.chdir(ROOT)
     if args.child:
         run = tutorial_loop if args.child == "tutorial" else pipeline
         print(json.dumps(run(args.modes, args.epochs)))
         return
-
-    import platform
 
     import torch
 
@@ -214,5 +213,67 @@ def main() -> None:
         print(f"{line}; best val accuracy {gain:+.4f}", flush=True)
 
 
-if __name__ == "__main__":
-    main()
+def inference_ms(bf16: bool, repeats: int = 8) -> float:
+    import torch
+
+    from transfer.models.backbones import build_model
+    from transfer.models.folding import fold_batchnorm
+
+    model, _ = build_model("efficientnet_lite0", 2, pretrained=True)
+    model.eval()
+    fold_batchnorm(model, 224)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(x)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+    return (time.perf_counter() - started) / repeats / len(x) * 1000
+
+
+def inference_dtype(args) -> None:
+    """bfloat16 against float32 for the passes without gradients: speed of inference, and the accuracy of
+    the modes whose frozen part's outputs are computed in that pass.
+
+    Run from the project root after `dvc repro pack` (minutes on a 2-core CPU):
+
+        python -m bench.speed inference-dtype                      # frozen, partial, freeze_unfreeze; seed 0
+        python -m bench.speed inference-dtype --modes frozen --seeds 0 1 2
+
+    Prints, per dtype, ms an image of EfficientNet-Lite0 inference (batch 16, 224 px, BatchNorm folded,
+    channels-last), then per mode and seed the best val accuracy and the seconds of the frozen part's pass.
+    """
+    import torch
+
+    from transfer.core import params as params_module
+    from transfer.core.devices import cpu_has_bf16
+    from transfer.data.loaders import read_classes, store_splits
+    from transfer.training.loop import ResumeState
+    from transfer.training.runs import run_training
+
+    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"native bf16: {cpu_has_bf16()}", flush=True)
+    for dtype in DTYPES:
+        print(f"inference {dtype:9s} {inference_ms(dtype == 'bfloat16'):6.2f} ms/image", flush=True)
+    params = params_module.load(ROOT / "params.yaml")
+    classes = read_classes()
+    data = {}  # read once per working size: the dtype and seed change the run, not the images
+    budget = params["train"]["memory_budget_mb"]
+
+    def images(pre):
+        if pre["resize_size"] not in data:
+            data[pre["resize_size"]] = store_splits(pre, budget)
+        return data[pre["resize_size"]]
+    for mode in args.modes:
+        for seed in args.seeds:
+            for dtype in DTYPES:
+                params["modes"][mode].update(seed=seed, inference_dtype=dtype)
+                settings = params_module.mode_settings(params_module.check(params), mode)
+                with tempfile.TemporaryDirectory() as tmp:
+                    _, _, result = run_training(settings, len(classes), ResumeState(Path(tmp) / "state.pt", "bench"),
+                                                images)
+                frozen_pass = result.train_seconds - sum(row["seconds"] for row in result.history)
+                print(f"{mode:16s} seed {seed} {dtype:9s} best val accuracy {result.best_accuracy:.4f} "
+                      f"(epoch {result.best_epoch}), train {result.train_seconds:6.1f} s, "
+                      f"of which the frozen part's pass {frozen_pass:6.1f} s", flush=True)

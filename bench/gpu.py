@@ -2,8 +2,8 @@
 
 Run by hand on a CUDA machine from the project root (no data needed: random images):
 
-    python bench/gpu_layouts.py                      # batches of 16 and 64
-    python bench/gpu_layouts.py --batches 32
+    python -m bench.gpu                      # batches of 16 and 64
+    python -m bench.gpu --batches 32
 
 Each configuration runs in a fresh process, because what it measures first is a per-process cost:
 the first training step, in which cuDNN picks and sets up its kernels for that layout and precision.
@@ -16,10 +16,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import ROOT
 
 CONFIGS = [("fp32", "NCHW"), ("fp32", "CL"), ("bf16", "NCHW"), ("bf16", "CL")]
 
@@ -70,7 +68,8 @@ def measure(precision: str, layout: str, batch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -81,13 +80,13 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("gpu_layouts: no CUDA GPU here")
+        sys.exit("gpu: no CUDA GPU here")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"{'batch':>5} {'precision':>9} {'layout':>6} {'first step s':>12} {'step ms':>8} {'img/s':>7} "
           f"{'first eval s':>12} {'eval ms':>8}")
     for batch in args.batches:
         for precision, layout in CONFIGS:
-            out = subprocess.run([sys.executable, __file__, "--child", precision, layout, str(batch)],
+            out = subprocess.run([sys.executable, "-m", "bench.gpu", "--child", precision, layout, str(batch)],
                                  cwd=ROOT, capture_output=True, text=True, check=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             print(f"{batch:>5} {precision:>9} {layout:>6} {r['first step s']:>12.2f} {r['step ms']:>8.1f} "

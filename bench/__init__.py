@@ -1,0 +1,23 @@
+"""Tools that measure the pipeline, run by hand from the project root as `python -m bench.<tool>` (never by DVC):
+
+- suite: the validation suite, every mode on several datasets and seeds against a linear probe;
+  suite_datasets rebuilds its datasets from pinned public repositories;
+- frozen_heads: frozen's linear head trained other ways on the same features, beside the probe;
+- patience: early stopping replayed on the suite's per-epoch records;
+- speed: the tutorial loop against the pipeline, a training step, backbones, the loader, inference dtype;
+- gpu: memory layout and precision of a training step on a CUDA GPU;
+- scale: memory and time against dataset size.
+
+`python -m bench.<tool> --help` says what each one does and prints."""
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_code(checkout: Path, project: Path) -> None:
+    """The pipeline's code of `checkout` (stages/, and transfer/ where it has one: not before the library moved
+    out of stages/) into `project`, where its stages then run as `python -m stages.<name>`."""
+    for folder in ("stages", "transfer"):
+        if (checkout / folder).is_dir():
+            shutil.copytree(checkout / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
