@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One experiment on this machine, in a clone of its own: `dvc exp run` against the shared DVC
 # remote, then `dvc exp push`, so that the main clone's `dvc exp pull origin` and `dvc exp show`
-# list the experiments every machine ran (README, Many machines).
+# list the experiments every machine ran (docs/gpus.md, Many machines).
 #
 #   scripts/exp_on_machine.sh <git-url> <clone-dir> <name> [dvc exp run options: -S key=value ...]
 #

@@ -11,11 +11,9 @@ from pathlib import Path
 from transfer.core.errors import UserError
 from transfer.core.paths import EXPORTED_MODEL
 from transfer.core.stage import run_main
+from transfer.models.inference import IMAGE_EXTENSIONS, classify, image_files
 
 DEFAULT_MODEL = EXPORTED_MODEL
-# Folders are searched for these; a file named on the command line is tried whatever its name.
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-BATCH_SIZE = 32
 
 
 def positive_int(text: str) -> int:
@@ -35,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Examples:\n"
                "  python -m stages.predict photo.jpg\n"
                "  python -m stages.predict --top-k 1 data/raw/hymenoptera_data/val\n"
-               "  python -m stages.predict --json --model models/frozen.pt a.png b.png\n"
+               "  python -m stages.predict --json --model models/modes/frozen.pt a.png b.png\n"
                "  python -m stages.predict --model models/model.onnx photo.jpg    # through onnxruntime\n"
                "The model comes from the pipeline: run `dvc repro` (or `dvc pull`) first.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="image files, or folders searched recursively for image files "
                              f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"model checkpoint (default: {DEFAULT_MODEL}; models/<mode>.pt for one mode; "
+                        help=f"model checkpoint (default: {DEFAULT_MODEL}; models/modes/<mode>.pt for one mode; "
                              "models/model.onnx runs the exported ONNX file through onnxruntime)")
     parser.add_argument("--top-k", type=positive_int, default=3,
                         help="how many classes to print per image (default: 3; at most the number of classes)")
@@ -51,59 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='print one JSON list of {"path", "top": [{"class", "probability"}]} '
                              '(or {"path", "error"} for an unreadable file)')
     return parser.parse_args(argv)
-
-
-def image_files(paths: list[str]) -> list[Path]:
-    """The files named, and the image files under the folders named (recursively, sorted)."""
-    files: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            # Hidden files are skipped: archives made on macOS carry "._name.jpg" resource forks.
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                raise UserError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"{path}: no such file or folder")
-    return files
-
-
-def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
-    """For each file {"path", "top": [{"class", "probability"}, ...]} or {"path", "error"}."""
-    import torch
-
-    from transfer.data.decode import UnreadableImage, open_rgb
-    from transfer.data.loaders import eval_transform
-
-    transform = eval_transform(meta["preprocess"])
-    names = meta["class_names"]
-    results: list[dict] = []
-    for start in range(0, len(files), BATCH_SIZE):
-        batch, tensors = [], []
-        for path in files[start:start + BATCH_SIZE]:
-            result = {"path": str(path)}
-            try:
-                tensors.append(transform(open_rgb(path)))
-                batch.append(result)
-            except (UnreadableImage, OSError) as err:
-                result["error"] = f"unreadable image ({err})"
-            results.append(result)
-        if not tensors:
-            continue
-        if hasattr(model, "probabilities"):  # an ONNX file through onnxruntime (transfer.models.onnx_model)
-            probs = model.probabilities(torch.stack(tensors))
-        else:
-            with torch.inference_mode():
-                probs = torch.softmax(model(torch.stack(tensors)).float(), dim=1)
-        values, indices = probs.topk(top_k, dim=1)
-        for result, row_values, row_indices in zip(batch, values.tolist(), indices.tolist()):
-            result["top"] = [{"class": names[i], "probability": round(p, 4)}
-                             for p, i in zip(row_values, row_indices)]
-    return results
 
 
 def text_line(result: dict) -> str:

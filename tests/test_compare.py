@@ -18,6 +18,7 @@ from stages.export import HEADLINE_KEYS
 from tests.conftest import ROOT, copy_code, env_with_venv, make_project
 from transfer.evaluation.comparison_figures import confusion_figures, plot_error_curves
 from transfer.evaluation.mode_results import load_mode
+from transfer.evaluation.stats import wilson_interval
 
 MODES = ["frozen", "finetune", "freeze_unfreeze"]
 RUNS = {"frozen": (0.85, 4), "finetune": (0.9, 5), "freeze_unfreeze": (0.95, 6)}  # mode: (accuracy, epochs)
@@ -69,6 +70,18 @@ def write_run(root: Path, mode: str, accuracy: float, epochs: int) -> None:
     summary = {"train": {"loss": 0.2, "acc": val_acc[-1]}, "val": {"loss": 0.3, "acc": val_acc[-1]},
                "lr": 0.01, "epoch_seconds": 12.5, "step": epochs}
     (root / "dvclive" / mode / "metrics.json").write_text(json.dumps(summary))
+    write_predictions(root / "plots" / "predictions" / f"{mode}.csv", round(20 * accuracy))
+
+
+def write_predictions(path: Path, right: int, images: int = 20) -> None:
+    """plots/predictions/<mode>.csv as evaluate writes it: the first `right` of the images right."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["path,actual,predicted,confidence"]
+    for i in range(images):
+        actual = ("ants", "bees")[i % 2]
+        predicted = actual if i < right else ("bees", "ants")[i % 2]
+        rows.append(f"val/{actual}/{i}.jpg,{actual},{predicted},0.9")
+    path.write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture
@@ -128,15 +141,23 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     for mode, (accuracy, epochs) in RUNS.items():
         written = {**fake_metrics(mode, accuracy, epochs), **fake_details(mode, accuracy, epochs)}
         # evaluated_on: these metrics files predate it, so they are of val
-        assert summary["modes"][mode] == {**{key: written[key] for key in SUMMARY_KEYS}, "evaluated_on": "val"}, mode
-    assert summary["best_mode"] == max(RUNS, key=lambda mode: RUNS[mode][0]) == "freeze_unfreeze"
+        right = round(20 * accuracy)
+        assert summary["modes"][mode] == {**{key: written[key] for key in SUMMARY_KEYS}, "evaluated_on": "val",
+                                          "correct": right, "images": 20,
+                                          "accuracy_ci": list(wilson_interval(right, 20))}, mode
+    # 17, 18 and 19 of the same 20 images: no pair differs significantly, so the cheapest is recommended
+    verdict = summary["verdict"]
+    assert sorted(verdict["tied"]) == sorted(MODES) and verdict["worse"] == []
+    assert verdict["recommended"] == min(RUNS, key=lambda mode: RUNS[mode][1]) == "frozen"
 
     table = (compare_dir / "results" / "summary.md").read_text().splitlines()
-    assert table[0].startswith("| mode | val accuracy |")
-    rows = [line for line in table[2:] if line.startswith("|")]
-    assert [row.split("|")[1].strip().strip("*") for row in rows] == MODES
-    assert "85.0%" in rows[0] and "1,281" in rows[0]
-    assert "**freeze_unfreeze**" in rows[2]
+    assert table[0].startswith("frozen, finetune and freeze_unfreeze are tied (17/20, 18/20 and 19/20, ")
+    assert "frozen is the cheapest (50 s against 62 s and 75 s)" in table[0]
+    rows = [line for line in table if line.startswith("|")]
+    assert rows[0].startswith("| mode | verdict | val accuracy (95% interval) |")
+    assert [row.split("|")[1].strip() for row in rows[2:]] == MODES
+    assert [row.split("|")[2].strip() for row in rows[2:]] == ["recommended", "tied", "tied"]
+    assert "85.0%" in rows[2] and "17/20" in rows[2] and "1,281" in rows[2]
 
 
 def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path, monkeypatch):
@@ -169,7 +190,7 @@ def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path,
     assert len(lines) == 1 and missing in lines[0], proc.stderr
     for name in OUTPUTS:
         assert not (compare_dir / name).exists(), name
-    assert not (compare_dir / "plots").exists()
+    assert not (compare_dir / "plots" / "compare").exists()
     assert [p.name for p in (compare_dir / "results").iterdir()] == ["details"]  # the inputs alone
 
 
@@ -184,7 +205,7 @@ def test_compare_malformed_metrics_is_one_line(compare_dir: Path, name: str, key
     assert proc.stderr.strip().count("\n") == 0 and name in proc.stderr
     assert key in proc.stderr
     assert not (compare_dir / "results" / "summary.json").exists()
-    assert not (compare_dir / "plots").exists()
+    assert not (compare_dir / "plots" / "compare").exists()
 
 
 # ---------------------------------------------------------------------------------------------- dvc metrics
@@ -215,7 +236,7 @@ def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_
         scores = files[f"metrics/{mode}.json"]["data"]
         # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)
         assert scores.pop("evaluated_on") == "val"
-        assert len(scores) <= 10 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        assert len(scores) <= 12 and all(isinstance(v, (int, float)) for v in scores.values()), scores
         scores["evaluated_on"] = "val"
         assert scores == json.loads((project.path / f"metrics/{mode}.json").read_text())
 

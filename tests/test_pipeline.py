@@ -25,7 +25,7 @@ import yaml
 
 from tests.conftest import ALWAYS_RUNS, ROOT, Project, make_project
 from tests.imagegen import write_class_folders
-from transfer.core.paths import mode_details
+from transfer.core.paths import mode_details, model_file
 
 MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
 ALL_STAGES = ["download", "split", "pack", *[f"train@{m}" for m in MODES], *[f"evaluate@{m}" for m in MODES],
@@ -212,43 +212,45 @@ def test_plots_show_renders_all_modes_curves_and_confusions(full, tmp_path):
 # ---------------------------------------------------------------------------------------------- 2. a mode's row
 
 def test_frozen_row_change_reruns_only_the_frozen_branch(full):
-    """Promise 2: changing modes.frozen.* (here a new key in its row) re-runs train@frozen, evaluate@frozen
-    and compare, and nothing else: export is not re-run while another mode is published."""
+    """Promise 2: changing modes.frozen.* (here a new key in its row) re-runs train@frozen, evaluate@frozen,
+    compare and export (with `mode: auto`, a change to any mode can change the one compare recommends),
+    and nothing else: the other modes' models stay as they were."""
     project = full.project
     restore(project)
-    assert project.params["mode"] != "frozen"
-    model, headline = md5(project.path / "models/model.pt"), (project.path / "results/headline.json").read_text()
-    others = {m: md5(project.path / "models" / f"{m}.pt") for m in MODES if m != "frozen"}
+    assert project.params["mode"] == "auto"
+    others = {m: md5(project.path / model_file(m)) for m in MODES if m != "frozen"}
 
     project.set_params(modes={"frozen": {"label_smoothing": 0.05}})
     run = project.dvc("repro")
-    assert reran(run.stdout) == sorted(FROZEN_BRANCH)
-    assert md5(project.path / "models/model.pt") == model
-    assert (project.path / "results/headline.json").read_text() == headline
-    assert {m: md5(project.path / "models" / f"{m}.pt") for m in others} == others
+    assert reran(run.stdout) == sorted(FROZEN_BRANCH + ["export"])
+    assert {m: md5(project.path / model_file(m)) for m in others} == others
+    recommended = read_json(project.path / "results/summary.json")["verdict"]["recommended"]
+    assert read_json(project.path / "results/headline.json")["mode"] == recommended
+    assert md5(project.path / "models/model.pt") == md5(project.path / model_file(recommended))
     assert_up_to_date(project)
 
 
 def test_exp_run_switching_mode_trains_nothing(full):
-    """Promise 3: `dvc exp run -S mode=frozen` runs export alone (no training stage) and changes
-    models/model.pt (now a copy of models/frozen.pt) and the headline (now frozen's numbers)."""
+    """Promise 3: `dvc exp run -S mode=<another mode>` runs export alone (no training stage) and changes
+    models/model.pt (now a copy of that mode's checkpoint) and the headline (now its numbers)."""
     project = full.project
     restore(project)
     model = md5(project.path / "models/model.pt")
     before = read_json(project.path / "results/headline.json")
-    assert before["mode"] == "freeze_unfreeze"
+    assert before["mode"] == read_json(project.path / "results/summary.json")["verdict"]["recommended"]
+    target = next(m for m in MODES if m != before["mode"])
 
-    run = project.dvc("exp", "run", "-S", "mode=frozen")
+    run = project.dvc("exp", "run", "-S", f"mode={target}")
     assert reran(run.stdout) == ["export"]
     assert md5(project.path / "models/model.pt") != model
-    assert md5(project.path / "models/model.pt") == md5(project.path / "models/frozen.pt")
+    assert md5(project.path / "models/model.pt") == md5(project.path / model_file(target))
     headline = read_json(project.path / "results/headline.json")
-    frozen = read_json(project.path / "metrics/frozen.json")
-    assert headline["mode"] == "frozen"
-    assert headline["accuracy"] == frozen["accuracy"]
-    assert headline["macro_f1"] == frozen["macro_f1"]
-    assert 50 < frozen["train_peak_memory_mib"] < 3 * 1024  # the train stage's own max RSS, recorded
-    assert project.params["mode"] == "frozen"  # the experiment is applied to the workspace
+    scores = read_json(project.path / f"metrics/{target}.json")
+    assert headline["mode"] == target
+    assert headline["accuracy"] == scores["accuracy"]
+    assert headline["macro_f1"] == scores["macro_f1"]
+    assert 50 < scores["train_peak_memory_mib"] < 3 * 1024  # the train stage's own max RSS, recorded
+    assert project.params["mode"] == target  # the experiment is applied to the workspace
     assert_up_to_date(project)
 
 

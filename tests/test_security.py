@@ -15,6 +15,7 @@ import torch
 from tests.conftest import make_project
 from tests.imagegen import make_image, write_class_folders
 from transfer.core.errors import UserError
+from transfer.core.paths import model_file
 from transfer.models.backbones import build_model
 from transfer.models.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 
@@ -58,7 +59,7 @@ def test_predict_refuses_a_model_file_that_would_run_code(tmp_path):
 
 
 def test_evaluate_and_a_resumed_train_never_run_code_from_their_files(tmp_path):
-    """models/<mode>.pt given to evaluate, and .resume/<mode>/state.pt found by train: refused or
+    """models/modes/<mode>.pt given to evaluate, and .resume/<mode>/state.pt found by train: refused or
     ignored, the marker never created; train then trains from the start."""
     data = tmp_path / "data"
     write_class_folders(data / "train", {"ants": 4, "bees": 4})
@@ -66,8 +67,8 @@ def test_evaluate_and_a_resumed_train_never_run_code_from_their_files(tmp_path):
     project = make_project(tmp_path / "project", data, modes=["frozen"])
     project.dvc("repro", "pack")
     marker = tmp_path / "ran"
-    (project.path / "models").mkdir()
-    hostile_file(project.path / "models" / "frozen.pt", marker)
+    (project.path / model_file("frozen")).parent.mkdir(parents=True)
+    hostile_file(project.path / model_file("frozen"), marker)
     proc = project.stage("evaluate", "frozen", check=False)
     assert proc.returncode == 2 and "not a model checkpoint of this pipeline" in proc.stderr
     assert "Traceback" not in proc.stderr and not marker.exists()
@@ -78,7 +79,7 @@ def test_evaluate_and_a_resumed_train_never_run_code_from_their_files(tmp_path):
     proc = project.stage("train", "frozen")
     assert "resuming" not in proc.stderr and EPOCH_LINE.search(proc.stderr).group(1) == "1"
     assert not marker.exists()
-    model, meta = load_checkpoint(project.path / "models" / "frozen.pt")  # the trained file loads safely
+    model, meta = load_checkpoint(project.path / model_file("frozen"))  # the trained file loads safely
     assert meta["mode"] == "frozen" and "last_state_dict" not in meta
 
 

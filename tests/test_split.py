@@ -17,13 +17,14 @@ from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process
 from tests.imagegen import make_image, write_class_folders
 from transfer.core.errors import UserError
 from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
+from transfer.data import splitting
 from transfer.data.decode import UnreadableImage, open_rgb
 
 DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
 
-def make_split(raw: Path, **data) -> split.DatasetSplit:
-    return split.make_split(raw, {**DATA, **data})
+def make_split(raw: Path, **data) -> splitting.DatasetSplit:
+    return splitting.make_split(raw, {**DATA, **data})
 
 
 def per_class(rows: list[tuple[str, int]]) -> dict[int, int]:
@@ -106,7 +107,7 @@ def test_imagefolder_with_val_and_test_folders_gives_three_splits(tmp_path):
     assert all(path.startswith("valid/") for path, _ in result.val) and per_class(result.val) == {0: 2, 1: 1}
     assert all(path.startswith("test/") for path, _ in result.test) and per_class(result.test) == {0: 1, 1: 2}
     assert result.warnings == [] and result.metrics()["test"] == {"total": 3, "per_class": {"ants": 1, "bees": 2}}
-    split.write_split(result, tmp_path / "split")
+    splitting.write_split(result, tmp_path / "split")
     first = {"path": "test/ants/ants_000.jpg", "label": "0", "class": "ants"}
     assert read_csv(tmp_path / "split" / "test.csv")[0] == first
 
@@ -281,7 +282,7 @@ def test_paths_with_spaces_and_non_ascii_survive_the_csv(tmp_path):
     write_class_folders(raw, {"fourmis rouges": 5, "abeilles d'été": 5})
     (raw / "abeilles d'été" / "abeilles d'été_000.jpg").rename(raw / "abeilles d'été" / 'ré, "sumé" 1.jpg')
     result = make_split(raw)
-    split.write_split(result, tmp_path / "split")
+    splitting.write_split(result, tmp_path / "split")
     with open(tmp_path / "split" / "train.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [(row["path"], int(row["label"])) for row in rows] == result.train

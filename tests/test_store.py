@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-from stages import pack, split
+from stages import pack
 from tests.conftest import ROOT, make_project, run_in_process
 from tests.imagegen import make_image, tree_bytes, write_class_folders
 from transfer.core import params as params_module
 from transfer.core.errors import UserError
 from transfer.core.paths import RAW_DIR, SPLIT_DIR, STORE_DIR, STORE_INDEX
+from transfer.data import splitting
 from transfer.data.decode import open_rgb
 from transfer.data.loaders import read_split, resize_short_side
 from transfer.data.store import ImageStore, ShardWriter, encode, load_split, split_digests, write_index
@@ -43,7 +44,7 @@ def workdir(tmp_path: Path, tiny_dataset: Path, monkeypatch) -> Path:
     monkeypatch.chdir(root)
     set_pack()
     data = yaml.safe_load(Path("params.yaml").read_text())["data"]
-    split.write_split(split.make_split(RAW_DIR, data), SPLIT_DIR)
+    splitting.write_split(splitting.make_split(RAW_DIR, data), SPLIT_DIR)
     return root
 
 
@@ -102,7 +103,8 @@ def test_a_test_set_is_packed_too_and_deterministically(workdir):
     same bytes; without one, the test split is empty and has no shard (above)."""
     write_class_folders(RAW_DIR / "test", {"ants": 2, "bees": 3}, seed=2)
     shutil.rmtree(SPLIT_DIR)
-    split.write_split(split.make_split(RAW_DIR, yaml.safe_load(Path("params.yaml").read_text())["data"]), SPLIT_DIR)
+    data = yaml.safe_load(Path("params.yaml").read_text())["data"]
+    splitting.write_split(splitting.make_split(RAW_DIR, data), SPLIT_DIR)
     assert run_pack(shard_mb=0.01) == 0
     store, rows = ImageStore("test"), read_split("test")
     assert len(rows.paths) == 5 and store.paths == rows.paths and store.labels == rows.labels == [0, 0, 1, 1, 1]

@@ -57,8 +57,8 @@ def uses_bf16(device: torch.device) -> bool:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): there, bf16 inference of
-    EfficientNet-Lite0 measured 1.7-1.9x as fast as fp32 (bench/inference_dtype.py)."""
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 inference is the
+    faster (`python -m bench.speed inference-dtype` measures it; docs/speed.md)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:  # not Linux: no cheap way to know
@@ -77,17 +77,17 @@ def bf16_inference(device: torch.device, setting: str) -> bool:
 def inference_batch(device: torch.device) -> int:
     """Images per forward pass without gradients (frozen features, validation).
 
-    On a CPU, small batches stay in cache and in already-mapped memory: EfficientNet-Lite0 at 224 px
-    takes 13 ms an image in batches of 16 and 17 ms in batches of 64 (2-core machine)."""
+    On a CPU, small batches stay in cache and in already-mapped memory, and are the faster per image
+    (docs/speed.md)."""
     return 16 if device.type == "cpu" else 128
 
 
 def memory_format(device: torch.device, train_batch_size: int = 0) -> torch.memory_format:
     """The layout of models and image batches: channels-last where it measured faster.
 
-    On a CPU always (bench/step_time.py). On a CUDA GPU only for training batches of 64 and more:
-    cuDNN sets up its channels-last kernels in each new process, and a step of 16 images is slower in
-    it (README, GPU)."""
+    On a CPU always (`python -m bench.speed step`). On a CUDA GPU only for training batches of 64 and
+    more: cuDNN sets up its channels-last kernels in each new process, and a step of 16 images is
+    slower in it (docs/gpus.md)."""
     if device.type == "cuda" and train_batch_size < 64:
         return torch.contiguous_format
     return torch.channels_last

@@ -1,0 +1,96 @@
+"""A trained mode's scores on the split that reports: its class probabilities for every image, the
+headline numbers with their 95% intervals (metrics/<mode>.json), and per class scores and the
+confusion matrix (results/details/<mode>.json)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from transfer.core.devices import inference_batch, memory_format, to_device
+from transfer.data.loaders import Images, eval_batches, read_split
+from transfer.evaluation import stats
+
+
+@torch.inference_mode()
+def predict_probabilities(model, images: Images, labels: list[int], preprocess: dict,
+                          device, bf16: bool = False) -> torch.Tensor:
+    fmt = memory_format(device)  # the faster layout here for a one-off pass (see memory_format)
+    model.eval().to(memory_format=fmt)
+    probs = []
+    for x, _ in eval_batches(images, labels, preprocess, inference_batch(device)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            probs.append(torch.softmax(model(to_device(x, device, fmt)).float(), 1).cpu())
+    return torch.cat(probs)
+
+
+def headline_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """The scalar scores a reviewer compares between commits (metrics/<mode>.json)."""
+    actual = np.array(labels)
+    predicted = probs.argmax(1).numpy()
+    indices = list(range(len(names)))
+    loss = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), torch.tensor(labels)).item()
+    scores = {
+        "accuracy": float((predicted == actual).mean()),
+        "correct": int((predicted == actual).sum()),  # a review reads "correct 146 -> 147" as one image
+        "images": len(labels),
+        "balanced_accuracy": float(balanced_accuracy_score(actual, predicted)),
+        "macro_f1": float(f1_score(actual, predicted, labels=indices, average="macro", zero_division=0)),
+        "loss": loss,
+    }
+    if len(names) > 5:  # top-k only means something with more classes than k
+        top5 = probs.topk(5, 1).indices.numpy()
+        scores["top5_accuracy"] = float((top5 == actual[:, None]).any(1).mean())
+    return scores
+
+
+def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: actual)."""
+    actual = np.array(labels)
+    predicted = probs.argmax(1).numpy()
+    indices = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=indices, zero_division=0)
+    return {
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(names)},
+        "confusion_matrix": {"labels": names, "matrix": confusion_matrix(actual, predicted, labels=indices).tolist()},
+    }
+
+
+def intervals(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
+    """95% intervals of the headline scores: Wilson for accuracy (a count of images), a bootstrap over
+    images for balanced accuracy and macro F1."""
+    actual, predicted = np.array(labels), probs.argmax(1).numpy()
+    macro_f1 = lambda a, p: stats.macro_f1(a, p, classes=len(names))
+    return {"accuracy_ci": list(stats.wilson_interval(int((predicted == actual).sum()), len(labels))),
+            "balanced_accuracy_ci": list(stats.bootstrap_interval(actual, predicted, stats.balanced_accuracy)),
+            "macro_f1_ci": list(stats.bootstrap_interval(actual, predicted, macro_f1))}
+
+
+def mode_files(mode: str, meta: dict, probs: torch.Tensor, labels: list[int], split: str = "val",
+               val_scores: dict | None = None) -> tuple[dict, dict]:
+    """(metrics, details) of the reporting `split`: metrics/<mode>.json holds the few numbers `dvc metrics
+    diff` shows (and which split they are of); results/details/<mode>.json the rest that compare and
+    export read (strings, per class, matrix). `val_scores`: val's headline scores, beside test's."""
+    names = meta["class_names"]
+    metrics = {**headline_scores(probs, labels, names), "evaluated_on": split, "best_epoch": meta["best_epoch"],
+               "train_seconds": round(meta["train_seconds"], 2)}
+    if val_scores is not None:
+        metrics["val"] = val_scores
+    if meta.get("stopped_epoch") is not None:  # early stopping on: the epoch the run ended
+        metrics["stopped_epoch"] = meta["stopped_epoch"]
+    if meta.get("peak_memory_mib") is not None:  # absent from checkpoints of older runs
+        metrics["train_peak_memory_mib"] = meta["peak_memory_mib"]
+    metrics["world_size"] = meta.get("world_size", 1)  # training processes (train.nproc); older runs: one
+    details = {"mode": mode, "arch": meta["arch"], "evaluated_on": split, f"{split}_images": len(labels),
+               "epochs": meta["epochs"],
+               "trainable_params": meta["trainable_params"], "total_params": meta["total_params"],
+               **intervals(probs, labels, names), **class_scores(probs, labels, names)}
+    return metrics, details
+
+
+def reporting_split() -> str:
+    """test when data/split has a test set, else val."""
+    return "test" if read_split("test").paths else "val"
