@@ -1,296 +1,79 @@
-"""What a change did, as one Markdown document for a pull request: the params, metrics and plots that
-differ between two revisions, from the real `dvc params diff`, `dvc metrics diff` and `dvc plots diff`.
+"""What a change did, as one Markdown document for a pull request: first whether each mode's accuracy
+change is real or noise (base against head on the same images: exact McNemar on the images that flipped,
+Holm-corrected across modes), then the params, metrics and plots that differ between two revisions, from
+the real `dvc params diff`, `dvc metrics diff` and `dvc plots diff`.
 
-    python -m stages.report [BASE] [HEAD] [-o report.md]
+    python -m stages.report [BASE] [HEAD] [-o report.md] [--json review.json]
+    python -m stages.report --seeds [--json seeds.json]
 
 BASE defaults to the merge base of `main` (or `origin/main`) with HEAD; HEAD defaults to the workspace.
-Changed images are written beside the report, in `<report stem>_files/`, and linked relatively.
-Not a DVC stage: it reads git-tracked metrics and plots only, so it needs no `dvc pull`.
+Changed images are written beside the report, in `<report stem>_files/`, and linked relatively; --json
+writes the review as data: for each mode flipped_to_right, flipped_to_wrong, p, p_holm and real.
+Not a DVC stage: it reads git-tracked metrics, predictions and plots only, so it needs no `dvc pull`.
+
+--seeds: the accuracy of each mode over the seeds DVC ran as experiments: queue them with
+`dvc exp run --queue -S 'train.seed=range(0,3)'`, run them with `dvc queue start`, then
+`python -m stages.report --seeds` prints the number of seeds, the mean accuracy, its standard deviation
+and the 95% interval of the mean (Student t), read from `dvc exp show --json`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from transfer.core.errors import fail
-from transfer.core.files import atomic_path, write_text
+from transfer.core.files import atomic_path, write_json, write_text
 from transfer.core.stage import run_main
+from transfer.evaluation.dvc_diff import MAX_CHARS, check_repository, check_revision, default_base, dvc
+from transfer.evaluation.review import build_report, check_output, files_dir
+from transfer.evaluation.seeds import seeds_text, summarize
 
-WORKSPACE = "workspace"  # the name DVC gives the working tree in its diff tables
-DEFAULT_BASES = ("main", "origin/main")
-MAX_CHARS = 65_536  # what a GitHub pull-request comment holds
-LOAD_FAILURE = re.compile(  # DVC's two warnings (it exits 0) that it could not read a revision's files
-    r"failed to load (?:some )?(\w+) (?:in revision '([^']*)', (.+)|for following revisions: (.+))")
-
-
-def git(*args: str) -> str | None:
-    """git's stdout, stripped, or None when it fails (not a repository, an unknown revision)."""
-    proc = subprocess.run(["git", *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def dvc(*args: str, revs: list[str]) -> str:
-    """The real DVC CLI of this interpreter (not DVC internals, which change between versions), with the
-    revisions `revs` after `--` (never read as options); fails when DVC could not read one of them."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args, "--", *revs], capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit {proc.returncode}"]
-        fail(f"dvc {' '.join(args)}: {lines[-1].strip()}")
-    check_read(proc.stderr, revs)
-    return proc.stdout
-
-
-def check_read(stderr: str, revs: list[str]) -> None:
-    """Fail where DVC could not read one of `revs` (and the workspace beside a lone base): it diffs that as
-    absent, everything "changed". Another revision's trouble (a broken workspace beside two) is not ours."""
-    asked = set(revs) | ({WORKSPACE} if len(revs) == 1 else set())
-    for what, rev, why, listed in LOAD_FAILURE.findall(stderr):  # the warnings, with reasons, come first
-        for name in [rev] if rev else re.findall(r"'([^']*)'", listed):
-            if name in asked:
-                fail(f"{name}: DVC cannot read its {what}" + (f" ({why.strip()})" if why else "")
-                     + "; fix the revision's dvc.yaml or files")
-
-
-def check_repository() -> None:
-    if git("rev-parse", "--show-toplevel") is None:
-        fail(f"{os.getcwd()}: not inside a git repository")
-    if subprocess.run([sys.executable, "-m", "dvc", "root"], capture_output=True).returncode != 0:
-        fail(f"{os.getcwd()}: not inside a DVC repository (no .dvc/ found; `dvc init` makes one)")
-
-
-def check_revision(rev: str) -> str:
-    if rev.startswith("-"):  # git and dvc would read it as an option (--output=<file> writes a file)
-        fail(f"{rev!r}: starts with '-': not a revision")
-    if git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}") is None:
-        fail(f"{rev!r}: no such git revision")
-    return rev
-
-
-def default_base() -> str:
-    """The merge base of `main` with HEAD: what the branch changed, not what main did since."""
-    for name in DEFAULT_BASES:
-        if git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}") is not None:
-            base = git("merge-base", name, "HEAD")
-            if base is not None:
-                return base[:12]
-    fail(f"no BASE given and no {' or '.join(DEFAULT_BASES)} branch to start from: name the base revision")
-
-
-# ---------------------------------------------------------------------------------------------- params, metrics
-
-def diff_section(kind: str, revs: list[str]) -> tuple[dict, str]:
-    """({path: {name: {old, new, ...}}} of the changed params or metrics (kind), the section's Markdown)."""
-    changed = json.loads(dvc(kind, "diff", "--json", revs=revs) or "{}")
-    changed = {path: rows for path, rows in changed.items() if rows}
-    body = dvc(kind, "diff", "--md", revs=revs).strip() if changed else f"No {kind} changed."
-    return changed, f"## {kind.capitalize()}\n\n{body}\n"
-
-
-def accuracy_changes(metrics: dict) -> list[str]:
-    """'frozen 0.961 -> 0.974' for each mode (metrics/<mode>.json) and the headline whose accuracy changed."""
-    changes = []
-    for path, rows in sorted(metrics.items(), key=lambda item: item[0] == "results/headline.json"):
-        row = rows.get("accuracy")
-        name = "headline" if path == "results/headline.json" else re.fullmatch(r"metrics/(.+)\.json", path)
-        if row is None or name is None:
-            continue
-        name = name if isinstance(name, str) else name.group(1)
-        old, new = (f"{v:.3f}" if isinstance(v, (int, float)) else "none" for v in (row.get("old"), row.get("new")))
-        changes.append(f"{name} {old} -> {new}")
-    return changes
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def summary_line(base: str, head: str, params: int, metrics: dict, plots: int) -> str:
-    if not (params or metrics or plots):
-        return f"**{base} -> {head}**: nothing changed (no params, metrics or plots differ)."
-    parts = [f"{plural(params, 'param')} changed", f"{plural(sum(map(len, metrics.values())), 'metric')} changed",
-             f"{plural(plots, 'plot')} changed"]
-    accuracy = accuracy_changes(metrics)
-    if accuracy:
-        parts.append("accuracy of " + ", ".join(accuracy))
-    return f"**{base} -> {head}**: " + ", ".join(parts) + "."
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-def plot_versions(items: list[dict]) -> dict[str, object]:
-    """{revision: what this plot shows at it}: an image's bytes, or a vega plot's data points (order-free)."""
-    versions: dict[str, object] = {}
-    for item in items:
-        if item["type"] == "image":
-            versions[item["revisions"][0]] = Path(item["url"]).read_bytes()
-            continue
-        points: dict[str, list[str]] = {}
-        for value in item["content"]["data"]["values"]:
-            point = {k: v for k, v in value.items() if k != "rev"}
-            points.setdefault(value.get("rev"), []).append(json.dumps(point, sort_keys=True))
-        versions.update({rev: sorted(rows) for rev, rows in points.items()})
-    return versions
-
-
-def changed_plots(data: dict, base: str, head: str) -> list[tuple[str, list[dict]]]:
-    """[(plot name, its dvc items)] of the plots whose images or data differ between base and head.
-    (A revision named twice is one revision to DVC: its plots equal themselves.)"""
-    changed = []
-    for name, items in data.items():
-        versions = plot_versions(items)
-        if versions.get(base) != versions.get(head):
-            changed.append((name, items))
-    return changed
-
-
-def slug(name: str) -> str:
-    """A file name for a plot's name or path: 'plots/errors/frozen.png' -> 'plots_errors_frozen'."""
-    name = re.sub(r"\.(png|jpe?g|gif|svg|csv|tsv|json|ya?ml)$", "", name, flags=re.I)
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
-
-
-def line_axes(node) -> tuple[str, str, str | None] | None:
-    """(x field, y field, series field) of the first vega-lite encoding with quantitative x and y."""
-    if isinstance(node, list):
-        return next((axes for axes in map(line_axes, node) if axes), None)
-    if not isinstance(node, dict):
-        return None
-    enc = node.get("encoding", {})
-    x, y = enc.get("x", {}), enc.get("y", {})
-    if x.get("type") == "quantitative" and y.get("type") == "quantitative" and "field" in x and "field" in y:
-        color = enc.get("color", {}).get("field")
-        return x["field"], y["field"], color if color != "rev" else None
-    return next((axes for axes in map(line_axes, node.values()) if axes), None)
-
-
-def draw_lines(name: str, item: dict, base: str, head: str, path: Path) -> bool:
-    """Draw a vega line plot's data with matplotlib (DVC's own renderer needs a browser); False if not lines."""
-    axes = line_axes(item["content"])
-    if axes is None:
-        return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x_field, y_field, series_field = axes
-    lines: dict[tuple, list[tuple[float, float]]] = {}
-    for value in item["content"]["data"]["values"]:
-        key = (value.get(series_field, "") if series_field else "", value.get("rev"))
-        try:
-            lines.setdefault(key, []).append((float(value[x_field]), float(value[y_field])))
-        except (KeyError, TypeError, ValueError):  # a word in a committed CSV
-            fail(f"{name}: at {value.get('rev')}: {x_field} or {y_field} is not a number in {value}")
-    colours = {series: f"C{i}" for i, series in enumerate(sorted({str(series) for series, _ in lines}))}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for (series, rev), points in sorted(lines.items(), key=lambda item: (str(item[0][0]), item[0][1] != base)):
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, "--" if rev == base else "-", color=colours[str(series)], marker="o", markersize=3,
-                label=f"{series} {rev}".strip())
-    ax.set(title=name, xlabel=x_field, ylabel=y_field)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=90)
-    plt.close(fig)
-    return True
-
-
-def plot_markdown(name: str, items: list[dict], base: str, head: str, files: Path, link: str) -> str:
-    """One changed plot: its images at both revisions side by side, a drawing of its lines, or its name."""
-    top = Path(git("rev-parse", "--show-toplevel") or ".").resolve()  # DVC reads through a workspace link
-    if head == WORKSPACE and top not in Path(os.path.realpath(top / name)).parents:
-        fail(f"{name}: a link out of the project; the report copies no file from outside it")
-    images = {item["revisions"][0]: Path(item["url"]) for item in items if item["type"] == "image"}
-    if images:
-        cells = []
-        for side, rev in (("base", base), ("head", head)):
-            if rev in images:
-                target = f"{side}_{slug(name)}{images[rev].suffix}"
-                shutil.copyfile(images[rev], files / target)
-                cells.append(f"![{name} at {rev}]({link}/{target})")
-            else:
-                cells.append("(absent)")
-        return f"### {name}\n\n| {base} | {head} |\n|---|---|\n| {cells[0]} | {cells[1]} |\n"
-    target = f"{slug(name)}.png"
-    if draw_lines(name, items[0], base, head, files / target):
-        return f"### {name}\n\n![{name}: {base} dashed, {head} solid]({link}/{target})\n"
-    return f"### {name}\n\nChanged; not drawn here (`dvc plots diff {base} {head}` shows it).\n"
-
-
-def plots_section(revs: list[str], base: str, head: str, files: Path, link: str) -> tuple[int, str]:
-    """(how many plots changed, the section's Markdown); the changed images are written under `files`."""
-    with tempfile.TemporaryDirectory(prefix="dvc-plots-") as out:
-        data = json.loads(dvc("plots", "diff", "--json", "-o", out, revs=revs))["data"]
-        changed = changed_plots(data, base, head)
-        blocks = [plot_markdown(name, items, base, head, files, link) for name, items in changed]
-    body = "\n".join(blocks) if blocks else "No plots changed.\n"
-    return len(changed), f"## Plots\n\n{body}"
-
-
-# ---------------------------------------------------------------------------------------------- main
-
-def build_report(base: str, head: str | None, files: Path) -> str:
-    """The report's Markdown; the images it links to are written into `files`, a folder beside the report."""
-    revs = [base] if head is None else [base, head]
-    head_name = head or WORKSPACE
-    link = files.name  # the folder lies beside the report: a relative link works in any checkout
-    params, params_md = diff_section("params", revs)
-    metrics, metrics_md = diff_section("metrics", revs)
-    n_plots, plots = plots_section(revs, base, head_name, files, link)
-    summary = summary_line(base, head_name, sum(map(len, params.values())), metrics, n_plots)
-    return capped("\n".join([summary, "", params_md, metrics_md, plots]), base, head_name)
-
-
-def capped(text: str, base: str, head: str) -> str:
-    """`text` whole when a pull-request comment holds it, else cut at a line, with a line saying so."""
-    if len(text) <= MAX_CHARS:
-        return text
-    note = (f"\n\n**Cut here**: {len(text):,} characters are more than a pull-request comment holds "
-            f"({MAX_CHARS:,}); `dvc params/metrics/plots diff {base} {head}` show the rest.\n")
-    return text[:text.rfind("\n", 0, MAX_CHARS - len(note))] + note  # cut at a line
-
-
-def files_dir(output: Path) -> Path:
-    """Where the report's images go: report.md -> report_files/, beside it."""
-    return output.with_name(f"{output.stem}_files")
-
-
-def check_output(output: Path) -> None:
-    """Refuse a link (a checkout may commit `report_files` as one to anywhere) or a non-folder where the
-    report writes. Every folder of a relative path is the checkout's; of an absolute one, only its own."""
-    folders = [output.parent] if output.is_absolute() else [p for p in output.parents if p != Path(".")]
-    for path in (*folders, files_dir(output), output):
-        if path.is_symlink() or path.exists() and path.is_dir() == (path == output):
-            what = "a link" if path.is_symlink() else "a folder" if path == output else "not a folder"
-            fail(f"{path}: is {what}; the report writes its files, through no link, into folders (name another -o)")
+__all__ = ["MAX_CHARS", "files_dir", "main", "parse_args"]  # MAX_CHARS, files_dir: what the tests read here
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", nargs="?", help="the revision before the change (default: merge base with main)")
     parser.add_argument("head", nargs="?", help="the revision after it (default: the workspace)")
     parser.add_argument("-o", "--output", default="report.md", help="the Markdown file (default: report.md)")
+    parser.add_argument("--json", metavar="FILE", help="also write the review (or with --seeds, the seeds) as JSON")
+    parser.add_argument("--seeds", action="store_true",
+                        help="print each mode's accuracy over the seeds run as DVC experiments, not the report")
     return parser.parse_args(argv)
+
+
+def seeds_main(args: argparse.Namespace) -> None:
+    if args.base or args.head:
+        fail("--seeds reads the experiments of HEAD: name no revision")
+    summary = summarize(json.loads(dvc("exp", "show", "--json", revs=[]) or "[]"))
+    if args.json:
+        check_output(Path(args.json), files=False)
+        write_json(args.json, summary)
+    print(seeds_text(summary))
 
 
 @run_main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_repository()
+    if args.seeds:
+        return seeds_main(args)
     base = check_revision(args.base) if args.base else default_base()
     head = check_revision(args.head) if args.head else None
     output = Path(args.output)
     files = files_dir(output)
     check_output(output)
+    if args.json:
+        check_output(Path(args.json), files=False)
     with atomic_path(files) as tmp_files:  # the images first, then the report: nothing half-written
         tmp_files.mkdir()
-        text = build_report(base, head, tmp_files)
+        text, review = build_report(base, head, tmp_files)
+    if args.json:
+        write_json(args.json, review)
     write_text(output, text)
     print(f"report: {output} ({text.splitlines()[0]})", file=sys.stderr)
 
