@@ -25,7 +25,7 @@ from transfer.core.stage import log, run_main
 from transfer.data.splitting import make_split, write_split
 
 PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.test_fraction", "data.split_seed",
-          "data.class_names")
+          "data.class_names", "data.exclude")
 
 
 @run_main

@@ -38,7 +38,9 @@ PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_dr
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
-             "class_names"}
+             "class_names", "exclude"}
+AUDIT_KEYS = {"device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity", "outlier_neighbors",
+              "outlier_mads"}
 
 
 class Checker:
@@ -125,6 +127,38 @@ def check_data(c: Checker, data: Any) -> None:
     c.number(data, "data", "split_seed", kind=int)
     if data.get("class_names") is not None and not isinstance(data["class_names"], str):
         c.bad("data.class_names", f"must be null or the path of a JSON file, got {data['class_names']!r}")
+    if "exclude" in data:
+        _check_exclude(c, data["exclude"])
+    else:
+        c.bad("data.exclude", "missing")
+
+
+def _check_exclude(c: Checker, exclude: Any) -> None:
+    """data.exclude: paths relative to data/raw, as data/split/*.csv and results/label_issues.csv give them."""
+    if not isinstance(exclude, list):
+        c.bad("data.exclude", f"must be a list of paths relative to data/raw ([] for none), got {exclude!r}")
+        return
+    for path in exclude:
+        if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/"):
+            c.bad("data.exclude", f"each entry must be a path relative to data/raw (as in data/split/train.csv), "
+                                  f"got {path!r}")
+
+
+def check_audit(c: Checker, audit: Any) -> None:
+    audit = c.section(audit, "audit", AUDIT_KEYS)
+    if "device" in audit:
+        _check_device(c, audit["device"], "audit.device")
+    else:
+        c.bad("audit.device", "missing")
+    if "image_size" not in audit:
+        c.bad("audit.image_size", "missing")
+    c.image_size(audit, "audit", "image_size")
+    c.number(audit, "audit", "folds", kind=int, low=2)
+    c.number(audit, "audit", "seed", kind=int, low=0, high=MAX_SEED)
+    c.number(audit, "audit", "suspects_shown", kind=int, low=1)
+    c.number(audit, "audit", "duplicate_similarity", low=-1, high=1)
+    c.number(audit, "audit", "outlier_neighbors", kind=int, low=1)
+    c.number(audit, "audit", "outlier_mads", low=0, low_open=True)
 
 
 def check_pack(c: Checker, pack: Any) -> None:

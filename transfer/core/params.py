@@ -14,11 +14,19 @@ from typing import Any
 import yaml
 
 from transfer.core.errors import UserError
-from transfer.core.param_checks import TRAIN_KEYS, Checker, check_data, check_mode, check_pack, check_train
+from transfer.core.param_checks import (
+    TRAIN_KEYS,
+    Checker,
+    check_audit,
+    check_data,
+    check_mode,
+    check_pack,
+    check_train,
+)
 from transfer.core.paths import PARAMS_FILE
 
 AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
-SECTIONS = {"mode", "data", "pack", "model", "train", "modes"}
+SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -44,6 +52,7 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
     top = c.section(params, "", SECTIONS)
     check_data(c, top.get("data"))
     check_pack(c, top.get("pack"))
+    check_audit(c, top.get("audit"))
     model = c.section(top.get("model"), "model", {"arch"})
     train = c.section(top.get("train"), "train", TRAIN_KEYS)
     check_train(c, train, "train", partial=False)

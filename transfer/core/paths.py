@@ -24,6 +24,14 @@ DATA_METRICS = Path("metrics/data.json")
 STORE_DIR = Path("data/store")
 STORE_INDEX = STORE_DIR / "index.json"
 
+# split + pack -> audit: suspects in the data, reported only (docs/audit.md)
+LABEL_ISSUES_CSV = Path("results/label_issues.csv")
+NEAR_DUPLICATES_CSV = Path("results/near_duplicates.csv")
+OUTLIERS_CSV = Path("results/outliers.csv")
+AUDIT_METRICS = Path("metrics/audit.json")
+AUDIT_PLOTS_DIR = Path("plots/audit")
+AUDIT_SUSPECTS_PNG = AUDIT_PLOTS_DIR / "suspects.png"
+
 # train@<mode> and evaluate@<mode>
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")

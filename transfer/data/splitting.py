@@ -46,6 +46,7 @@ class DatasetSplit:
     warnings: list[str] = field(default_factory=list)
     download_skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: left out by download
     unused: list[str] = field(default_factory=list)       # files outside the class folders
+    excluded: list[str] = field(default_factory=list)     # left out as data.exclude lists them
 
     def metrics(self) -> dict:
         def counts(rows):
@@ -60,7 +61,8 @@ class DatasetSplit:
                 "duplicates_across_splits": self.duplicates, "duplicates_count": len(self.duplicates),
                 "warnings": self.warnings, "download_skipped": self.download_skipped,
                 "download_skipped_count": len(self.download_skipped),
-                "unused_files": {"count": len(self.unused), "paths": self.unused[:UNUSED_LISTED]}}
+                "unused_files": {"count": len(self.unused), "paths": self.unused[:UNUSED_LISTED]},
+                "excluded_count": len(self.excluded)}
 
 
 def _check_image(path: Path) -> tuple[str | None, str | None]:
@@ -121,9 +123,11 @@ class _Checked:
     found: list[int]                         # files per label, usable or not
     digests: dict[str, str | None] = field(default_factory=dict)  # path -> sha1 of its bytes, None if unusable
     skipped: list[dict] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # data.exclude's paths found here: not opened, not used
 
 
-def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mapping_path: Path | None) -> _Checked:
+def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mapping_path: Path | None,
+                 exclude: frozenset[str] = frozenset()) -> _Checked:
     candidates = []
     for part, source in sources.items():
         for label, folder in enumerate(folders):
@@ -132,6 +136,9 @@ def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mappin
     checked = _Checked({part: {label: [] for label in range(len(folders))} for part in sources}, [0] * len(folders))
     for part, label, path in tqdm(candidates, desc="checking images", unit="img", file=sys.stderr, mininterval=1):
         relative = path.relative_to(raw).as_posix()
+        if relative in exclude:
+            checked.excluded.append(relative)
+            continue
         reason, checked.digests[relative] = _check_image(path)
         checked.found[label] += 1
         if reason:
@@ -193,7 +200,11 @@ def make_split(raw: Path, data: dict) -> DatasetSplit:
     classes = _named_classes(folders, layout, mapping, mapping_path, warnings)
     if layout == "imagefolder" and data["test_fraction"]:
         warnings.append("data.test_fraction: ignored, the imagefolder layout's folders give the split")
-    checked = _check_files(raw, sources, folders, mapping_path)
+    exclude = frozenset(data.get("exclude") or ())
+    checked = _check_files(raw, sources, folders, mapping_path, exclude)
+    missing = sorted(exclude - set(checked.excluded))
+    if missing:
+        warnings.append(f"data.exclude: {len(missing)} paths are no image of the dataset, e.g. {missing[0]}")
     parts = _assign(checked.usable, folders, layout, data)
     _check_coverage(root, folders, checked.found, parts, warnings)
     unused = unused_files(raw, root, sources, mapping_path)
@@ -207,7 +218,7 @@ def make_split(raw: Path, data: dict) -> DatasetSplit:
     if duplicates:
         log(f"{len(duplicates)} val or test images are byte-identical to training images (listed in {DATA_METRICS})")
     return DatasetSplit(layout, classes, parts["train"], parts["val"], parts["test"], checked.skipped, duplicates,
-                        warnings, download_skipped(raw), unused)
+                        warnings, download_skipped(raw), unused, sorted(checked.excluded))
 
 
 def download_skipped(raw: Path) -> list[dict]:
