@@ -136,7 +136,7 @@ def test_unknown_timm_name_lists_close_names():
 
 def test_timm_weights_offline_are_one_line_naming_the_file_then_load_from_it(tmp_path):
     """Offline, pretrained timm weights are one line saying which file goes where; put there, they load."""
-    code = ("from transfer.models.backbones import build_model\nfrom transfer.core import run_main\n"
+    code = ("from transfer.models.backbones import build_model\nfrom transfer.core.stage import run_main\n"
             f"run_main(lambda: build_model({TIMM_CNN!r}, 2, pretrained=True))()")
     env = {**env_with_venv(), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -172,7 +172,7 @@ def test_a_local_timm_weights_file_that_does_not_load_is_one_line_naming_it(cont
         from safetensors.torch import save_file
 
         save_file(timm.create_model("mobilenetv3_small_100", pretrained=False).state_dict(), target)
-    code = ("from transfer.models.backbones import build_model\nfrom transfer.core import run_main\n"
+    code = ("from transfer.models.backbones import build_model\nfrom transfer.core.stage import run_main\n"
             f"run_main(lambda: build_model({TIMM_CNN!r}, 2, pretrained=True))()")
     env = {**env_with_venv(), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -106,7 +106,7 @@ def test_a_resume_state_of_other_code_is_not_resumed(tmp_path):
     interrupted_after_epoch_1()
     state = project.path / ".resume" / "finetune" / "state.pt"
     saved = state.read_bytes()
-    sources = project.path / "stages" / "sources.py"
+    sources = project.path / "transfer" / "training" / "sources.py"
     original = sources.read_text()
     sources.write_text(original + "\n# edited\n")
     edited = project.stage("train", "finetune")

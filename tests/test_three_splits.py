@@ -52,7 +52,7 @@ def test_test_folder_reports_and_never_moves_the_kept_epoch(tmp_path):
     before = read(project, mode_metrics(MODE))
     assert before["evaluated_on"] == "test" and set(before["val"]) >= {"accuracy", "macro_f1", "balanced_accuracy"}
     assert read(project, HEADLINE_JSON)["evaluated_on"] == "test"
-    assert "| test accuracy |" in (project.path / SUMMARY_MD).read_text(encoding="utf-8")
+    assert "| test accuracy (95% interval) |" in (project.path / SUMMARY_MD).read_text(encoding="utf-8")
     weights, selection = kept(project)
 
     swap_test_labels(data)

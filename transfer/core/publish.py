@@ -21,6 +21,7 @@ import errno
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -97,6 +98,7 @@ def _exchange(staged: Path, target: Path) -> bool:
     if renameat2 is None:
         return False
     at_cwd, rename_exchange = -100, 2
+    sys.audit("os.rename", staged, target, None, None)  # a rename, for audit hooks as os.replace raises it
     if renameat2(at_cwd, os.fsencode(staged), at_cwd, os.fsencode(target), rename_exchange) == 0:
         return True
     code = ctypes.get_errno()

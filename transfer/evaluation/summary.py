@@ -52,7 +52,9 @@ def verdict_sentences(summary: dict) -> str:
     verdict, rows = summary["verdict"], summary["modes"]
     tied, pick = [mode for mode in rows if mode in verdict["tied"]], verdict["recommended"]  # in params order
     seconds = lambda mode: f"{rows[mode]['train_seconds']:.0f} s"
-    if len(tied) == 1:
+    if len(rows) == 1:
+        text = f"{pick} is the only mode ({counts(summary, tied)}); nothing to compare it with."
+    elif len(tied) == 1:
         text = f"{pick} is significantly better than every other mode ({counts(summary, tied)}); use it."
     else:
         closest = min(pair["p_holm"] for pair in verdict["pairs"] if pair["a"] in tied and pair["b"] in tied)
