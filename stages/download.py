@@ -19,7 +19,7 @@ from transfer.core.paths import RAW_DIR, RAW_SKIPPED
 from transfer.core.stage import log, run_main
 from transfer.data.archives import fetch, file_sha256, is_url, link_leaving, unpack
 
-PARAMS = ("data.url", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
+PARAMS = ("data.url", "data.watch", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
 
 
 def check_source_folder(folder: Path, source: str) -> None:

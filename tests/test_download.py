@@ -18,7 +18,7 @@ from stages import download
 from tests.conftest import MIRROR_ENV, ROOT, Project, copy_code, make_project, run_in_process
 from tests.imagegen import pack, tree_bytes, write_class_folders
 from transfer.core.errors import UserError
-from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR, RAW_DIR, RAW_SKIPPED, SOURCE_JSON
+from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR, RAW_DIR, RAW_SKIPPED
 from transfer.data import archives
 
 
@@ -158,7 +158,7 @@ def test_stage_resumes_a_dropped_download_and_the_mirror_gives_the_same_dvc_lock
     assert tree_bytes(project.path / RAW_DIR) == tree_bytes(dataset.parent)
     # no scratch folder left beside data/raw
     assert sorted(p.name for p in (project.path / RAW_DIR.parent).iterdir()) == [
-        ".gitignore", RAW_DIR.name, SOURCE_JSON.name]
+        ".gitignore", RAW_DIR.name]
     lock = (project.path / "dvc.lock").read_text()
 
     project.dvc("repro", "--force", "download", env={MIRROR_ENV: str(dataset_zip.parent)})

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import urllib.parse
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -38,7 +40,7 @@ PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_dr
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
-             "class_names", "exclude"}
+             "class_names", "exclude", "watch"}
 AUDIT_KEYS = {"device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity", "outlier_neighbors",
               "outlier_mads"}
 
@@ -131,6 +133,18 @@ def check_data(c: Checker, data: Any) -> None:
         _check_exclude(c, data["exclude"])
     else:
         c.bad("data.exclude", "missing")
+    _check_watch(c, data.get("url"), data.get("watch"))
+
+
+def _check_watch(c: Checker, url: Any, watch: Any) -> None:
+    """data.watch: what download depends on in dvc.yaml, hashed by DVC: a local data.url itself, so that
+    a change to its files re-runs download (an http(s) URL has nothing local to watch)."""
+    if not isinstance(watch, str) or not watch:
+        c.bad("data.watch", f"must be a path: data.url when that is local, else any file of the project, got {watch!r}")
+    elif isinstance(url, str) and urllib.parse.urlsplit(url).scheme not in ("http", "https") \
+            and os.path.normpath(watch) != os.path.normpath(url):
+        c.bad("data.watch", f"must name data.url ({url}) when that is a local folder or archive, so that DVC "
+                            "re-runs download when its files change")
 
 
 def _check_exclude(c: Checker, exclude: Any) -> None:

@@ -8,9 +8,7 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 
-# source -> download -> split
-SOURCE_JSON = Path("data/source.json")  # a digest of a local data.url: download re-runs when it changes
-SOURCE_HASHES = Path(".source_hashes.json")  # scratch of stage source: sha256 by file size, mtime, inode
+# download -> split
 RAW_DIR = Path("data/raw")
 RAW_SKIPPED = RAW_DIR / ".skipped.json"  # what download left out and why (hidden: no layout sees it)
 SPLIT_DIR = Path("data/split")
