@@ -5,6 +5,7 @@ imports itself round a circle."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,15 @@ def test_no_module_imports_itself_round_a_circle():
         if start not in done:
             visit(start, [start])
     assert circles == []
+
+
+def test_the_readme_is_a_guide_whose_links_resolve():
+    """At most 250 lines, and every relative link of it and of docs/ names a file that exists."""
+    readme = ROOT / "README.md"
+    assert readme.read_text(encoding="utf-8").count("\n") <= 250
+    broken = []
+    for page in [readme, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
