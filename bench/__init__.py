@@ -2,6 +2,8 @@
 
 - suite: the validation suite, every mode on several datasets and seeds against a linear probe;
   suite_datasets rebuilds its datasets from pinned public repositories;
+- peer: fastai's vision_learner + fine_tune on the same backbone, weights, split and images (suite --peer pairs
+  every mode with it); a bench dependency, requirements-bench.txt;
 - frozen_heads: frozen's linear head trained other ways on the same features, beside the probe;
 - patience: early stopping replayed on the suite's per-epoch records;
 - speed: the tutorial loop against the pipeline, a training step, backbones, the loader, inference dtype;

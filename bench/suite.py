@@ -17,7 +17,8 @@ again with other settings in the same project, as row mode+NAME. Choosing the ro
 over the datasets flatters it (the same datasets chose it and report it), so where a mode has
 variants and there are several datasets a last block estimates what the choice is worth on a dataset
 it did not see: for each dataset, the row with the best mean over the others, scored on it
-(leave one dataset out). Nothing is written to the repository."""
+(leave one dataset out). --peer adds fastai's fine_tune on the same backbone, split and images as rows peer@N,
+paired with every mode image by image (bench.peer). Nothing is written to the repository."""
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from bench import ROOT, copy_code
-from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics
+from bench import ROOT, copy_code, peer
+from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics, predictions_csv
 
 
 class SuiteError(Exception):
@@ -65,7 +66,7 @@ def scratch_project(folder: Path, dataset: Path, modes: list[str], sets: list[st
         raise SuiteError(f"--modes: unknown mode {unknown[0]} (known: {', '.join(params['modes'])})")
     params["modes"] = {mode: params["modes"][mode] for mode in modes}
     params["mode"] = modes[0]
-    params["data"]["url"] = str(dataset)
+    params["data"]["url"] = params["data"]["watch"] = str(dataset)  # a local url is watched (params check)
     for assignment in sets:
         set_key(params, assignment)
     write_params(folder, params)
@@ -128,10 +129,12 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
 
 
 def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path,
-                variants: list[tuple[str, list[str]]] = (("", []),), saved=lambda found: None) -> dict:
+                variants: list[tuple[str, list[str]]] = (("", []),), saved=lambda found: None,
+                peer_rows: dict[str, int] | None = None, peer_batch: int = peer.BATCH_SIZE) -> dict:
     """{"probe", "modes": {row: {"runs": [per seed], "mean", ...}}}, a row per mode and variant
     (`mode` or `mode+variant`): a variant's settings apply on top of --set, in the same project (one
-    pack, one probe). `saved(found)` after every run, so that a long suite keeps what it measured."""
+    pack, one probe). `saved(found)` after every run, so that a long suite keeps what it measured. Each run's
+    right/wrong per image ("correct"); with peer_rows ({row: epochs}), the peer's rows and pairs (bench.peer)."""
     folder = Path(tempfile.mkdtemp(prefix=f"suite-{dataset.stem}-", dir=work))
     params = scratch_project(folder, dataset, modes, sets)
     for module in ("download", "split", "pack"):
@@ -153,9 +156,11 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
                 metrics = json.loads((folder / mode_metrics(mode)).read_text(encoding="utf-8"))
                 runs.append({"seed": seed, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
                              "wall_seconds": round(wall, 1), "stopped_epoch": metrics.get("stopped_epoch"),
-                             "best_epoch": metrics["best_epoch"], **epoch_history(folder, mode)})
+                             "best_epoch": metrics["best_epoch"], **epoch_history(folder, mode),
+                             "correct": peer.mode_correct(folder / predictions_csv(mode), folder)})
                 found["modes"][row] = summarize(runs)
                 saved(found)
+    peer.add_rows(found, folder, params, peer_rows or {}, seeds, peer_batch, summarize, saved)
     return found
 
 
@@ -194,20 +199,20 @@ def table(results: dict) -> str:
     lines = [f"{'dataset':24} {'mode':22} {'on':5} {'seeds':>5} {'mean':>7} {'std':>7} {'min-max':>13} "
              f"{'train s':>8} {'wall s':>8} {'probe':>7} {'vs probe':>9}"]
     for name, found in results.items():
-        for mode, row in found["modes"].items():
+        for mode, row in {**found["modes"], **found.get("peer", {})}.items():
             lines.append(f"{name[:24]:24} {mode[:22]:22} {found['evaluated_on']:5} {len(row['runs']):5d} "
                          f"{row['mean']:7.4f} {row['std']:7.4f} {row['min']:6.4f}-{row['max']:6.4f} "
                          f"{row['train_seconds']:8.1f} {row['wall_seconds']:8.1f} {found['probe']:7.4f} "
                          f"{row['mean'] - found['probe']:+9.4f}")
     lodo = held_out(results)
-    return "\n".join([*lines, "", overall(results), *(["", lodo] if lodo else [])])
+    return "\n".join([*lines, "", overall(results), *(["", lodo] if lodo else []), *peer.lines(results)])
 
 
 def overall(results: dict) -> str:
     """Per mode (and variant): the mean over the datasets that ran it, and on how many it beat the probe."""
     rows: dict = {}
     for found in results.values():
-        for mode, row in found["modes"].items():
+        for mode, row in {**found["modes"], **found.get("peer", {})}.items():
             rows.setdefault(mode, []).append((row["mean"], found["probe"], row["train_seconds"]))
     lines = [f"{'over the datasets':24} {'mode':22} {'sets':>5} {'mean':>7} {'probe':>7} {'vs probe':>9} "
              f"{'beats':>6} {'train s':>8}"]
@@ -261,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run every mode with these settings, as row mode+NAME (repeatable)")
     parser.add_argument("--work", type=Path, help="where the scratch projects go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    peer.add_arguments(parser)
     args = parser.parse_args(argv)
     modes = args.modes or list(yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))["modes"])
     try:
+        peer_rows = peer.wanted(args, set_key)
         for dataset in args.datasets:
             if not dataset.exists():
                 raise SuiteError(f"{dataset}: no such folder or archive")
@@ -273,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         if work.resolve().is_relative_to(ROOT):
             raise SuiteError(f"--work {work}: inside the repository; the scratch projects go outside it")
         results = {}
-
         def saved(found: dict, name: str) -> None:
             results[name] = found
             if args.json:
@@ -281,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for dataset in args.datasets:
             run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work, variants,
-                        lambda found, name=dataset.name: saved(found, name))
+                        lambda found, name=dataset.name: saved(found, name), peer_rows, args.peer_batch_size)
             print(f"# {dataset.name}: done ({results[dataset.name]['project']})", file=sys.stderr, flush=True)
-    except SuiteError as err:
+    except (SuiteError, peer.PeerError) as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
     print(table(results))
