@@ -157,7 +157,7 @@ def make_project(code: Path, project: Path, dataset: Path, layout: str) -> None:
     copy_code(code, project)
     shutil.copy2(code / "dvc.yaml", project / "dvc.yaml")
     params = yaml.safe_load((code / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update(url=str(dataset), sha256=None, layout=layout)
+    params["data"].update(url=str(dataset), watch=str(dataset), sha256=None, layout=layout)
     params["mode"], params["modes"] = MODE, {MODE: {**params["modes"][MODE], "epochs": 1, "cached_views": 1}}
     params["train"].update(epochs=1, cached_views=1, workers=0)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")

@@ -1,13 +1,13 @@
 """Stage `audit`: suspects in the dataset, for a person to review; the data and the split stay as filed.
 
 Every image of data/store (train, val and test) goes once through the frozen ImageNet backbone
-(model.arch, centre crop, no augmentation). On those features:
+(audit.arch, centre crop, no augmentation). On those features:
   results/label_issues.csv     images whose class looks wrong: confident learning (cleanlab) on the
                                probabilities of a cross-validated logistic regression, most suspect first
   results/near_duplicates.csv  pairs of the same photo resized or re-encoded, within and across splits
                                (across: leakage), found in time linear in the images
   results/outliers.csv         images far from all others (belonging to no class, or broken)
-  metrics/audit.json           their counts; plots/audit/suspects.png the most suspect images.
+  results/audit.json           their counts (a metrics file); plots/audit/suspects.png the most suspect images.
 Acting on it: list paths under data.exclude in params.yaml and split leaves them out (docs/audit.md)."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from transfer.core.stage import log, run_main
 from transfer.evaluation.audit import audit_data, audit_metrics, find_all, suspects_figure, write_tables
 from transfer.models.backbones import check_arch
 
-PARAMS = ("model.arch", "audit")
+PARAMS = ("audit",)
 OUTPUTS = (LABEL_ISSUES_CSV, NEAR_DUPLICATES_CSV, OUTLIERS_CSV, AUDIT_METRICS, AUDIT_SUSPECTS_PNG)
 
 
@@ -33,7 +33,7 @@ OUTPUTS = (LABEL_ISSUES_CSV, NEAR_DUPLICATES_CSV, OUTLIERS_CSV, AUDIT_METRICS, A
 def main() -> None:
     declared = params.declared(params.load(arch_check=check_arch), PARAMS)
     settings = declared["audit"]
-    data = audit_data(declared["model"]["arch"], settings["image_size"], pick_device(settings["device"]))
+    data = audit_data(settings["arch"], settings["image_size"], pick_device(settings["device"]))
     found = find_all(data, settings)
     metrics = audit_metrics(data, found)
     with publish.outputs("audit", OUTPUTS) as staged:

@@ -21,6 +21,14 @@ from transfer.data.archives import fetch, file_sha256, is_url, link_leaving, unp
 
 PARAMS = ("data.url", "data.watch", "data.sha256", "data.max_unpacked_mb")  # as dvc.yaml's download stage declares them
 
+def unwatched(url: str, watch: str) -> str | None:
+    """A warning when a local data.url is not what data.watch names: DVC hashes only data.watch, so a
+    change to that folder's files would go unseen; None when they agree or the url is http(s)."""
+    if is_url(url) or os.path.normpath(watch) == os.path.normpath(url):
+        return None
+    return (f"warning: data.watch ({watch}) does not name data.url ({url}): DVC will not see its files change; "
+            f"set data.watch: {url}")
+
 
 def check_source_folder(folder: Path, source: str) -> None:
     """Refuse a folder that holds data/raw (it would copy itself into itself) or lies inside it (the
@@ -76,6 +84,8 @@ def copy_folder(source: Path, target: Path) -> list[dict]:
 def main() -> None:
     data = params.declared(params.load(), PARAMS)["data"]
     source, expected = data["url"], data["sha256"]
+    if unwatched(source, data["watch"]):
+        log(unwatched(source, data["watch"]))
     folder = None if is_url(source) else Path(source).expanduser()
     is_folder = folder is not None and folder.is_dir()
     if is_folder:

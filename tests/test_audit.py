@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import HYMENOPTERA_ZIP, make_project
-from transfer.data.audit import (
+from transfer.data.suspects import (
     MAX_BUCKET,
     candidate_pairs,
     dhash,
@@ -80,7 +80,7 @@ def test_the_moved_photos_lead_the_suspects(audited):
     scores = [float(row["score"]) for row in table]
     flagged = [row for row in table if row["confident"] == "1"]
     assert scores[:len(flagged)] == sorted(scores[:len(flagged)])  # most suspect (least self-confident) first
-    metrics = json.loads((project.path / "metrics/audit.json").read_text())
+    metrics = json.loads((project.path / "results/audit.json").read_text())
     assert metrics["label_issues"] == len(flagged) and metrics["label_disagreements"] == len(table)
     assert (project.path / "plots/audit/suspects.png").stat().st_size > 10_000
 
@@ -93,7 +93,7 @@ def test_resized_reencoded_copies_are_paired_across_splits(audited):
         row = pairs[frozenset((original, copy))]
         assert {row["split_a"], row["split_b"]} == {"train", "val"}
         assert float(row["similarity"]) > 0.9
-    metrics = json.loads((project.path / "metrics/audit.json").read_text())
+    metrics = json.loads((project.path / "results/audit.json").read_text())
     assert metrics["near_duplicates"] == len(pairs) and metrics["near_duplicates_across_splits"] >= len(copies)
     outliers = [row["path"] for row in rows(project.path / "results/outliers.csv")]
     assert "hymenoptera_data/train/ants/imageNotFound.gif" in outliers  # the archive's placeholder image

@@ -231,7 +231,7 @@ def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_
     shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]  # the workspace: the one revision shown
     assert sorted(files) == ["metrics/data.json", "metrics/frozen.json", "metrics/scratch.json",
-                             "results/headline.json"]
+                             "results/audit.json", "results/headline.json"]
     for mode in ("frozen", "scratch"):
         scores = files[f"metrics/{mode}.json"]["data"]
         # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)

@@ -28,8 +28,8 @@ from tests.imagegen import write_class_folders
 from transfer.core.paths import mode_details, model_file
 
 MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
-ALL_STAGES = ["download", "split", "pack", *[f"train@{m}" for m in MODES], *[f"evaluate@{m}" for m in MODES],
-              "compare", "export"]
+ALL_STAGES = ["download", "split", "pack", "audit", *[f"train@{m}" for m in MODES],
+              *[f"evaluate@{m}" for m in MODES], "compare", "export"]
 FROZEN_BRANCH = ["train@frozen", "evaluate@frozen", "compare"]
 VAL_IMAGES = 12
 CLASS_NAMES = {"ants": "Ant", "bees": "Honey bee"}
@@ -373,8 +373,8 @@ def test_queued_experiments_run_with_queue_start(full):
 
 def test_scratch_project_first_repro_runs_every_stage(scratch):
     """Promise 1 for a one-mode pipeline (the baseline of the data.* / model.arch tests below)."""
-    assert reran(scratch.first) == sorted(["download", "split", "pack", "train@scratch", "evaluate@scratch",
-                                           "compare", "export"])
+    assert reran(scratch.first) == sorted(["download", "split", "pack", "audit", "train@scratch",
+                                           "evaluate@scratch", "compare", "export"])
     restore(scratch.project)
 
 
@@ -405,7 +405,8 @@ def test_data_change_reruns_split_and_everything_after_it(scratch):
     restore(project)
     project.set_params(data={"class_names": "class_names.json"})
     run = project.dvc("repro")
-    assert reran(run.stdout) == sorted(["split", "pack", "train@scratch", "evaluate@scratch", "compare", "export"])
+    assert reran(run.stdout) == sorted(["split", "pack", "audit", "train@scratch", "evaluate@scratch", "compare",
+                                        "export"])
     details = read_json(project.path / mode_details("scratch"))
     assert details["confusion_matrix"]["labels"] == list(CLASS_NAMES.values())
     assert_up_to_date(project)

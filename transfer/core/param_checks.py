@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-import urllib.parse
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -41,8 +39,8 @@ INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "ham
 ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
              "class_names", "exclude", "watch"}
-AUDIT_KEYS = {"device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity", "outlier_neighbors",
-              "outlier_mads"}
+AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
+              "outlier_neighbors", "outlier_mads"}
 
 
 class Checker:
@@ -137,14 +135,10 @@ def check_data(c: Checker, data: Any) -> None:
 
 
 def _check_watch(c: Checker, url: Any, watch: Any) -> None:
-    """data.watch: what download depends on in dvc.yaml, hashed by DVC: a local data.url itself, so that
-    a change to its files re-runs download (an http(s) URL has nothing local to watch)."""
+    """data.watch: what download depends on in dvc.yaml, hashed by DVC (download warns when a local
+    data.url is not it)."""
     if not isinstance(watch, str) or not watch:
         c.bad("data.watch", f"must be a path: data.url when that is local, else any file of the project, got {watch!r}")
-    elif isinstance(url, str) and urllib.parse.urlsplit(url).scheme not in ("http", "https") \
-            and os.path.normpath(watch) != os.path.normpath(url):
-        c.bad("data.watch", f"must name data.url ({url}) when that is a local folder or archive, so that DVC "
-                            "re-runs download when its files change")
 
 
 def _check_exclude(c: Checker, exclude: Any) -> None:
@@ -160,6 +154,8 @@ def _check_exclude(c: Checker, exclude: Any) -> None:
 
 def check_audit(c: Checker, audit: Any) -> None:
     audit = c.section(audit, "audit", AUDIT_KEYS)
+    if not isinstance(audit.get("arch"), str) or not audit.get("arch"):
+        c.bad("audit.arch", f"must be a backbone name, got {audit.get('arch')!r}")
     if "device" in audit:
         _check_device(c, audit["device"], "audit.device")
     else:

@@ -70,6 +70,9 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
         c.bad("model.arch", f"must be a backbone name, got {model.get('arch')!r}")
     elif arch_check is not None:
         arch_check(c, model["arch"])
+    audit_arch = (top.get("audit") or {}).get("arch") if isinstance(top.get("audit"), dict) else None
+    if isinstance(audit_arch, str) and arch_check is not None:
+        arch_check(c, audit_arch, "audit.arch")
     if c.problems:
         raise UserError("\n".join(c.problems) if len(c.problems) == 1 else
                         f"{len(c.problems)} problems in params.yaml:\n" + "\n".join(c.problems))

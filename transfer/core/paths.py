@@ -26,7 +26,7 @@ STORE_INDEX = STORE_DIR / "index.json"
 LABEL_ISSUES_CSV = Path("results/label_issues.csv")
 NEAR_DUPLICATES_CSV = Path("results/near_duplicates.csv")
 OUTLIERS_CSV = Path("results/outliers.csv")
-AUDIT_METRICS = Path("metrics/audit.json")
+AUDIT_METRICS = Path("results/audit.json")  # not under metrics/: compare and export depend on that folder
 AUDIT_PLOTS_DIR = Path("plots/audit")
 AUDIT_SUSPECTS_PNG = AUDIT_PLOTS_DIR / "suspects.png"
 

@@ -1,6 +1,6 @@
 """Stage audit's work: one pass of the frozen ImageNet backbone over every image of data/store (train,
 val and test, centre crop, no augmentation) for a feature vector and a thumbnail hash each, the
-findings of transfer.data.audit on them, and the files that report them. Nothing in the data changes.
+findings of transfer.data.suspects on them, and the files that report them. Nothing in the data changes.
 
 Memory: the features (N x the backbone's width, float32: 0.5 GB for 100,000 images at 1280) and the
 hashes; images are decoded a batch at a time and dropped."""
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from transfer.core.devices import inference_batch, memory_format, to_device
-from transfer.data.audit import (
+from transfer.data.loaders import StoreImages, eval_transform_tensor, read_classes, read_split, working_preprocess
+from transfer.data.suspects import (
     LabelAudit,
     dhash,
     flagged_outliers,
@@ -24,7 +25,6 @@ from transfer.data.audit import (
     near_duplicates,
     outlier_scores,
 )
-from transfer.data.loaders import StoreImages, eval_transform_tensor, read_classes, read_split, working_preprocess
 
 SPLITS = ("train", "val", "test")
 

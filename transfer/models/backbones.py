@@ -56,27 +56,31 @@ def backbone_sizes(arch: str) -> tuple[int, bool]:
     return max(MIN_IMAGE_SIZE, low), arch.startswith(("vit_", "maxvit"))
 
 
-def check_arch(c: Checker, arch: str) -> None:
-    """params.check's checks of model.arch: a known backbone, and image sizes it takes."""
+def check_arch(c: Checker, arch: str, key: str = "model.arch") -> None:
+    """params.check's checks of a backbone name (model.arch, or audit.arch): a known backbone, and the
+    image sizes it takes (the audit's own for audit.arch, every other for model.arch)."""
     if timm_models.is_timm(arch):
         try:
             timm_models.model_name(arch)
         except UserError as err:
-            c.bad("model.arch", str(err).removeprefix("model.arch: "))
+            c.bad(key, str(err).removeprefix("model.arch: "))
             return
     known = known_archs()
     if arch not in known and not timm_models.is_timm(arch):
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        c.bad("model.arch", f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
+        c.bad(key, f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
         return
     low, only = backbone_sizes(arch)
-    for key, size in c.image_sizes:
+    section = key.split(".")[0]
+    for size_key, size in c.image_sizes:
+        if (size_key.split(".")[0] == "audit") != (section == "audit"):
+            continue
         if only and size != low:
-            c.bad(key, f"{size} does not fit model.arch {arch}: it takes {low} px images only (use {low} or null)")
+            c.bad(size_key, f"{size} does not fit {key} {arch}: it takes {low} px images only (use {low} or null)")
         elif size < low:
-            c.bad(key, f"{size} is too small for model.arch {arch}: its minimum input size is {low} px "
-                       f"(or null: its own size)")
+            c.bad(size_key, f"{size} is too small for {key} {arch}: its minimum input size is {low} px "
+                            f"(or null: its own size)")
 
 
 class TransferNet(nn.Module):
