@@ -1,6 +1,6 @@
-"""`dvc status` after `dvc repro` says the pipeline is up to date, and a second `dvc repro` runs no
-stage; DVC itself notices a change to the files of a local dataset (data.watch names data.url's
-folder or archive, and download depends on it), and only a change to them."""
+"""DVC itself notices a change to the files of a local dataset (data.watch names data.url's
+folder or archive, and download depends on it), and only a change to them. (That a whole `dvc repro`
+leaves `dvc status` up to date and a second runs nothing: tests/test_pipeline.py, promise 1.)"""
 from __future__ import annotations
 
 import os
@@ -50,16 +50,6 @@ def test_a_changed_local_archive_re_runs_download(tmp_path, tiny_dataset):
     pack(tiny_dataset, archive)
     assert project.ran_stages(project.dvc("repro", "download").stdout) == ["download"]
     assert (project.path / RAW_DIR / "tiny_data" / "train" / "ants" / "ants_new.jpg").is_file()
-
-
-def test_a_whole_pipeline_run_leaves_dvc_status_clean(tmp_path, tiny_dataset):
-    """After `dvc repro` of every stage, `dvc status` says so in DVC's own words, and a second
-    `dvc repro` runs nothing."""
-    project = make_project(tmp_path / "project", tiny_dataset, modes=["frozen"])
-    project.dvc("repro")
-    assert project.dvc("status").stdout.strip() == "Data and pipelines are up to date."
-    again = project.dvc("repro")
-    assert project.ran_stages(again.stdout) == [], again.stdout
 
 
 def test_a_local_url_not_watched_is_a_warning(tmp_path, tiny_dataset):
