@@ -159,6 +159,7 @@ def make_project(path: Path, data_source: Path, modes: list[str] | None = None) 
             params["mode"] = modes[0]
     for row in params["modes"].values():
         tiny_row(row, epochs=1)
+    params["audit"]["image_size"] = TINY_TRAIN["image_size"]  # the audit's features at the tiny size too
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "pipeline")

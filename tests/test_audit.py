@@ -64,7 +64,7 @@ def audited(tmp_path_factory):
         near_copy(original, base / "data" / "hymenoptera_data" / "val" / name / f"copy_{original.name}")
         copies[f"hymenoptera_data/train/{name}/{original.name}"] = f"hymenoptera_data/val/{name}/copy_{original.name}"
     project = make_project(base / "project", base / "data", modes=["frozen"])
-    project.set_params(audit={"device": "cpu"})  # the backbone's eval size: 224 px crops of a 256 px store
+    project.set_params(audit={"device": "cpu", "image_size": None})  # the backbone's eval size: 224 px crops
     project.dvc("repro", "audit")
     return project, moved, copies
 

@@ -263,6 +263,7 @@ def test_each_stage_killed_at_random_moments_leaves_each_output_old_or_new(tmp_p
         assert project.ran_stages(repro.stdout) == [stage], repro.stdout
         assert outputs_state(project.path, outputs) == new, f"{stage}: dvc repro after the kills differs"
         assert leftovers(project) == [], stage
+    project.dvc("repro", "audit")  # the one stage not killed here: it publishes as the others do
     assert project.changed_stages() == {}
 
 
