@@ -48,7 +48,7 @@ COMPARE_CONFUSION_DIR = COMPARE_PLOTS_DIR / "confusion"
 COMPARE_VAL_ACC_CSV = COMPARE_PLOTS_DIR / "val_acc.csv"
 COMPARE_TRAIN_LOSS_CSV = COMPARE_PLOTS_DIR / "train_loss.csv"
 # The Vega-Lite template of those charts: a line per mode (colour) and revision (dash).
-BY_MODE_TEMPLATE = Path("transfer/evaluation/plot_templates/linear_by_mode.json")
+BY_MODE_TEMPLATE = Path("stages/plot_templates/linear_by_mode.json")
 SUMMARY_JSON = Path("results/summary.json")
 SUMMARY_MD = Path("results/summary.md")
 
