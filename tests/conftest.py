@@ -138,16 +138,35 @@ def copy_code(path: Path) -> None:
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
+def init_repo(path: Path) -> Project:
+    """An empty git + DVC repository at `path` (made if missing), with a committer."""
     path.mkdir(parents=True, exist_ok=True)
-    copy_code(path)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy2(ROOT / name, path / name)
     project = Project(path)
     project.git("init", "-q")
     project.git("config", "user.email", "tests@example.com")
     project.git("config", "user.name", "tests")
     project.dvc("init", "-q")
+    return project
+
+
+def commit_tagged(project: Project, tag: str, files: dict[str, str]) -> None:
+    """Commit `files` on top of `base` (the first commit: on top of nothing) and tag it `tag`."""
+    if tag != "base":
+        project.git("checkout", "-q", "base")
+    for name, text in files.items():
+        (project.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (project.path / name).write_text(text)
+    project.git("add", *files)
+    project.git("commit", "-q", "-m", tag)
+    project.git("tag", tag)
+
+
+def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
+    path.mkdir(parents=True, exist_ok=True)
+    copy_code(path)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy2(ROOT / name, path / name)
+    project = init_repo(path)
     project.dvc("config", "core.autostage", "true")
     params = project.params
     params["data"]["url"] = str(data_source)

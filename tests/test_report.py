@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from stages.report import files_dir, parse_args
-from tests.conftest import ROOT, Project, env_with_venv, make_project
+from tests.conftest import ROOT, Project, commit_tagged, env_with_venv, init_repo, make_project
 from tests.imagegen import write_class_folders
 from transfer.evaluation.seeds import seeds_text, summarize, t_quantile
 from transfer.evaluation.stats import wilson_interval
@@ -238,26 +238,21 @@ def review_repo(tmp_path_factory) -> Project:
     finetune 60/80, scratch 5/10. `flips` (from base): frozen flips 1 image each way, partial 12 to right,
     finetune 6 to right (rows reversed), scratch removed, newmode added, lr changed. `split` (from base):
     frozen on as many other images (a new split)."""
-    from tests.test_untrusted import commit
-    project = Project(tmp_path_factory.mktemp("review") / "repo")
-    project.path.mkdir()
-    project.git("init", "-q")
-    project.git("config", "user.email", "tests@example.com")
-    project.git("config", "user.name", "tests")
-    project.dvc("init", "-q")
+    project = init_repo(tmp_path_factory.mktemp("review") / "repo")
     csv = "plots/predictions/{}.csv".format
-    commit(project, "base", {"dvc.yaml": REVIEW_DVC_YAML, "params.yaml": "lr: 0.1\n",
+    commit_tagged(project, "base", {"dvc.yaml": REVIEW_DVC_YAML, "params.yaml": "lr: 0.1\n",
                              "metrics/frozen.json": '{"accuracy": 0.954}\n', csv("frozen"): predictions(FROZEN),
                              csv("partial"): predictions(PARTIAL), csv("finetune"): predictions(FINETUNE),
                              csv("scratch"): predictions(accuracy_of(5, 10))})
-    commit(project, "flips", {"params.yaml": "lr: 0.2\n", csv("frozen"): predictions(flipped(FROZEN, 1, 1)),
+    commit_tagged(project, "flips", {"params.yaml": "lr: 0.2\n", csv("frozen"): predictions(flipped(FROZEN, 1, 1)),
                               csv("partial"): predictions(flipped(PARTIAL, 12, 0)),
                               csv("finetune"): predictions(flipped(FINETUNE, 6, 0), reverse=True),
                               csv("newmode"): predictions(accuracy_of(7, 10))})
     project.git("rm", "-q", csv("scratch"))
     project.git("commit", "-q", "--amend", "--no-edit")
     project.git("tag", "-f", "flips")
-    commit(project, "split", {csv("frozen"): predictions(accuracy_of(150, 153), [f"new/{i}.jpg" for i in range(153)])})
+    new_split = predictions(accuracy_of(150, 153), [f"new/{i}.jpg" for i in range(153)])
+    commit_tagged(project, "split", {csv("frozen"): new_split})
     project.git("checkout", "-q", "base")
     return project
 

@@ -15,7 +15,7 @@ import pytest
 
 from stages import download
 from stages.report import MAX_CHARS, files_dir
-from tests.conftest import ROOT, Project, copy_code, env_with_venv, run_in_process
+from tests.conftest import ROOT, Project, commit_tagged, copy_code, env_with_venv, init_repo, run_in_process
 from tests.imagegen import tree_bytes, write_class_folders
 from tests.test_report import run_report
 from transfer.core.errors import UserError
@@ -136,19 +136,14 @@ def hostile_revisions(tmp_path_factory) -> Project:
     """A git + DVC repo of hand-written files, no training: tag `base`, and tags branching from it that
     a hostile branch could hold: `broken` (dvc.yaml unreadable), `huge` (a metrics file of many keys),
     `nan` (a word in a plotted CSV), `linked` (report_files and pr committed as links out of the repo)."""
-    project = Project(tmp_path_factory.mktemp("untrusted") / "repo")
-    project.path.mkdir()
-    project.git("init", "-q")
-    project.git("config", "user.email", "tests@example.com")
-    project.git("config", "user.name", "tests")
-    project.dvc("init", "-q")
+    project = init_repo(tmp_path_factory.mktemp("untrusted") / "repo")
     files = {"dvc.yaml": DVC_YAML, "params.yaml": "lr: 0.1\n", "metrics/m.json": '{"accuracy": 0.5}\n',
              "plots/curve.csv": "epoch,acc\n1,0.5\n2,0.6\n"}
-    commit(project, "base", files)
-    commit(project, "broken", {"dvc.yaml": "stages: [evaluate\n", "params.yaml": "lr: 0.2\n"})
+    commit_tagged(project, "base", files)
+    commit_tagged(project, "broken", {"dvc.yaml": "stages: [evaluate\n", "params.yaml": "lr: 0.2\n"})
     many = {"accuracy": 0.5, **{f"metric_number_{i:05d}_with_a_long_name": i for i in range(3000)}}
-    commit(project, "huge", {"metrics/m.json": json.dumps(many)})
-    commit(project, "nan", {"plots/curve.csv": "epoch,acc\n1,0.5\n2,oops\n"})
+    commit_tagged(project, "huge", {"metrics/m.json": json.dumps(many)})
+    commit_tagged(project, "nan", {"plots/curve.csv": "epoch,acc\n1,0.5\n2,oops\n"})
     project.git("checkout", "-q", "base")
     (project.path / "report_files").symlink_to("../outside")
     (project.path / "pr").symlink_to("../outside")
@@ -157,18 +152,6 @@ def hostile_revisions(tmp_path_factory) -> Project:
     project.git("tag", "linked")
     project.git("checkout", "-q", "base")
     return project
-
-
-def commit(project: Project, tag: str, files: dict[str, str]) -> None:
-    """Commit `files` on top of `base` (the first commit: on top of nothing) and tag it `tag`."""
-    if tag != "base":
-        project.git("checkout", "-q", "base")
-    for name, text in files.items():
-        (project.path / name).parent.mkdir(parents=True, exist_ok=True)
-        (project.path / name).write_text(text)
-    project.git("add", *files)
-    project.git("commit", "-q", "-m", tag)
-    project.git("tag", tag)
 
 
 def test_report_refuses_a_revision_that_reads_as_an_option(hostile_revisions, tmp_path):

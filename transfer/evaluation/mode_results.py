@@ -3,11 +3,13 @@ per-epoch curves (train@<mode>'s DVCLive logs) and its right and wrong on every 
 (plots/predictions/<mode>.csv). A missing or malformed file is one line naming it."""
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pandas as pd
 
-from transfer.core.errors import UserError
+from transfer.core.errors import UserError, fail
 from transfer.core.files import read_json
 from transfer.core.paths import live_tsv, mode_details, mode_metrics, predictions_csv
 
@@ -16,6 +18,7 @@ from transfer.core.paths import live_tsv, mode_details, mode_metrics, prediction
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "train_seconds")
 DETAIL_KEYS = ("epochs", "trainable_params", "total_params")
 SUMMARY_KEYS = METRIC_KEYS + DETAIL_KEYS
+Table = dict[str, bool]  # {image path: predicted right}
 
 
 def curve_path(mode: str, split: str, metric: str = "acc") -> Path:
@@ -72,15 +75,23 @@ def load_mode(mode: str) -> dict:
             "train_loss": read_curve(train_loss) if train_loss.exists() else None}
 
 
-def read_predictions(path: Path) -> dict[str, bool]:
-    """{image path: predicted right} from evaluate's plots/predictions/<mode>.csv."""
+def parse_predictions(data: bytes, where: str) -> Table:
+    """{image path: right} from a predictions CSV's bytes; one line naming `where` when it is not one."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a predictions CSV ({str(err).splitlines()[0]})") from None
-    if not {"path", "actual", "predicted"} <= set(table.columns) or table["path"].duplicated().any():
-        raise UserError(f"{path}: expected columns path, actual, predicted and one row per image")
-    return dict(zip(table["path"], (table["actual"] == table["predicted"]).tolist()))
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as err:
+        fail(f"{where}: not a predictions CSV ({err})")
+    table: Table = {}
+    for row in rows:
+        if not all(isinstance(row.get(key), str) for key in ("path", "actual", "predicted")) or row["path"] in table:
+            fail(f"{where}: expected columns path, actual, predicted and one row per image")
+        table[row["path"]] = row["actual"] == row["predicted"]
+    return table
+
+
+def read_predictions(path: Path) -> Table:
+    """{image path: predicted right} from evaluate's plots/predictions/<mode>.csv."""
+    return parse_predictions(path.read_bytes(), str(path))
 
 
 def paired_correct(runs: dict[str, dict]) -> dict[str, list[bool]]:

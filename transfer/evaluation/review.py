@@ -5,38 +5,22 @@ across the modes tested. A new split (not the same images) is not paired: both W
 Then the report itself: the review after the one-line summary, then params, metrics and plots."""
 from __future__ import annotations
 
-import csv
-import io
 import re
 import subprocess
 from pathlib import Path
 
 from transfer.core.errors import fail
 from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, plural, summary_line
+from transfer.evaluation.mode_results import Table, parse_predictions
 from transfer.evaluation.stats import format_p, holm, paired, wilson_interval
 
 PREDICTIONS = "plots/predictions"
 MODE_FILE = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*)\.csv")
 MAX_CSV_BYTES = 64 * 2**20  # about a million images; a bigger file is refused, never read
 ALPHA = 0.05
-Table = dict[str, bool]  # {image path: predicted right}
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-def parse_predictions(data: bytes, where: str) -> Table:
-    """{image path: right} from a predictions CSV's bytes; one line naming `where` when it is not one."""
-    try:
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-    except (UnicodeDecodeError, csv.Error) as err:
-        fail(f"{where}: not a predictions CSV ({err})")
-    table: Table = {}
-    for row in rows:
-        if not all(isinstance(row.get(key), str) for key in ("path", "actual", "predicted")) or row["path"] in table:
-            fail(f"{where}: expected columns path, actual, predicted and one row per image")
-        table[row["path"]] = row["actual"] == row["predicted"]
-    return table
-
 
 def workspace_predictions() -> dict[str, Table]:
     """{mode: table} of the working tree's plots/predictions/; a link there is refused, not followed."""
