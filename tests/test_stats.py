@@ -326,3 +326,35 @@ def test_format_p_rejects_non_p_values():
 
 def test_normal_quantile_constant_is_right():
     assert NormalDist().inv_cdf(0.975) == pytest.approx(Z95)
+
+
+def test_evaluate_scores_agree_with_sklearn_on_random_predictions():
+    """scores.py computes its per-class scores, confusion matrix, balanced accuracy and macro F1 itself
+    (evaluate no longer imports sklearn): the same numbers as sklearn's, classes never predicted or
+    absent from the labels included (zero_division=0)."""
+    import warnings
+
+    import torch
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    from transfer.evaluation.scores import class_scores, headline_scores
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        k, n = int(rng.integers(2, 7)), int(rng.integers(1, 40))
+        labels = rng.integers(0, k, n).tolist()
+        probs = torch.softmax(torch.tensor(rng.normal(size=(n, k)) * 3), 1)
+        names = [f"c{i}" for i in range(k)]
+        head, per_class = headline_scores(probs, labels, names), class_scores(probs, labels, names)
+        actual, predicted, indices = np.array(labels), probs.argmax(1).numpy(), list(range(k))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn warns of classes absent from the labels
+            assert head["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(actual, predicted), abs=1e-12)
+        assert head["macro_f1"] == pytest.approx(
+            f1_score(actual, predicted, labels=indices, average="macro", zero_division=0), abs=1e-12)
+        expected = precision_recall_fscore_support(actual, predicted, labels=indices, zero_division=0)
+        for i, name in enumerate(names):
+            got = per_class["per_class"][name]
+            scores = [got["precision"], got["recall"], got["f1"]]
+            assert scores == pytest.approx([e[i] for e in expected[:3]], abs=1e-12)
+            assert got["support"] == expected[3][i], trial
+        assert per_class["confusion_matrix"]["matrix"] == confusion_matrix(actual, predicted, labels=indices).tolist()

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, env_with_venv
@@ -26,35 +28,47 @@ def suite(*args: str) -> subprocess.CompletedProcess:
     return bench("suite", *args)
 
 
-def test_suite_prints_accuracy_spread_time_and_the_linear_probe(tmp_path):
-    data = tmp_path / "colours"
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory) -> SimpleNamespace:
+    """One suite run shared by the tests below: frozen for 12 epochs without early stopping (lr 1.0: val loss
+    turns up soon), and two variants in the same project: `fewer` (1 epoch) and `p2` (patience 2 on val loss)."""
+    root = tmp_path_factory.mktemp("suite")
+    data = root / "colours"
     write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
-    work, out = tmp_path / "work", tmp_path / "suite.json"
+    work, out = root / "work", root / "suite.json"
     proc = suite(str(data), "--modes", "frozen", "--seeds", "0", "--work", str(work), "--json", str(out),
-                 "--variant", "fewer modes.frozen.epochs=1", "--set", *TINY)
+                 "--set", *TINY, "modes.frozen.epochs=12", "modes.frozen.lr=1.0", "modes.frozen.patience=null",
+                 "--variant", "fewer modes.frozen.epochs=1",
+                 "--variant", "p2 modes.frozen.patience=2 modes.frozen.stop_on=val_loss")
     assert proc.returncode == 0, proc.stderr
-    found = json.loads(out.read_text())["colours"]
+    return SimpleNamespace(proc=proc, work=work, out=out, found=json.loads(out.read_text())["colours"])
+
+
+def test_suite_prints_accuracy_spread_time_and_the_linear_probe(suite_run):
+    proc, work, found = suite_run.proc, suite_run.work, suite_run.found
     assert found["evaluated_on"] == "test" and 0 <= found["probe"] <= 1  # test_fraction: 2 of each class's 8
     row = found["modes"]["frozen"]
-    assert [run["seed"] for run in row["runs"]] == [0] and row["std"] == 0 and row["runs"][0]["stopped_epoch"] <= 2
+    assert [run["seed"] for run in row["runs"]] == [0] and row["std"] == 0 and row["runs"][0]["stopped_epoch"] is None
     assert row["mean"] == row["runs"][0]["accuracy"] and row["train_seconds"] > 0
     # Each run's epochs (val loss, accuracy, seconds), one value each; the kept epoch has the best val accuracy.
     run = row["runs"][0]
-    assert len(run["val_loss"]) == len(run["val_acc"]) == len(run["epoch_seconds"]) == (run["stopped_epoch"] or 2)
+    assert len(run["val_loss"]) == len(run["val_acc"]) == len(run["epoch_seconds"]) == 12
     assert run["val_acc"][run["best_epoch"] - 1] == max(run["val_acc"])
     assert Path(found["project"]).parent == work and not list(ROOT.glob("suite-*"))
-    # The variant ran in the same project (one pack, one probe) with its own setting on top of --set.
+    # The variants ran in the same project (one pack, one probe), each with its own setting on top of --set.
     assert [run["seed"] for run in found["modes"]["frozen+fewer"]["runs"]] == [0]
+    assert len(found["modes"]["frozen+fewer"]["runs"][0]["val_loss"]) == 1
     assert len(list(work.iterdir())) == 1
-    last = yaml.safe_load((Path(found["project"]) / "params.yaml").read_text())  # of the variant's run, the last
-    assert last["modes"]["frozen"]["epochs"] == 1 and last["pack"]["short_side"] == 40
-    header, line, variant_line, _, overall_header, *overall = proc.stdout.splitlines()
+    last = yaml.safe_load((Path(found["project"]) / "params.yaml").read_text())  # of the last variant's run
+    assert last["modes"]["frozen"]["patience"] == 2 and last["modes"]["frozen"]["epochs"] == 12
+    assert last["pack"]["short_side"] == 40
+    header, line, fewer_line, p2_line, _, overall_header, *overall = proc.stdout.splitlines()
     assert header.split()[:4] == ["dataset", "mode", "on", "seeds"] and "probe" in header
     assert line.split()[:4] == ["colours", "frozen", "test", "1"]
-    assert variant_line.split()[:2] == ["colours", "frozen+fewer"]
+    assert fewer_line.split()[:2] == ["colours", "frozen+fewer"] and p2_line.split()[:2] == ["colours", "frozen+p2"]
     assert float(line.split()[9]) == round(found["probe"], 4)
     assert overall_header.split()[:3] == ["over", "the", "datasets"]
-    assert [o.split()[:2] for o in overall] == [["frozen", "1"], ["frozen+fewer", "1"]]
+    assert [o.split()[:2] for o in overall] == [["frozen", "1"], ["frozen+fewer", "1"], ["frozen+p2", "1"]]
     assert overall[0].split()[5] == ("1/1" if row["mean"] > found["probe"] else "0/1")
 
 
@@ -135,24 +149,17 @@ def test_patience_replay_rules_by_hand():
     assert patience.kept_epoch(acc, [1.0, 0.8, 0.8, 0.7, 0.8, 0.5], 6) == 6
 
 
-def test_patience_replayed_from_a_longer_run_matches_a_run_that_stopped(tmp_path):
+def test_patience_replayed_from_a_longer_run_matches_a_run_that_stopped(suite_run):
     """One run without early stopping, replayed with a patience, stops and keeps where a real run with that
     patience (same seed, same project) stopped and kept."""
-    data = tmp_path / "colours"
-    write_class_folders(data, {"red": 8, "green": 8, "blue": 8})
-    out = tmp_path / "suite.json"
-    proc = suite(str(data), "--modes", "frozen", "--seeds", "0", "--work", str(tmp_path / "work"), "--json", str(out),
-                 "--set", *TINY, "modes.frozen.epochs=12", "modes.frozen.lr=1.0", "modes.frozen.patience=null",
-                 "--variant", "p2 modes.frozen.patience=2 modes.frozen.stop_on=val_loss")
-    assert proc.returncode == 0, proc.stderr
-    found = json.loads(out.read_text())["colours"]["modes"]
+    found = suite_run.found["modes"]
     full, stopped = found["frozen"]["runs"][0], found["frozen+p2"]["runs"][0]
     assert len(full["val_loss"]) == 12 and stopped["stopped_epoch"] < 12  # it did stop early
     assert full["val_loss"][:stopped["stopped_epoch"]] == stopped["val_loss"]  # the same epochs up to the stop
     from bench import patience
     replayed = patience.replay(full, 2, "val_loss")
     assert (replayed["stopped"], replayed["kept"]) == (stopped["stopped_epoch"], stopped["best_epoch"])
-    printed = bench("patience", str(out), "--patience", "2", "--stop-on", "val_loss", timeout=60)
+    printed = bench("patience", str(suite_run.out), "--patience", "2", "--stop-on", "val_loss", timeout=60)
     assert printed.returncode == 0, printed.stderr
     line = next(row for row in printed.stdout.splitlines() if row.split()[:4] == ["colours", "frozen", "val_loss", "2"])
     assert line.split()[6:8] == [str(stopped["stopped_epoch"]), str(stopped["best_epoch"])]
