@@ -50,7 +50,7 @@ from transfer.core.paths import (
 
 MODE = "frozen"
 SEED = 19
-KILLS = 5
+KILLS = 3
 RESUMES = "interrupted; finished work is kept, the next run resumes"  # train alone resumes
 STARTS_OVER = "interrupted; nothing was half-written, the next run starts over"
 # (stage, its command's arguments, the outputs it publishes), in pipeline order
