@@ -36,6 +36,20 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# The test files that take longest, longest first. The runner (-n auto --dist loadfile) hands out whole
+# files in collection order, so these start first and a short file, not a long one, runs last while the
+# other core has nothing left to do.
+LONGEST_FIRST = ("test_pipeline.py", "test_reliability.py", "test_kills.py", "test_distributed.py",
+                 "test_suite.py", "test_many_machines.py", "test_three_splits.py", "test_compare.py",
+                 "test_security.py", "test_training.py", "test_onnx.py", "test_early_stopping.py",
+                 "test_peer.py", "test_audit.py", "test_real_data.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def env_with_venv() -> dict:
     """The environment stages run in: the interpreter running the tests first on PATH."""
     env = dict(os.environ)
