@@ -78,13 +78,25 @@ def test_no_module_imports_itself_round_a_circle():
     assert circles == []
 
 
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def test_the_readme_is_a_guide_whose_links_resolve():
-    """At most 250 lines, and every relative link of it and of docs/ names a file that exists."""
+    """At most 250 lines, and every relative link of it and of docs/ names a file that exists, and a
+    heading of that file where the link names one (page.md#heading)."""
     readme = ROOT / "README.md"
     assert readme.read_text(encoding="utf-8").count("\n") <= 250
     broken = []
     for page in [readme, *sorted((ROOT / "docs").glob("*.md"))]:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
-            if "://" not in target and not (page.parent / target).exists():
+        for target, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            file = page.parent / target
+            if not file.exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
+            elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
     assert broken == []
