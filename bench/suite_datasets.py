@@ -192,15 +192,24 @@ def seeded_draw(repo: Repo, files: list[str], counts: dict[str, int], key: str,
     return drawn
 
 
+def take_all(repo: Repo, files: list[str], skipped: list[str]) -> list[tuple[str, bytes]]:
+    """Every image of `files` (each must be valid): a reporting side is never subsampled."""
+    return take(repo, files, len(files), skipped)
+
+
+def write_class(root: Path, cls: str, drawn: dict[str, list[tuple[str, bytes]]],
+                test: list[tuple[str, bytes]]) -> None:
+    """Class `cls`'s drawn train/val images and its test images, under root/<split>/<cls>/."""
+    for split, items in {**drawn, "test": test}.items():
+        for path, data in items:
+            write(root / split / cls / Path(path).name, data)
+
+
 def build_scenes(root: Path, mirror: Path, skipped: list[str]) -> dict:
     repo = Repo("afroozsheikh/Intel-Image-Classifier", mirror)
     for cls in repo.folders("train"):
         drawn = seeded_draw(repo, repo.under(f"train/{cls}", (".jpg",)), SCENES_PER_CLASS, cls, skipped)
-        drawn["test"] = take(repo, repo.under(f"test/{cls}", (".jpg",)), len(repo.under(f"test/{cls}", (".jpg",))),
-                             skipped)
-        for split, items in drawn.items():
-            for path, data in items:
-                write(root / split / cls / Path(path).name, data)
+        write_class(root, cls, drawn, take_all(repo, repo.under(f"test/{cls}", (".jpg",)), skipped))
     return {"repo": repo.name, "commit": repo.commit}
 
 
@@ -212,11 +221,7 @@ def build_mri(root: Path, mirror: Path, skipped: list[str]) -> dict:
                 if Path(f).name.startswith("Tr-")]
         unique = sorted({Path(f).name: f for f in pool}.values())
         drawn = seeded_draw(repo, unique, MRI_PER_CLASS, cls, skipped)
-        tests = repo.under(f"Testing/{cls}", (".jpg",))
-        drawn["test"] = take(repo, tests, len(tests), skipped)
-        for split, items in drawn.items():
-            for path, data in items:
-                write(root / split / cls / Path(path).name, data)
+        write_class(root, cls, drawn, take_all(repo, repo.under(f"Testing/{cls}", (".jpg",)), skipped))
     return {"repo": repo.name, "commit": repo.commit}
 
 

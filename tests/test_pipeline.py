@@ -268,7 +268,7 @@ def frozen_commits(full) -> SimpleNamespace:
         commit(project, "publish frozen", tag="published-frozen")
         assert project.params["modes"]["frozen"]["lr"] == OLD_LR
         change = project.dvc("exp", "run", "-S", f"++modes.frozen.lr={NEW_LR}")
-        commit(project, "frozen: lr 0.0001", tag="frozen-lr")
+        commit(project, f"frozen: lr {NEW_LR}", tag="frozen-lr")
         full.frozen_commits = SimpleNamespace(publish=publish.stdout, change=change.stdout)
     return full.frozen_commits
 
@@ -322,8 +322,8 @@ def test_metrics_and_plots_diff_between_commits(full, tmp_path):
     assert {v["rev"] for v in specs["plots_predictions_frozen_csv"]["data"]["values"]} == {old_rev, new_rev}
 
 
-def metrics_diff_rows(markdown: str) -> list[list[str]]:
-    """The body rows of `dvc metrics diff --md` (Path | Metric | old | new | Change)."""
+def markdown_rows(markdown: str) -> list[list[str]]:
+    """The body rows of a Markdown table (`dvc metrics diff --md`, a report section), as stripped cells."""
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
             for line in markdown.splitlines() if line.startswith("|")]
     return rows[2:]  # past the header and the |---| line
@@ -352,7 +352,7 @@ def test_metrics_show_lists_each_number_once_and_a_one_mode_diff_fits_a_screen(f
     assert set(diff) == {"metrics/frozen.json", "results/headline.json"}, diff
     frozen = diff["metrics/frozen.json"]
     assert diff["results/headline.json"] == {key: frozen[key] for key in HEADLINE_KEYS if key in frozen}
-    rows = metrics_diff_rows(project.dvc("metrics", "diff", "published-frozen", "frozen-lr", "--md").stdout)
+    rows = markdown_rows(project.dvc("metrics", "diff", "published-frozen", "frozen-lr", "--md").stdout)
     assert rows and len(rows) <= 20, rows
     assert {row[0] for row in rows} == set(diff)
 
@@ -387,9 +387,7 @@ def report(project: Project, out: Path, *revs: str) -> str:
 
 def table_rows(text: str, section: str) -> list[list[str]]:
     """The body rows of the Markdown table under `## <section>`, as lists of stripped cells."""
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("|")]
-    return rows[2:]  # past the header and its |---| line
+    return markdown_rows(text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0])
 
 
 def image_links(text: str) -> list[str]:
@@ -402,7 +400,7 @@ def test_report_shows_the_changed_param_metrics_and_plots_and_nothing_of_the_unc
     text = report(project, out, "base", "frozen-lr")
     old = git_json(project, "base", "metrics/frozen.json")
     new = git_json(project, "frozen-lr", "metrics/frozen.json")
-    assert old["accuracy"] != new["accuracy"], "precondition: lr 0.001 should change frozen's accuracy"
+    assert old["accuracy"] != new["accuracy"], f"precondition: lr {NEW_LR} should change frozen's accuracy"
 
     summary = text.splitlines()[0]
     assert "1 param changed" in summary, summary
