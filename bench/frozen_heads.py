@@ -221,7 +221,7 @@ def main() -> int:
         params = scratch_project(folder, dataset.resolve(), ["frozen"], args.sets)
         for module in ("download", "split", "pack"):
             run_stage(folder, dataset, module)
-        probe, split = linear_probe(folder, params)
+        probe, split, _ = linear_probe(folder, params)
         settings, model, source, feats = frozen_features(folder)
         scaled = standardised(feats)
         threads = torch.get_num_threads()

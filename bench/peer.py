@@ -191,32 +191,37 @@ def pairs(found: dict) -> list[dict]:
 
 def run_in(project: Path, epochs: int, seed: int, batch_size: int) -> dict:
     """`python -m bench.peer` in its own process, as the suite runs the stages; its run without the predictions
-    (they stay in PROJECT/peer/*.csv) but with right/wrong per image."""
-    out = project / "peer" / f"peer@{epochs}-seed{seed}"
+    (they stay in PROJECT/peer/*.csv) but with right/wrong per image. A run already in PROJECT/peer (a suite
+    stopped after it, then resumed) is read, not run again."""
+    out = project / "peer" / (f"peer@{epochs}-seed{seed}" + ("" if batch_size == BATCH_SIZE else f"-bs{batch_size}"))
     out.parent.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "bench.peer", str(project), "--epochs", str(epochs), "--seed",
-                           str(seed), "--batch-size", str(batch_size), "--json", f"{out}.json", "--csv", f"{out}.csv"],
-                          cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PeerError(f"{project}: bench.peer failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    if not Path(f"{out}.json").is_file():
+        proc = subprocess.run([sys.executable, "-m", "bench.peer", str(project), "--epochs", str(epochs), "--seed",
+                               str(seed), "--batch-size", str(batch_size), "--json", f"{out}.json",
+                               "--csv", f"{out}.csv"], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PeerError(f"{project}: bench.peer failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     found = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
     found["correct"] = peer_correct(found, project)
     return {k: v for k, v in found.items() if k not in ("paths", "actual", "predicted", "confidence")}
 
 
-def add_rows(found: dict, project: Path, params: dict, rows: dict[str, int], seeds: list[int], batch_size: int,
+def add_rows(found: dict, project: Path, rows: dict[str, int], seeds: list[int], batch_size: int,
              summarize, saved) -> None:
-    """The suite's peer rows (found["peer"][row], summarised as the modes are) and every pair (found["paired"]);
-    `params` (the project's, --set applied, no variant's) are what the peer reads: model.arch and train.*."""
-    if rows:
-        (project / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    """The suite's peer rows (found["peer"][row], summarised as the modes are) and every pair (found["paired"]).
+    The project's params.yaml (--set applied, no variant's) is what the peer reads: model.arch and train.*."""
     for row, epochs in rows.items():
-        runs = []
+        runs = found.get("peer", {}).get(row, {}).get("runs", [])
         for seed in seeds:
+            if any(run["seed"] == seed for run in runs):
+                continue
             runs.append(run_in(project, epochs, seed, batch_size))
             found.setdefault("peer", {})[row] = summarize(runs)
             found["paired"] = pairs(found)
             saved(found)
+    if found.get("peer"):  # a resumed suite may have added mode runs to pair
+        found["paired"] = pairs(found)
+        saved(found)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="also the predictions in evaluate's format")
     args = parser.parse_args(argv)
     found = run(args.project.resolve(), args.epochs, args.seed, args.batch_size)
-    args.json.write_text(json.dumps(found, indent=1) + "\n", encoding="utf-8")
     if args.csv:
         write_csv(found, args.project, args.csv)
+    partial = args.json.with_name(args.json.name + ".part")  # whole or absent: a resumed suite reads it
+    partial.write_text(json.dumps(found, indent=1) + "\n", encoding="utf-8")
+    partial.replace(args.json)
     print(f"peer@{args.epochs} seed {args.seed}: {found['split']} accuracy {found['accuracy']:.4f}, "
           f"train {found['train_seconds']:.1f} s", file=sys.stderr)
     return 0

@@ -18,7 +18,9 @@ over the datasets flatters it (the same datasets chose it and report it), so whe
 variants and there are several datasets a last block estimates what the choice is worth on a dataset
 it did not see: for each dataset, the row with the best mean over the others, scored on it
 (leave one dataset out). --peer adds fastai's fine_tune on the same backbone, split and images as rows peer@N,
-paired with every mode image by image (bench.peer). Nothing is written to the repository."""
+paired with every mode image by image (bench.peer), as the probe is. --resume EARLIER.json goes on from an earlier
+run: a dataset it holds keeps its project and runs, and only the runs it lacks run. Nothing is written to the
+repository."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +39,7 @@ import yaml
 
 from bench import ROOT, copy_code, peer
 from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics, predictions_csv
+from transfer.evaluation.stats import format_p, paired, wilson_interval
 
 
 class SuiteError(Exception):
@@ -100,8 +103,9 @@ def working_dir(folder: Path):
         os.chdir(before)
 
 
-def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
-    """(accuracy, split) of a logistic regression on the frozen backbone's centre-crop features."""
+def linear_probe(folder: Path, params: dict) -> tuple[float, str, str]:
+    """(accuracy, split, right/wrong per image in the split's row order) of a logistic regression on the frozen
+    backbone's centre-crop features."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -125,30 +129,44 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str]:
         split = "test" if read_split("test").paths else "val"
         (train_x, train_y), (eval_x, eval_y) = features("train"), features(split)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return float(probe.fit(train_x, train_y).score(eval_x, eval_y)), split
+    right = [int(p) == y for p, y in zip(probe.fit(train_x, train_y).predict(eval_x), eval_y)]
+    return sum(right) / len(right), split, peer.correct_string(right)
 
 
 def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path,
                 variants: list[tuple[str, list[str]]] = (("", []),), saved=lambda found: None,
-                peer_rows: dict[str, int] | None = None, peer_batch: int = peer.BATCH_SIZE) -> dict:
+                peer_rows: dict[str, int] | None = None, peer_batch: int = peer.BATCH_SIZE,
+                earlier: dict | None = None) -> dict:
     """{"probe", "modes": {row: {"runs": [per seed], "mean", ...}}}, a row per mode and variant
     (`mode` or `mode+variant`): a variant's settings apply on top of --set, in the same project (one
     pack, one probe). `saved(found)` after every run, so that a long suite keeps what it measured. Each run's
-    right/wrong per image ("correct"); with peer_rows ({row: epochs}), the peer's rows and pairs (bench.peer)."""
-    folder = Path(tempfile.mkdtemp(prefix=f"suite-{dataset.stem}-", dir=work))
-    params = scratch_project(folder, dataset, modes, sets)
-    for module in ("download", "split", "pack"):
-        run_stage(folder, dataset, module)
-    probe, split = linear_probe(folder, params)
-    found: dict = {"probe": probe, "evaluated_on": split, "project": str(folder), "modes": {}}
+    right/wrong per image ("correct"), the probe's ("probe_correct") and each run against the probe
+    ("probe_paired"); with peer_rows ({row: epochs}), the peer's rows and pairs (bench.peer). `earlier`: this
+    dataset's record of an earlier run (--resume): its project and every run it holds are kept, only the rest runs."""
+    if earlier:
+        folder = Path(earlier["project"])
+        params = resumed_project(folder, dataset, modes, sets)
+        found = copy.deepcopy(earlier)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f"suite-{dataset.stem}-", dir=work))
+        params = scratch_project(folder, dataset, modes, sets)
+        for module in ("download", "split", "pack"):
+            run_stage(folder, dataset, module)
+        found = {"project": str(folder), "modes": {}}
+    if "probe_correct" not in found:
+        found["probe"], found["evaluated_on"], found["probe_correct"] = linear_probe(folder, params)
+    found["probe_paired"] = probe_pairs(found)
+    saved(found)
     for name, assignments in variants:
         varied = copy.deepcopy(params)
         for assignment in assignments:
             set_key(varied, assignment)
         for mode in modes:
             row = f"{mode}+{name}" if name else mode
-            runs = []
+            runs = found["modes"].get(row, {}).get("runs", [])
             for seed in seeds:
+                if any(run["seed"] == seed for run in runs):
+                    continue
                 varied["train"]["seed"] = seed
                 varied["modes"][mode].pop("seed", None)  # the suite's seed, not a row's own
                 write_params(folder, varied)
@@ -159,9 +177,81 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
                              "best_epoch": metrics["best_epoch"], **epoch_history(folder, mode),
                              "correct": peer.mode_correct(folder / predictions_csv(mode), folder)})
                 found["modes"][row] = summarize(runs)
+                found["probe_paired"] = probe_pairs(found)
                 saved(found)
-    peer.add_rows(found, folder, params, peer_rows or {}, seeds, peer_batch, summarize, saved)
+    write_params(folder, params)  # the run's own settings, not its last variant's: what a resume checks
+    peer.add_rows(found, folder, peer_rows or {}, seeds, peer_batch, summarize, saved)
     return found
+
+
+def resumed_project(folder: Path, dataset: Path, modes: list[str], sets: list[str]) -> dict:
+    """The params of an earlier run's scratch project, after checking that they are the ones this run would write
+    (the seeds aside): runs kept from it and runs added to it must differ only in what the suite varies."""
+    if not (folder / PARAMS_FILE).is_file():
+        raise SuiteError(f"--resume: {dataset.name}: its project {folder} is gone; run the dataset afresh")
+    kept = yaml.safe_load((folder / PARAMS_FILE).read_text(encoding="utf-8"))
+    wanted = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
+    wanted["modes"] = {mode: wanted["modes"][mode] for mode in modes if mode in wanted["modes"]}
+    wanted["data"]["url"] = wanted["data"]["watch"] = str(dataset)
+    for assignment in sets:
+        set_key(wanted, assignment)
+    unseeded = [copy.deepcopy(p) for p in (kept, wanted)]
+    for p in unseeded:
+        p["train"].pop("seed", None)
+        p["mode"] = None
+        p["modes"] = {mode: p["modes"][mode] for mode in modes if mode in p["modes"]}
+        for row in p["modes"].values():
+            row.pop("seed", None)
+    if unseeded[0] != unseeded[1]:
+        key = first_difference(*unseeded)
+        raise SuiteError(f"--resume: {dataset.name}: {key} in {folder / PARAMS_FILE} is not what this run sets; "
+                         "the same --modes and --set as the earlier run, or run the dataset afresh")
+    return kept
+
+
+def first_difference(a, b, key: str = "") -> str:
+    """The dotted key where two params trees first differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in [*a, *(k for k in b if k not in a)]:
+            if a.get(name) != b.get(name):
+                return first_difference(a.get(name), b.get(name), f"{key}.{name}" if key else name)
+    return key
+
+
+def probe_pairs(found: dict) -> list[dict]:
+    """Every mode row's run against the linear probe on the same images: images only the run gets right, only the
+    probe, McNemar's exact p, each accuracy with its 95% Wilson interval."""
+    probe = [c == "1" for c in found["probe_correct"]]
+    out = []
+    for row, summary in found["modes"].items():
+        for run in summary["runs"]:
+            right = [c == "1" for c in run["correct"]]
+            if len(right) != len(probe):
+                raise SuiteError(f"{found['project']}: {row} predicted {len(right)} images and the probe {len(probe)}")
+            tally = paired(right, probe)
+            out.append({"mode": row, "seed": run["seed"], "images": len(right), "mode_only": tally["only_a"],
+                        "probe_only": tally["only_b"], "p": tally["p"], "mode_accuracy": sum(right) / len(right),
+                        "mode_interval": list(wilson_interval(sum(right), len(right))),
+                        "probe_accuracy": sum(probe) / len(probe),
+                        "probe_interval": list(wilson_interval(sum(probe), len(probe)))})
+    return out
+
+
+def probe_lines(results: dict) -> list[str]:
+    """The suite's block: each mode's run against the linear probe, on the same images."""
+    found = [(name, pair) for name, result in results.items() for pair in result.get("probe_paired", [])]
+    if not found:
+        return []
+    out = ["", "against the linear probe, the same images: images only the mode / only the probe gets right, exact "
+               "McNemar; accuracy [95% Wilson]",
+           f"{'dataset':24} {'mode':22} {'seed':>4} {'images':>6} {'mode acc [95%]':>21} {'probe acc [95%]':>21} "
+           f"{'mode':>5} {'probe':>5} {'p':>11}"]
+    for name, p in found:
+        mode = f"{p['mode_accuracy']:.4f} [{p['mode_interval'][0]:.3f}-{p['mode_interval'][1]:.3f}]"
+        probe = f"{p['probe_accuracy']:.4f} [{p['probe_interval'][0]:.3f}-{p['probe_interval'][1]:.3f}]"
+        out.append(f"{name[:24]:24} {p['mode'][:22]:22} {p['seed']:4d} {p['images']:6d} {mode:>21} {probe:>21} "
+                   f"{p['mode_only']:5d} {p['probe_only']:5d} {format_p(p['p']):>11}")
+    return out
 
 
 def epoch_history(folder: Path, mode: str) -> dict:
@@ -205,7 +295,8 @@ def table(results: dict) -> str:
                          f"{row['train_seconds']:8.1f} {row['wall_seconds']:8.1f} {found['probe']:7.4f} "
                          f"{row['mean'] - found['probe']:+9.4f}")
     lodo = held_out(results)
-    return "\n".join([*lines, "", overall(results), *(["", lodo] if lodo else []), *peer.lines(results)])
+    return "\n".join([*lines, "", overall(results), *(["", lodo] if lodo else []), *probe_lines(results),
+                      *peer.lines(results)])
 
 
 def overall(results: dict) -> str:
@@ -254,6 +345,18 @@ def held_out(results: dict) -> str:
     return "\n".join(lines)
 
 
+def read_results(path: Path) -> dict:
+    """An earlier run's --json; SuiteError unless it is one."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SuiteError(f"--resume {path}: {getattr(err, 'strerror', None) or err}") from None
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and "project" in r and "modes" in r
+                                                for r in results.values()):
+        raise SuiteError(f"--resume {path}: not a bench.suite --json file")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run every mode with these settings, as row mode+NAME (repeatable)")
     parser.add_argument("--work", type=Path, help="where the scratch projects go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument("--resume", type=Path, metavar="JSON", help="an earlier run's --json: a dataset it holds "
+                        "keeps its project and runs, and only the runs (mode, seed, peer row, probe) it lacks run")
     peer.add_arguments(parser)
     args = parser.parse_args(argv)
     modes = args.modes or list(yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))["modes"])
@@ -279,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if work.resolve().is_relative_to(ROOT):
             raise SuiteError(f"--work {work}: inside the repository; the scratch projects go outside it")
-        results = {}
+        results = read_results(args.resume) if args.resume else {}
         def saved(found: dict, name: str) -> None:
             results[name] = found
             if args.json:
@@ -287,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for dataset in args.datasets:
             run_dataset(dataset.resolve(), modes, args.seeds, args.sets, work, variants,
-                        lambda found, name=dataset.name: saved(found, name), peer_rows, args.peer_batch_size)
+                        lambda found, name=dataset.name: saved(found, name), peer_rows, args.peer_batch_size,
+                        results.get(dataset.name))
             print(f"# {dataset.name}: done ({results[dataset.name]['project']})", file=sys.stderr, flush=True)
     except (SuiteError, peer.PeerError) as err:
         print(f"suite: error: {err}", file=sys.stderr)

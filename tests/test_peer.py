@@ -141,6 +141,27 @@ def test_rows_that_do_not_line_up_are_refused(tmp_path):
         peer.versus({"correct": "1" * 10, "train_seconds": 1.0}, {"correct": "1" * 9, "train_seconds": 1.0})
 
 
+def test_a_peer_run_already_in_the_project_is_read_not_run_again(tmp_path):
+    """A resumed suite: PROJECT/peer/peer@N-seedS.json, whole (bench.peer writes it last, by renaming), stands."""
+    from bench import peer
+
+    project, paths = hand_project(tmp_path)
+    (project / "peer").mkdir()
+    run = {"seed": 0, "epochs": 5, "accuracy": 0.4, "train_seconds": 12.0, "paths": paths,
+           "actual": [i % 2 for i in range(10)], "predicted": [(i + (i not in {0, 1, 2, 8})) % 2 for i in range(10)]}
+    (project / "peer/peer@5-seed0.json").write_text(json.dumps(run))
+    found = peer.run_in(project, 5, 0, peer.BATCH_SIZE)  # bench.peer on this hand-made project would fail
+    assert found["correct"] == "1110000010" and found["train_seconds"] == 12.0 and "paths" not in found
+    suite_found = {"modes": {"frozen": {"runs": [{"seed": 0, "correct": "1" * 10, "train_seconds": 1.0}]}},
+                   "peer": {"peer@5": {"runs": [found]}}}
+    # Kept runs are not run again; the pairs are made anew for the mode runs a resumed suite added.
+    peer.add_rows(suite_found, project, {"peer@5": 5}, [0], peer.BATCH_SIZE, lambda runs: {"runs": runs},
+                  lambda found: None)
+    assert suite_found["peer"]["peer@5"]["runs"] == [found] and len(suite_found["paired"]) == 1
+    with pytest.raises(peer.PeerError, match="bench.peer failed"):
+        peer.run_in(project, 5, 0, 32)  # another batch size is another run: bench.peer runs, and fails here
+
+
 def test_peer_epochs_by_hand():
     from bench import peer
     from bench.suite import set_key
@@ -171,7 +192,7 @@ def test_suite_with_the_peer_pairs_each_mode_with_it(tmp_path):
     assert (pair["mode_only"], pair["peer_only"]) == (both.count(("1", "0")), both.count(("0", "1")))
     assert pair["time_ratio"] == pytest.approx(mode_run["train_seconds"] / peer_run["train_seconds"])
     project = Path(found["project"])
-    assert (project / "peer/peer@1-seed0.csv").is_file()
+    assert (project / "peer/peer@1-seed0-bs8.csv").is_file()  # not fastai's batch size: named in the file
     lines = proc.stdout.splitlines()
     assert [line.split()[:2] for line in lines if line.startswith("colours")][:2] == [["colours", "frozen"],
                                                                                       ["colours", "peer@1"]]

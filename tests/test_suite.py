@@ -2,6 +2,7 @@
 tiny settings, real stage processes."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def suite_run(tmp_path_factory) -> SimpleNamespace:
                  "--variant", "fewer modes.frozen.epochs=1",
                  "--variant", "p2 modes.frozen.patience=2 modes.frozen.stop_on=val_loss")
     assert proc.returncode == 0, proc.stderr
-    return SimpleNamespace(proc=proc, work=work, out=out, found=json.loads(out.read_text())["colours"])
+    return SimpleNamespace(proc=proc, data=data, work=work, out=out, found=json.loads(out.read_text())["colours"])
 
 
 def test_suite_prints_accuracy_spread_time_and_the_linear_probe(suite_run):
@@ -59,10 +60,13 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(suite_run):
     assert [run["seed"] for run in found["modes"]["frozen+fewer"]["runs"]] == [0]
     assert len(found["modes"]["frozen+fewer"]["runs"][0]["val_loss"]) == 1
     assert len(list(work.iterdir())) == 1
-    last = yaml.safe_load((Path(found["project"]) / "params.yaml").read_text())  # of the last variant's run
-    assert last["modes"]["frozen"]["patience"] == 2 and last["modes"]["frozen"]["epochs"] == 12
+    # The project is left with the settings of the run (--set), not of its last variant: a resumed suite checks them.
+    last = yaml.safe_load((Path(found["project"]) / "params.yaml").read_text())
+    assert last["modes"]["frozen"]["patience"] is None and last["modes"]["frozen"]["epochs"] == 12
     assert last["pack"]["short_side"] == 40
-    header, line, fewer_line, p2_line, _, overall_header, *overall = proc.stdout.splitlines()
+    runs, overall, against_probe = (block.splitlines() for block in proc.stdout.strip().split("\n\n"))
+    header, line, fewer_line, p2_line = runs
+    overall_header, *overall = overall
     assert header.split()[:4] == ["dataset", "mode", "on", "seeds"] and "probe" in header
     assert line.split()[:4] == ["colours", "frozen", "test", "1"]
     assert fewer_line.split()[:2] == ["colours", "frozen+fewer"] and p2_line.split()[:2] == ["colours", "frozen+p2"]
@@ -70,6 +74,52 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(suite_run):
     assert overall_header.split()[:3] == ["over", "the", "datasets"]
     assert [o.split()[:2] for o in overall] == [["frozen", "1"], ["frozen+fewer", "1"], ["frozen+p2", "1"]]
     assert overall[0].split()[5] == ("1/1" if row["mean"] > found["probe"] else "0/1")
+    # The probe image by image, in the test split's order, and every run paired with it on those images.
+    probe = found["probe_correct"]
+    assert len(probe) == 6 and found["probe"] == probe.count("1") / 6
+    assert [(p["mode"], p["seed"], p["images"]) for p in found["probe_paired"]] == [
+        ("frozen", 0, 6), ("frozen+fewer", 0, 6), ("frozen+p2", 0, 6)]
+    pair, both = found["probe_paired"][0], list(zip(run["correct"], probe))
+    assert (pair["mode_only"], pair["probe_only"]) == (both.count(("1", "0")), both.count(("0", "1")))
+    assert pair["probe_accuracy"] == found["probe"] and pair["mode_accuracy"] == pytest.approx(row["mean"])
+    assert against_probe[0] == "against the linear probe, the same images: images only the mode / only the " \
+                               "probe gets right, exact McNemar; accuracy [95% Wilson]"
+    assert [line.split()[:4] for line in against_probe[2:]] == [["colours", r, "0", "6"]
+                                                                for r in ("frozen", "frozen+fewer", "frozen+p2")]
+    assert against_probe[2].split()[8:10] == [str(pair["mode_only"]), str(pair["probe_only"])]
+
+
+def test_a_resumed_suite_keeps_what_it_has_and_runs_only_what_it_lacks(suite_run, tmp_path):
+    earlier = json.loads(suite_run.out.read_text())
+    kept = copy.deepcopy(earlier["colours"])
+    del earlier["colours"]["modes"]["frozen+fewer"], earlier["colours"]["probe_correct"]
+    resume, out = tmp_path / "earlier.json", tmp_path / "resumed.json"
+    resume.write_text(json.dumps(earlier))
+    args = [str(suite_run.data), "--modes", "frozen", "--seeds", "0", "--work", str(tmp_path / "work"), "--resume",
+            str(resume), "--json", str(out)]
+    frozen_set = ["modes.frozen.epochs=12", "modes.frozen.lr=1.0", "modes.frozen.patience=null"]
+    proc = suite(*args, "--set", *TINY, *frozen_set, "--variant", "fewer modes.frozen.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(out.read_text())["colours"]
+    assert found["project"] == kept["project"] and not list((tmp_path / "work").iterdir())  # no new project
+    assert found["modes"]["frozen"] == kept["modes"]["frozen"]
+    assert found["modes"]["frozen+p2"] == kept["modes"]["frozen+p2"]
+    assert found["probe_correct"] == kept["probe_correct"]  # the probe ran again, to the same answers
+    redone = found["modes"]["frozen+fewer"]["runs"]
+    assert [r["seed"] for r in redone] == [0] and len(redone[0]["val_loss"]) == 1
+    assert redone[0]["epoch_seconds"] != kept["modes"]["frozen+fewer"]["runs"][0]["epoch_seconds"]  # it ran again
+    assert len(found["probe_paired"]) == 3
+    assert [line.split()[1] for line in proc.stdout.splitlines()[1:4]] == ["frozen", "frozen+p2", "frozen+fewer"]
+    # Other settings than the earlier run's: refused, naming the first that differs, before anything runs.
+    proc = suite(*args, "--set", *TINY, *frozen_set[:2])
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"suite: error: --resume: colours: modes.frozen.patience in {kept['project']}/params.yaml is not what this "
+        "run sets; the same --modes and --set as the earlier run, or run the dataset afresh")
+    for text, why in (('{"a": 1}', "not a bench.suite --json file"), ("{", "Expecting")):
+        resume.write_text(text)
+        proc = suite(*args)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"suite: error: --resume {resume}: ")
+        assert why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_suite_bad_input_is_one_line(tmp_path):
