@@ -10,7 +10,12 @@
 - gpu: memory layout and precision of a training step on a CUDA GPU;
 - scale: memory and time against dataset size.
 
+probe (the linear probe the suite and frozen_heads score against) and suite_tables (the suite's printed
+blocks) are modules of the suite, not tools.
+
 `python -m bench.<tool> --help` says what each one does and prints."""
+import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -23,3 +28,14 @@ def copy_code(checkout: Path, project: Path) -> None:
     for folder in ("stages", "transfer"):
         if (checkout / folder).is_dir():
             shutil.copytree(checkout / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+@contextlib.contextmanager
+def working_dir(folder: Path):
+    """Run the block in `folder` (the stages' relative paths), then back."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -37,7 +37,10 @@ from pathlib import Path
 
 import torch
 
-from bench.suite import leave_one_out, linear_probe, run_stage, scratch_project, working_dir
+from bench import working_dir
+from bench.probe import linear_probe
+from bench.suite import run_stage, scratch_project
+from bench.suite_tables import leave_one_out
 from transfer.training.stopping import kept_epoch
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)

@@ -24,7 +24,6 @@ repository."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -37,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
-from bench import ROOT, copy_code, peer
+from bench import ROOT, copy_code, peer, probe
+from bench.suite_tables import table
 from transfer.core.paths import PARAMS_FILE, live_tsv, mode_metrics, predictions_csv
-from transfer.evaluation.stats import format_p, paired, wilson_interval
 
 
 class SuiteError(Exception):
@@ -93,46 +92,6 @@ def run_stage(folder: Path, dataset: Path, module: str, *args: str) -> float:
     return time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def working_dir(folder: Path):
-    before = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def linear_probe(folder: Path, params: dict) -> tuple[float, str, str]:
-    """(accuracy, split, right/wrong per image in the split's row order) of a logistic regression on the frozen
-    backbone's centre-crop features."""
-    import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from transfer.data.loaders import StoreImages, eval_batches, read_split, working_preprocess
-    from transfer.models.backbones import build_model, frozen_split
-
-    model, preprocess = build_model(params["model"]["arch"], 2, pretrained=True)
-    preprocess = working_preprocess(preprocess, params["train"]["image_size"])
-    encoder = frozen_split(model, "head")[0].eval()
-
-    @torch.inference_mode()
-    def features(split: str):
-        rows = read_split(split)
-        images = StoreImages(split, preprocess)
-        feats = [encoder(x) for x, _ in eval_batches(images, rows.labels, preprocess, 32)]
-        return torch.cat(feats).numpy(), rows.labels
-
-    with working_dir(folder):
-        split = "test" if read_split("test").paths else "val"
-        (train_x, train_y), (eval_x, eval_y) = features("train"), features(split)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    right = [int(p) == y for p, y in zip(probe.fit(train_x, train_y).predict(eval_x), eval_y)]
-    return sum(right) / len(right), split, peer.correct_string(right)
-
-
 def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[str], work: Path,
                 variants: list[tuple[str, list[str]]] = (("", []),), saved=lambda found: None,
                 peer_rows: dict[str, int] | None = None, peer_batch: int = peer.BATCH_SIZE,
@@ -154,8 +113,8 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
             run_stage(folder, dataset, module)
         found = {"project": str(folder), "modes": {}}
     if "probe_correct" not in found:
-        found["probe"], found["evaluated_on"], found["probe_correct"] = linear_probe(folder, params)
-    found["probe_paired"] = probe_pairs(found)
+        found["probe"], found["evaluated_on"], found["probe_correct"] = probe.linear_probe(folder, params)
+    found["probe_paired"] = probe.pairs(found)
     saved(found)
     for name, assignments in variants:
         varied = copy.deepcopy(params)
@@ -177,7 +136,7 @@ def run_dataset(dataset: Path, modes: list[str], seeds: list[int], sets: list[st
                              "best_epoch": metrics["best_epoch"], **epoch_history(folder, mode),
                              "correct": peer.mode_correct(folder / predictions_csv(mode), folder)})
                 found["modes"][row] = summarize(runs)
-                found["probe_paired"] = probe_pairs(found)
+                found["probe_paired"] = probe.pairs(found)
                 saved(found)
     write_params(folder, params)  # the run's own settings, not its last variant's: what a resume checks
     peer.add_rows(found, folder, peer_rows or {}, seeds, peer_batch, summarize, saved)
@@ -218,42 +177,6 @@ def first_difference(a, b, key: str = "") -> str:
     return key
 
 
-def probe_pairs(found: dict) -> list[dict]:
-    """Every mode row's run against the linear probe on the same images: images only the run gets right, only the
-    probe, McNemar's exact p, each accuracy with its 95% Wilson interval."""
-    probe = [c == "1" for c in found["probe_correct"]]
-    out = []
-    for row, summary in found["modes"].items():
-        for run in summary["runs"]:
-            right = [c == "1" for c in run["correct"]]
-            if len(right) != len(probe):
-                raise SuiteError(f"{found['project']}: {row} predicted {len(right)} images and the probe {len(probe)}")
-            tally = paired(right, probe)
-            out.append({"mode": row, "seed": run["seed"], "images": len(right), "mode_only": tally["only_a"],
-                        "probe_only": tally["only_b"], "p": tally["p"], "mode_accuracy": sum(right) / len(right),
-                        "mode_interval": list(wilson_interval(sum(right), len(right))),
-                        "probe_accuracy": sum(probe) / len(probe),
-                        "probe_interval": list(wilson_interval(sum(probe), len(probe)))})
-    return out
-
-
-def probe_lines(results: dict) -> list[str]:
-    """The suite's block: each mode's run against the linear probe, on the same images."""
-    found = [(name, pair) for name, result in results.items() for pair in result.get("probe_paired", [])]
-    if not found:
-        return []
-    out = ["", "against the linear probe, the same images: images only the mode / only the probe gets right, exact "
-               "McNemar; accuracy [95% Wilson]",
-           f"{'dataset':24} {'mode':22} {'seed':>4} {'images':>6} {'mode acc [95%]':>21} {'probe acc [95%]':>21} "
-           f"{'mode':>5} {'probe':>5} {'p':>11}"]
-    for name, p in found:
-        mode = f"{p['mode_accuracy']:.4f} [{p['mode_interval'][0]:.3f}-{p['mode_interval'][1]:.3f}]"
-        probe = f"{p['probe_accuracy']:.4f} [{p['probe_interval'][0]:.3f}-{p['probe_interval'][1]:.3f}]"
-        out.append(f"{name[:24]:24} {p['mode'][:22]:22} {p['seed']:4d} {p['images']:6d} {mode:>21} {probe:>21} "
-                   f"{p['mode_only']:5d} {p['probe_only']:5d} {format_p(p['p']):>11}")
-    return out
-
-
 def epoch_history(folder: Path, mode: str) -> dict:
     """{"val_loss": [...], "val_acc": [...], "epoch_seconds": [...]}: the run's epochs (dvclive/<mode>/),
     from which another patience's stopping epoch, kept epoch and time can be read off a longer run."""
@@ -283,66 +206,6 @@ def summarize(runs: list[dict]) -> dict:
             "min": min(accuracies), "max": max(accuracies),
             "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
             "wall_seconds": statistics.fmean(run["wall_seconds"] for run in runs)}
-
-
-def table(results: dict) -> str:
-    lines = [f"{'dataset':24} {'mode':22} {'on':5} {'seeds':>5} {'mean':>7} {'std':>7} {'min-max':>13} "
-             f"{'train s':>8} {'wall s':>8} {'probe':>7} {'vs probe':>9}"]
-    for name, found in results.items():
-        for mode, row in {**found["modes"], **found.get("peer", {})}.items():
-            lines.append(f"{name[:24]:24} {mode[:22]:22} {found['evaluated_on']:5} {len(row['runs']):5d} "
-                         f"{row['mean']:7.4f} {row['std']:7.4f} {row['min']:6.4f}-{row['max']:6.4f} "
-                         f"{row['train_seconds']:8.1f} {row['wall_seconds']:8.1f} {found['probe']:7.4f} "
-                         f"{row['mean'] - found['probe']:+9.4f}")
-    lodo = held_out(results)
-    return "\n".join([*lines, "", overall(results), *(["", lodo] if lodo else []), *probe_lines(results),
-                      *peer.lines(results)])
-
-
-def overall(results: dict) -> str:
-    """Per mode (and variant): the mean over the datasets that ran it, and on how many it beat the probe."""
-    rows: dict = {}
-    for found in results.values():
-        for mode, row in {**found["modes"], **found.get("peer", {})}.items():
-            rows.setdefault(mode, []).append((row["mean"], found["probe"], row["train_seconds"]))
-    lines = [f"{'over the datasets':24} {'mode':22} {'sets':>5} {'mean':>7} {'probe':>7} {'vs probe':>9} "
-             f"{'beats':>6} {'train s':>8}"]
-    for mode, found in rows.items():
-        means, probes, seconds = zip(*found)
-        lines.append(f"{'':24} {mode[:22]:22} {len(found):5d} {statistics.fmean(means):7.4f} "
-                     f"{statistics.fmean(probes):7.4f} {statistics.fmean(means) - statistics.fmean(probes):+9.4f} "
-                     f"{sum(m > p for m, p, _ in found):3d}/{len(found):<2d} {statistics.fmean(seconds):8.1f}")
-    return "\n".join(lines)
-
-
-def leave_one_out(scores: dict, datasets: list[str]) -> dict[str, object]:
-    """For each dataset, the key of `scores` ({key: {dataset: score}}) with the best mean over the other
-    datasets (the first such in order when several tie)."""
-    def mean_without(key, held_out):
-        return statistics.fmean(scores[key][d] for d in datasets if d != held_out)
-    return {d: max(scores, key=lambda k: mean_without(k, d)) for d in datasets}
-
-
-def held_out(results: dict) -> str:
-    """Per mode with variants run on every dataset: the leave-one-dataset-out choice among its rows."""
-    names = list(results)
-    if len(names) < 2:
-        return ""
-    on_every_dataset = [row for row in results[names[0]]["modes"] if all(row in results[d]["modes"] for d in names)]
-    lines = []
-    for mode in dict.fromkeys(row.split("+")[0] for row in on_every_dataset):
-        rows = {row: {d: results[d]["modes"][row]["mean"] for d in names}
-                for row in on_every_dataset if row.split("+")[0] == mode}
-        if len(rows) < 2:
-            continue
-        chosen = leave_one_out(rows, names)
-        best = max(rows, key=lambda r: statistics.fmean(rows[r].values()))
-        lines.append(f"leave one dataset out, {mode}: the row with the best mean on the other datasets, "
-                     "scored on this one")
-        lines += [f"{d[:24]:24} {row[:22]:22} {rows[row][d]:7.4f}" for d, row in chosen.items()]
-        lines.append(f"{'mean held out':24} {'':22} {statistics.fmean(rows[r][d] for d, r in chosen.items()):7.4f}"
-                     f"   (best mean over all: {best} {statistics.fmean(rows[best].values()):.4f})")
-    return "\n".join(lines)
 
 
 def read_results(path: Path) -> dict:
@@ -395,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda found, name=dataset.name: saved(found, name), peer_rows, args.peer_batch_size,
                         results.get(dataset.name))
             print(f"# {dataset.name}: done ({results[dataset.name]['project']})", file=sys.stderr, flush=True)
-    except (SuiteError, peer.PeerError) as err:
+    except (SuiteError, peer.PeerError, probe.ProbeError) as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
     print(table(results))

@@ -161,15 +161,15 @@ def frozen_heads(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_leave_one_dataset_out_by_hand():
-    from bench import frozen_heads, suite
+    from bench import frozen_heads, suite_tables
     scores = {"a": {"x": 0.9, "y": 0.5, "z": 0.5}, "b": {"x": 0.1, "y": 0.6, "z": 0.6},
               "c": {"x": 0.5, "y": 0.6, "z": 0.55}}
     # Held out x: b has the best mean on y and z (0.6); held out y or z: a (0.7 on the other two).
-    assert suite.leave_one_out(scores, ["x", "y", "z"]) == {"x": "b", "y": "a", "z": "a"}
+    assert suite_tables.leave_one_out(scores, ["x", "y", "z"]) == {"x": "b", "y": "a", "z": "a"}
     # The suite's block: frozen's two rows on three datasets; scratch has one row, so no block of its own.
     results = {d: {"modes": {"frozen": {"mean": scores["a"][d]}, "frozen+b": {"mean": scores["b"][d]},
                              "scratch": {"mean": 0.5}}} for d in ("x", "y", "z")}
-    title, x, y, z, mean = suite.held_out(results).splitlines()
+    title, x, y, z, mean = suite_tables.held_out(results).splitlines()
     assert title.startswith("leave one dataset out, frozen:")
     assert [line.split()[:3] for line in (x, y, z)] == [["x", "frozen+b", "0.1000"], ["y", "frozen", "0.5000"],
                                                          ["z", "frozen", "0.5000"]]
