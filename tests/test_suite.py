@@ -90,36 +90,41 @@ def test_suite_prints_accuracy_spread_time_and_the_linear_probe(suite_run):
 
 
 def test_a_resumed_suite_keeps_what_it_has_and_runs_only_what_it_lacks(suite_run, tmp_path):
+    from bench import suite as suite_module
+
     earlier = json.loads(suite_run.out.read_text())
     kept = copy.deepcopy(earlier["colours"])
-    del earlier["colours"]["modes"]["frozen+fewer"], earlier["colours"]["probe_correct"]
+    del earlier["colours"]["modes"]["frozen+fewer"]
     resume, out = tmp_path / "earlier.json", tmp_path / "resumed.json"
     resume.write_text(json.dumps(earlier))
-    args = [str(suite_run.data), "--modes", "frozen", "--seeds", "0", "--work", str(tmp_path / "work"), "--resume",
-            str(resume), "--json", str(out)]
     frozen_set = ["modes.frozen.epochs=12", "modes.frozen.lr=1.0", "modes.frozen.patience=null"]
-    proc = suite(*args, "--set", *TINY, *frozen_set, "--variant", "fewer modes.frozen.epochs=1")
+    metrics = Path(kept["project"]) / "metrics/frozen.json"
+    before = metrics.stat().st_mtime_ns
+    proc = suite(str(suite_run.data), "--modes", "frozen", "--seeds", "0", "--work", str(tmp_path / "work"),
+                 "--resume", str(resume), "--json", str(out), "--set", *TINY, *frozen_set,
+                 "--variant", "fewer modes.frozen.epochs=1")
     assert proc.returncode == 0, proc.stderr
     found = json.loads(out.read_text())["colours"]
     assert found["project"] == kept["project"] and not list((tmp_path / "work").iterdir())  # no new project
     assert found["modes"]["frozen"] == kept["modes"]["frozen"]
     assert found["modes"]["frozen+p2"] == kept["modes"]["frozen+p2"]
-    assert found["probe_correct"] == kept["probe_correct"]  # the probe ran again, to the same answers
+    assert found["probe_correct"] == kept["probe_correct"]
     redone = found["modes"]["frozen+fewer"]["runs"]
     assert [r["seed"] for r in redone] == [0] and len(redone[0]["val_loss"]) == 1
-    assert redone[0]["epoch_seconds"] != kept["modes"]["frozen+fewer"]["runs"][0]["epoch_seconds"]  # it ran again
+    assert metrics.stat().st_mtime_ns != before  # it ran again, once: frozen and frozen+p2 are kept as they were
     assert len(found["probe_paired"]) == 3
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:4]] == ["frozen", "frozen+p2", "frozen+fewer"]
-    # Other settings than the earlier run's: refused, naming the first that differs, before anything runs.
-    proc = suite(*args, "--set", *TINY, *frozen_set[:2])
-    assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"suite: error: --resume: colours: modes.frozen.patience in {kept['project']}/params.yaml is not what this "
-        "run sets; the same --modes and --set as the earlier run, or run the dataset afresh")
+    # Other settings than the earlier run's: refused, naming the first that differs (main prints it as one line).
+    project = Path(kept["project"])
+    with pytest.raises(suite_module.SuiteError) as refused:
+        suite_module.resumed_project(project, suite_run.data, ["frozen"], [*TINY, *frozen_set[:2]])
+    assert str(refused.value) == (
+        f"--resume: colours: modes.frozen.patience in {project}/params.yaml is not what this run sets; the same "
+        "--modes and --set as the earlier run, or run the dataset afresh")
     for text, why in (('{"a": 1}', "not a bench.suite --json file"), ("{", "Expecting")):
         resume.write_text(text)
-        proc = suite(*args)
-        assert proc.returncode == 2 and proc.stderr.startswith(f"suite: error: --resume {resume}: ")
-        assert why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        with pytest.raises(suite_module.SuiteError, match=f"^--resume {resume}: .*{why}"):
+            suite_module.read_results(resume)
 
 
 def test_suite_bad_input_is_one_line(tmp_path):
