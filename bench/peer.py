@@ -251,6 +251,11 @@ def wanted(args: argparse.Namespace, set_key) -> dict[str, int]:
     return rows
 
 
+def accuracy_text(accuracy: float, interval) -> str:
+    """`0.8990 [0.886-0.911]`: an accuracy and its 95% interval, as the suite's paired blocks print them."""
+    return f"{accuracy:.4f} [{interval[0]:.3f}-{interval[1]:.3f}]"
+
+
 def lines(results: dict) -> list[str]:
     """The suite's block: each mode against the peer, seed by seed, on the same images."""
     found = [(name, pair) for name, result in results.items() for pair in result.get("paired", [])]
@@ -260,12 +265,10 @@ def lines(results: dict) -> list[str]:
                "gets right, exact McNemar; accuracy [95% Wilson]; train seconds and mode/peer",
            f"{'dataset':24} {'mode':16} {'peer':8} {'seed':>4} {'images':>6} {'mode acc [95%]':>21} "
            f"{'peer acc [95%]':>21} {'mode':>5} {'peer':>5} {'p':>11} {'mode s':>7} {'peer s':>7} {'ratio':>6}"]
-
-    def acc(score: dict) -> str:
-        return f"{score['accuracy']:.4f} [{score['interval'][0]:.3f}-{score['interval'][1]:.3f}]"
     for name, p in found:
+        mode, peer = (accuracy_text(p[k]["accuracy"], p[k]["interval"]) for k in ("mode_score", "peer_score"))
         out.append(f"{name[:24]:24} {p['mode'][:16]:16} {p['peer'][:8]:8} {p['seed']:4d} {p['images']:6d} "
-                   f"{acc(p['mode_score']):>21} {acc(p['peer_score']):>21} {p['mode_only']:5d} {p['peer_only']:5d} "
+                   f"{mode:>21} {peer:>21} {p['mode_only']:5d} {p['peer_only']:5d} "
                    f"{format_p(p['p']):>11} {p['mode_train_seconds']:7.1f} {p['peer_train_seconds']:7.1f} "
                    f"{p['time_ratio']:6.2f}")
     return out

@@ -73,8 +73,7 @@ def lines(results: dict) -> list[str]:
            f"{'dataset':24} {'mode':22} {'seed':>4} {'images':>6} {'mode acc [95%]':>21} {'probe acc [95%]':>21} "
            f"{'mode':>5} {'probe':>5} {'p':>11}"]
     for name, p in found:
-        mode = f"{p['mode_accuracy']:.4f} [{p['mode_interval'][0]:.3f}-{p['mode_interval'][1]:.3f}]"
-        probe = f"{p['probe_accuracy']:.4f} [{p['probe_interval'][0]:.3f}-{p['probe_interval'][1]:.3f}]"
+        mode, probe = (peer.accuracy_text(p[f"{k}_accuracy"], p[f"{k}_interval"]) for k in ("mode", "probe"))
         out.append(f"{name[:24]:24} {p['mode'][:22]:22} {p['seed']:4d} {p['images']:6d} {mode:>21} {probe:>21} "
                    f"{p['mode_only']:5d} {p['probe_only']:5d} {format_p(p['p']):>11}")
     return out

@@ -59,9 +59,8 @@ def set_key(params: dict, assignment: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def scratch_project(folder: Path, dataset: Path, modes: list[str], sets: list[str]) -> dict:
-    """The pipeline's code (stages/, transfer/) and params in `folder`, set for `dataset`; the params it wrote."""
-    copy_code(ROOT, folder)
+def suite_params(dataset: Path, modes: list[str], sets: list[str]) -> dict:
+    """The repository's params set for `dataset`: only `modes`, data.url the dataset, --set applied."""
     params = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
     unknown = [mode for mode in modes if mode not in params["modes"]]
     if unknown:
@@ -71,6 +70,13 @@ def scratch_project(folder: Path, dataset: Path, modes: list[str], sets: list[st
     params["data"]["url"] = params["data"]["watch"] = str(dataset)  # a local url is watched (params check)
     for assignment in sets:
         set_key(params, assignment)
+    return params
+
+
+def scratch_project(folder: Path, dataset: Path, modes: list[str], sets: list[str]) -> dict:
+    """The pipeline's code (stages/, transfer/) and params in `folder`, set for `dataset`; the params it wrote."""
+    copy_code(ROOT, folder)
+    params = suite_params(dataset, modes, sets)
     write_params(folder, params)
     return params
 
@@ -149,12 +155,7 @@ def resumed_project(folder: Path, dataset: Path, modes: list[str], sets: list[st
     if not (folder / PARAMS_FILE).is_file():
         raise SuiteError(f"--resume: {dataset.name}: its project {folder} is gone; run the dataset afresh")
     kept = yaml.safe_load((folder / PARAMS_FILE).read_text(encoding="utf-8"))
-    wanted = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
-    wanted["modes"] = {mode: wanted["modes"][mode] for mode in modes if mode in wanted["modes"]}
-    wanted["data"]["url"] = wanted["data"]["watch"] = str(dataset)
-    for assignment in sets:
-        set_key(wanted, assignment)
-    unseeded = [copy.deepcopy(p) for p in (kept, wanted)]
+    unseeded = [copy.deepcopy(kept), suite_params(dataset, modes, sets)]
     for p in unseeded:
         p["train"].pop("seed", None)
         p["mode"] = None
