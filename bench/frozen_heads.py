@@ -54,6 +54,7 @@ def frozen_features(folder: Path):
     train views, val, and the split that reports."""
     from transfer.core import params as params_module
     from transfer.core.devices import bf16_inference, memory_format
+    from transfer.core.settings import mode_settings
     from transfer.data.loaders import (
         StoreImages,
         eval_batches,
@@ -66,14 +67,14 @@ def frozen_features(folder: Path):
     from transfer.training.sources import PhaseRun, make_source
 
     with working_dir(folder):
-        settings = params_module.mode_settings(params_module.load(), "frozen")
-        model, preprocess = build_model(settings["arch"], len(read_classes()), pretrained=True)
+        settings = mode_settings(params_module.load(), "frozen")
+        model, preprocess = build_model(settings.arch, len(read_classes()), pretrained=True)
         set_trainable(model, "head")
-        preprocess = working_preprocess(preprocess, settings["image_size"])
-        data = store_splits(preprocess, settings["memory_budget_mb"])
+        preprocess = working_preprocess(preprocess, settings.image_size)
+        data = store_splits(preprocess, settings.memory_budget_mb)
         cpu = torch.device("cpu")
-        amp = bf16_inference(cpu, settings["inference_dtype"])
-        source = make_source(model, PhaseRun(data, settings["phases"][0], cpu, memory_format(cpu), False, amp), 1)
+        amp = bf16_inference(cpu, settings.inference_dtype)
+        source = make_source(model, PhaseRun(data, settings.phases[0], cpu, memory_format(cpu), False, amp), 1)
         feats = {"train": (source.train_feats.float(), source.train_labels),
                  "val": (source.val_feats.float(), source.val_labels)}
         test = read_split("test")
@@ -108,7 +109,7 @@ def kept(rows: list[tuple[float, float, float]]) -> float:
     return rows[kept_epoch([r[0] for r in rows], [r[1] for r in rows]) - 1][2]
 
 
-def sgd_head(model, source, settings: dict, feats: dict, seed: int, changes: dict | None = None) -> float:
+def sgd_head(model, source, settings, feats: dict, seed: int, changes: dict | None = None) -> float:
     """frozen's phase as train@frozen runs it, on `feats`: the pipeline's optimiser, schedule, loss, step
     and batches (the source's views in turn, shuffled by seed and epoch), from the head train@frozen's
     `seed` starts from; `changes` replace settings of the phase."""
@@ -117,17 +118,18 @@ def sgd_head(model, source, settings: dict, feats: dict, seed: int, changes: dic
     from transfer.training.optim import make_optimizer, make_scheduler
     from transfer.training.runs import new_model
 
-    phase = {**source.run.phase, "seed": seed, **(changes or {})}
+    phase = dataclasses.replace(source.run.phase, seed=seed, **(changes or {}))
     source = copy.copy(source)
     source.run = dataclasses.replace(source.run, phase=phase)
     source.train_feats, source.val_feats = feats["train"][0], feats["val"][0]
-    model.head.load_state_dict(new_model({**settings, "seed": seed}, model.head.out_features)[0].head.state_dict())
+    seeded = new_model(dataclasses.replace(settings, seed=seed), model.head.out_features)[0]
+    model.head.load_state_dict(seeded.head.state_dict())
     optimizer = make_optimizer(model, phase)
-    scheduler = make_scheduler(optimizer, phase, phase["epochs"], source.steps_per_epoch)
+    scheduler = make_scheduler(optimizer, phase, phase.epochs, source.steps_per_epoch)
     criterion = make_criterion(phase, source.run.data.train_labels, model.head.out_features, source.run.device)
     stepper = Stepper(model.head, criterion, optimizer, scheduler, source.run.device, amp=False)
     rows = []
-    for epoch in range(1, phase["epochs"] + 1):
+    for epoch in range(1, phase.epochs + 1):
         model.head.train()
         train_one_epoch(stepper, source.train_batches(epoch), epoch)
         rows.append(scores(model.head, feats))
@@ -247,8 +249,8 @@ def main() -> int:
     print(f"{'datasets above probe':28} {'':>7} "
           + " ".join(f"{sum(f[h] > p for p, f in table):>10d}/{len(table):<2d}" for h in heads))
     if grid:
-        phase = settings["phases"][0]
-        print_grid(grid, probes, ("row", tuple((k, phase[k]) for k in grid_changes[0])))
+        phase = settings.phases[0]
+        print_grid(grid, probes, ("row", tuple((k, getattr(phase, k)) for k in grid_changes[0])))
     return 0
 
 

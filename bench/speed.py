@@ -172,6 +172,7 @@ def loader(args) -> None:
     """
     from transfer.core import params as params_module
     from transfer.core.paths import PARAMS_FILE
+    from transfer.core.settings import mode_settings
     from transfer.data.loaders import (
         TensorImages,
         decode_all,
@@ -182,19 +183,19 @@ def loader(args) -> None:
     )
     from transfer.models.backbones import build_model
 
-    settings = params_module.mode_settings(params_module.load(ROOT / PARAMS_FILE), args.mode)
-    _, pre = build_model(settings["arch"], len(read_classes()), False)
-    pre = working_preprocess(pre, settings["image_size"])
+    settings = mode_settings(params_module.load(ROOT / PARAMS_FILE), args.mode)
+    _, pre = build_model(settings.arch, len(read_classes()), False)
+    pre = working_preprocess(pre, settings.image_size)
     split = read_split("train")
     images = decode_all(split.paths, pre)
-    dataset = TensorImages(images, split.labels, train_transform(pre, settings["augment"]))
+    dataset = TensorImages(images, split.labels, train_transform(pre, settings.augment))
     cuda = torch.cuda.is_available()
-    print(f"# {args.mode}: {len(images)} images at {pre['image_size']} px, batch {settings['batch_size']}, "
+    print(f"# {args.mode}: {len(images)} images at {pre['image_size']} px, batch {settings.batch_size}, "
           f"{'copied to ' + torch.cuda.get_device_name() if cuda else 'CPU only'}")
     print(f"{'workers':>7} {'loader':>11} {'epoch s (each)':>30} {'img/s after epoch 1':>20}")
     for workers in args.workers:
         for persistent in (False, True) if workers else (False,):
-            times = loader_epochs(dataset, settings["batch_size"], workers, persistent, args.epochs, cuda)
+            times = loader_epochs(dataset, settings.batch_size, workers, persistent, args.epochs, cuda)
             rate = len(images) * (len(times) - 1) / sum(times[1:])
             print(f"{workers:>7} {'persistent' if persistent else 'per epoch':>11} "
                   f"{' '.join(f'{t:.3f}' for t in times):>30} {rate:>20.0f}", flush=True)

@@ -6,6 +6,7 @@ The library is imported inside the functions: the tutorial loop's process must n
 pipeline's settings (transfer.core.devices tunes the allocator when imported)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -119,31 +120,33 @@ def pipeline(mode: str, epochs: int) -> dict:
     """The train stage's work for one mode (decode once, cached features, ...), epochs overridden."""
     from transfer.core import params as params_module
     from transfer.core.devices import bf16_inference, pick_device, uses_bf16
+    from transfer.core.settings import mode_settings
     from transfer.data.loaders import read_classes, store_splits
     from transfer.training.loop import ResumeState
     from transfer.training.runs import run_training
 
     params = params_module.load()
-    settings = params_module.mode_settings(params, mode)
-    settings["phases"][-1]["epochs"] = epochs - sum(p["epochs"] for p in settings["phases"][:-1])
+    settings = mode_settings(params, mode)
+    last = dataclasses.replace(settings.phases[-1], epochs=epochs - sum(p.epochs for p in settings.phases[:-1]))
+    settings = dataclasses.replace(settings, phases=(*settings.phases[:-1], last))
     started = []
 
     def decoded(preprocess):  # from here on, as in the tutorial loop: decoding is part of the work
         started.append(time.perf_counter())
-        return store_splits(preprocess, settings["memory_budget_mb"])
+        return store_splits(preprocess, settings.memory_budget_mb)
 
     with tempfile.TemporaryDirectory() as tmp:
         _, data, result = run_training(settings, len(read_classes()), ResumeState(Path(tmp) / "state.pt", "bench"),
                                        decoded)
     seconds = time.perf_counter() - started[0]
-    device = pick_device(settings["device"])
+    device = pick_device(settings.device)
     precision = f"{'bf16' if uses_bf16(device) else 'fp32'}"
-    if bf16_inference(device, settings["inference_dtype"]) and not uses_bf16(device):
+    if bf16_inference(device, settings.inference_dtype) and not uses_bf16(device):
         precision += ", frozen pass bf16"
     return {"seconds": seconds, "images": epochs * len(data.train_labels), "best_val_accuracy": result.best_accuracy,
             "epoch_seconds": [row["seconds"] for row in result.history],
-            "setup": f"{size_text(settings['augment'].get('crop_size'), data.preprocess['image_size'])}, "
-                     f"batch {settings['batch_size']}, {precision}"}
+            "setup": f"{size_text(settings.augment.crop_size, data.preprocess['image_size'])}, "
+                     f"batch {settings.batch_size}, {precision}"}
 
 
 def size_text(crop: int | None, size: int) -> str:
@@ -248,6 +251,7 @@ def inference_dtype(args) -> None:
 
     from transfer.core import params as params_module
     from transfer.core.devices import cpu_has_bf16
+    from transfer.core.settings import mode_settings
     from transfer.data.loaders import read_classes, store_splits
     from transfer.training.loop import ResumeState
     from transfer.training.runs import run_training
@@ -269,7 +273,7 @@ def inference_dtype(args) -> None:
         for seed in args.seeds:
             for dtype in DTYPES:
                 params["modes"][mode].update(seed=seed, inference_dtype=dtype)
-                settings = params_module.mode_settings(params_module.check(params), mode)
+                settings = mode_settings(params_module.check(params), mode)
                 with tempfile.TemporaryDirectory() as tmp:
                     _, _, result = run_training(settings, len(classes), ResumeState(Path(tmp) / "state.pt", "bench"),
                                                 images)

@@ -21,6 +21,7 @@ from transfer.core.paths import (
     resume_state,
     running_live_dir,
 )
+from transfer.core.settings import ModeSettings, mode_settings
 from transfer.core.stage import log, run_main
 from transfer.data.loaders import read_classes
 from transfer.models.backbones import check_arch, count_params
@@ -32,9 +33,9 @@ from transfer.training.runs import LiveLog, SharedResume, augmented_batch_grid, 
 PARAMS = ("model", "train", "modes.{mode}")  # as dvc.yaml's train stage declares them
 
 
-def fingerprint(settings: dict) -> str:
+def fingerprint(settings: ModeSettings) -> str:
     """What a resumable state must match: the mode's settings, the exact split and the training code."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True).encode())
     for path in (TRAIN_CSV, VAL_CSV, CLASSES_JSON):
         digest.update(path.read_bytes())
     digest.update(code_digest("stages.train").encode())
@@ -48,13 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.parse_args(argv).mode
     check_no_links(running_live_dir(mode))  # .resume/<mode>/dvclive: written as training runs, then removed
     params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
-    settings = params_module.mode_settings(params, mode)
+    settings = mode_settings(params, mode)
     classes = read_classes()
-    if settings["nproc"] > 1 and LAUNCHED not in os.environ:  # this stage again, as nproc processes
-        check_nproc(settings["nproc"], settings["device"])
-        launch("stages.train", [mode], settings["nproc"])
+    if settings.nproc > 1 and LAUNCHED not in os.environ:  # this stage again, as nproc processes
+        check_nproc(settings.nproc, settings.device)
+        launch("stages.train", [mode], settings.nproc)
         return
-    strategy = start(settings["device"])
+    strategy = start(settings.device)
     try:
         resume = (ResumeState if strategy.is_main else SharedResume)(resume_state(mode), fingerprint(settings))
         live = LiveLog(mode) if strategy.is_main else None  # only rank 0 writes files
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     except (RuntimeError, MemoryError) as err:  # CUDA's, MPS's or the CPU's allocator gave up
         if not out_of_memory(err):
             raise
-        batch = settings["batch_size"]
+        batch = settings.batch_size
         raise UserError(f"out of {out_of_memory(err)} memory at train.batch_size {batch}; try a smaller one, "
                         f"e.g. dvc exp run -S ++modes.{mode}.batch_size={max(1, batch // 2)}") from None
     stop(strategy)

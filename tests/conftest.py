@@ -216,3 +216,14 @@ def tiny_dataset(tmp_path: Path) -> Path:
 @pytest.fixture
 def project(tmp_path: Path, tiny_dataset: Path) -> Project:
     return make_project(tmp_path / "project", tiny_dataset)
+
+
+def a_phase(**values):
+    """A real phase (the shipped params.yaml's first mode's first), with `values` set over it."""
+    import dataclasses
+
+    from transfer.core import params as params_module
+    from transfer.core.settings import mode_settings
+
+    params = params_module.load(ROOT / "params.yaml")
+    return dataclasses.replace(mode_settings(params, next(iter(params["modes"]))).phases[0], **values)

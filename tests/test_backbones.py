@@ -2,6 +2,7 @@
 weights download offline), built, split into blocks, trained in every mode on tiny generated images."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT, env_with_venv, tiny_row
+from tests.conftest import ROOT, a_phase, env_with_venv, tiny_row
 from tests.test_training import block_state_names, changed, tiny_data
 from transfer.core import params as params_module
 from transfer.core.errors import UserError
 from transfer.core.param_checks import Checker, check_train
+from transfer.core.settings import mode_settings
 from transfer.models.backbones import body_blocks, build_model, check_arch
 from transfer.training.loop import ResumeState
 from transfer.training.optim import make_optimizer
@@ -53,7 +55,7 @@ def settings(arch: str, mode: str, size: int, **row) -> dict:
     params_module.check(params, check_arch)
     mode_row["pretrained"] = False  # the checks want ImageNet weights for frozen modes; none offline
     mode_row.pop("keep_bn_stats", None)
-    return params_module.mode_settings(params, mode)
+    return mode_settings(params, mode)
 
 
 def train(arch: str, mode: str, size: int, tmp_path, **row):
@@ -117,11 +119,11 @@ def test_layer_decay_scales_each_block_below_the_top():
     """layer_decay 0.5: the head at lr, the top block at lr x backbone_lr_scale, each block below at half
     the rate of the one above it."""
     model, _ = build_model(TIMM_VIT, 2, pretrained=False)
-    phase = {"lr": 0.1, "backbone_lr_scale": 0.5, "layer_decay": 0.5, "optimizer": "sgd", "momentum": 0.9,
-             "weight_decay": 0.0}
+    phase = a_phase(lr=0.1, backbone_lr_scale=0.5, layer_decay=0.5, optimizer="sgd", momentum=0.9, weight_decay=0.0)
     rates = [g["lr"] for g in make_optimizer(model, phase).param_groups]
     assert rates == pytest.approx([0.1] + [0.05 * 0.5 ** i for i in range(len(body_blocks(model)))])
-    assert [g["lr"] for g in make_optimizer(model, {**phase, "layer_decay": None}).param_groups] == [0.1, 0.05]
+    no_decay = make_optimizer(model, dataclasses.replace(phase, layer_decay=None))
+    assert [g["lr"] for g in no_decay.param_groups] == [0.1, 0.05]
     c = Checker()
     check_train(c, {"layer_decay": 0}, "train", partial=True)
     assert c.problems == ["params.yaml: train.layer_decay: must be > 0, got 0"]
@@ -129,7 +131,7 @@ def test_layer_decay_scales_each_block_below_the_top():
 
 def test_unknown_timm_name_lists_close_names():
     c = Checker()
-    check_arch(c, "timm/resnet10x")
+    check_arch(c, "timm/resnet10x", "model.arch", [])
     assert len(c.problems) == 1
     assert c.problems[0].startswith("params.yaml: model.arch: unknown timm model 'resnet10x' (close names: resnet10t")
 

@@ -13,7 +13,8 @@ import yaml
 from tests.conftest import ROOT
 from transfer.core import params as params_module
 from transfer.core.errors import UserError
-from transfer.models.backbones import check_arch
+from transfer.core.settings import mode_settings
+from transfer.models.backbones import check_arch, known_archs
 
 REAL = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
 LINE = re.compile(r"params\.yaml: [^:\n]+: .+")  # every reported problem: "params.yaml: <key>: <why>"
@@ -69,13 +70,13 @@ def test_real_params_are_valid():
     assert params_module.check(params) == REAL
     assert params_module.load(ROOT / "params.yaml") == REAL
     for mode, row in REAL["modes"].items():
-        settings = params_module.mode_settings(REAL, mode)
+        settings = mode_settings(REAL, mode)
         if "phases" in row:
             expected = [(phase["trainable"], phase["epochs"]) for phase in row["phases"]]
         else:
             expected = ([("head", row["head_epochs"])] if row.get("head_epochs") else []) + [
                 (row["trainable"], row.get("epochs", REAL["train"]["epochs"]))]
-        assert [(phase["trainable"], phase["epochs"]) for phase in settings["phases"]] == expected
+        assert [(phase.trainable, phase.epochs) for phase in settings.phases] == expected
 
 
 # (change to the real params, the key the problem names, words the problem says)
@@ -199,15 +200,15 @@ def test_a_row_of_phases_resolves_to_complete_phases():
     (here batch 16) are the default of every phase."""
     params = variant(modes__gradual={**copy.deepcopy(GRADUAL), "batch_size": 16})
     check_all(params)
-    settings = params_module.mode_settings(params, "gradual")
-    phases = settings["phases"]
-    assert [(p["trainable"], p["epochs"], p["lr"], p["batch_size"]) for p in phases] == [
+    settings = mode_settings(params, "gradual")
+    phases = settings.phases
+    assert [(p.trainable, p.epochs, p.lr, p.batch_size) for p in phases] == [
         ("head", 2, 0.01, 8), ("top", 1, 0.003, 16), ("all", 3, 0.001, 16)]
-    assert [p["top_blocks"] for p in phases] == [0, 2, 0]
-    assert [p["keep_bn_stats"] for p in phases] == [False, False, True]
-    assert [p["augment"]["crop_size"] for p in phases] == [None, None, 160]
-    assert phases[2]["augment"]["crop_scale"] == REAL["train"]["augment"]["crop_scale"]  # merged, not replaced
-    assert settings["epochs"] == 6 and settings["trainable"] == "all"
+    assert [p.top_blocks for p in phases] == [0, 2, 0]
+    assert [p.keep_bn_stats for p in phases] == [False, False, True]
+    assert [p.augment.crop_size for p in phases] == [None, None, 160]
+    assert list(phases[2].augment.crop_scale) == REAL["train"]["augment"]["crop_scale"]  # merged, not replaced
+    assert settings.epochs == 6 and settings.trainable == "all"
 
 
 def test_the_shorthand_is_the_same_as_its_phases():
@@ -221,10 +222,7 @@ def test_the_shorthand_is_the_same_as_its_phases():
         "phases": [{"trainable": "head", "epochs": row["head_epochs"], "lr": row["head_lr"]},
                    {"trainable": "all", "epochs": row["epochs"], "lr": row["lr"]}]}
     check_all(params)
-    short = params_module.mode_settings(params, "short")["phases"]
-    long = params_module.mode_settings(params, "written_out")["phases"]
-    drop = lambda phases: [{k: v for k, v in p.items() if k != "mode"} for p in phases]  # noqa: E731
-    assert drop(short) == drop(long)
+    assert mode_settings(params, "short").phases == mode_settings(params, "written_out").phases
 
 
 @pytest.mark.parametrize("change, key, words", [
@@ -289,14 +287,14 @@ def test_mode_overrides_reach_the_settings():
     """A mode's override (checked like the shared default) is what the training loop sees."""
     params = variant(modes__finetune__lr=0.003, modes__finetune__augment={"hflip": 0.0})
     params_module.check(params)
-    settings = params_module.mode_settings(params, "finetune")
+    settings = mode_settings(params, "finetune")
     epochs = REAL["modes"]["finetune"].get("epochs", REAL["train"]["epochs"])
-    (phase,) = settings["phases"]
-    assert settings["lr"] == 0.003 and (phase["trainable"], phase["epochs"], phase["lr"]) == ("all", epochs, 0.003)
-    assert settings["augment"]["hflip"] == 0.0 and phase["augment"] == settings["augment"]
-    assert settings["augment"]["crop_scale"] == REAL["train"]["augment"]["crop_scale"]  # the rest: shared
+    (phase,) = settings.phases
+    assert settings.lr == 0.003 and (phase.trainable, phase.epochs, phase.lr) == ("all", epochs, 0.003)
+    assert settings.augment.hflip == 0.0 and phase.augment == settings.augment
+    assert list(settings.augment.crop_scale) == REAL["train"]["augment"]["crop_scale"]  # the rest: shared
     with pytest.raises(UserError, match="unknown mode 'nope'"):
-        params_module.mode_settings(params, "nope")
+        mode_settings(params, "nope")
 
 
 def tree(root: Path) -> dict[str, int]:
@@ -339,3 +337,21 @@ def test_a_stage_sees_only_the_params_it_declares():
         view["data"]["layout"]
     with pytest.raises(UserError, match="unknown mode 'nope'"):
         params_module.declared(REAL, ("modes.{mode}",), mode="nope")
+
+
+def test_a_row_may_name_its_own_backbone():
+    """`arch` in a mode row: that row's backbone (model.arch stays every other row's); a bad one, or an
+    image size it cannot take, is one line naming the row; the other rows' sizes are not held to it."""
+    params = variant(modes__frozen__arch="resnet18")
+    check_all(params)
+    assert mode_settings(params, "frozen").arch == "resnet18"
+    assert mode_settings(params, "finetune").arch == REAL["model"]["arch"]
+    assert problems(variant(modes__frozen__arch="resnet1")) == [
+        "params.yaml: modes.frozen.arch: unknown backbone 'resnet1' (did you mean resnet18? known: "
+        + ", ".join(known_archs()) + ")"]
+    assert problems(variant(modes__frozen__arch=18)) == [
+        "params.yaml: modes.frozen.arch: must be a backbone name (any model.arch takes), got 18"]
+    fixed = variant(modes__frozen__arch="timm/vit_tiny_patch16_224", modes__frozen__image_size=64)
+    assert problems(fixed) == [
+        "params.yaml: modes.frozen.image_size: 64 does not fit modes.frozen.arch timm/vit_tiny_patch16_224: it takes "
+        "224 px images only (use 224 or null)"]

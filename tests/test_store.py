@@ -23,6 +23,7 @@ from tests.imagegen import make_image, tree_bytes, write_class_folders
 from transfer.core import params as params_module
 from transfer.core.errors import UserError
 from transfer.core.paths import RAW_DIR, SPLIT_DIR, STORE_DIR, STORE_INDEX
+from transfer.core.settings import mode_settings
 from transfer.data import splitting
 from transfer.data.decode import open_rgb
 from transfer.data.loaders import read_split, resize_short_side
@@ -319,7 +320,7 @@ def tiny_settings(mode: str, budget_mb: float) -> dict:
     for key in ("epochs", "batch_size", "image_size", "cached_views"):
         row.pop(key, None)
     row.get("augment", {}).pop("crop_size", None)
-    return params_module.mode_settings(params_module.check(params), mode)
+    return mode_settings(params_module.check(params), mode)
 
 
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])  # cached features; augmented image batches

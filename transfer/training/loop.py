@@ -1,6 +1,6 @@
 """The one training loop every transfer mode runs.
 
-A mode is data (transfer.core.params.mode_settings): a list of phases, each saying what trains, at what
+A mode is data (transfer.core.settings.mode_settings): a list of phases, each saying what trains, at what
 rate, on what batches and for how long. `fit` runs the phases in order; each epoch of a phase trains
 on its source's batches (transfer.training.sources), validates, keeps the best weights and saves the state.
 
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from transfer.core.devices import bf16_inference, memory_format, uses_bf16
 from transfer.core.files import atomic_path
+from transfer.core.settings import ModeSettings, Phase
 from transfer.core.stage import log
 from transfer.data.loaders import TrainData
 from transfer.models.backbones import TransferNet, set_trainable, train_mode
@@ -126,16 +127,16 @@ def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool,
     return loss_sum / count, correct / count
 
 
-def phase_epochs(phases: list[dict]) -> list[tuple[dict, int, int]]:
+def phase_epochs(phases: tuple[Phase, ...]) -> list[tuple[Phase, int, int]]:
     """Each phase with its first and last epoch, counted over the whole run."""
     spans, first = [], 1
     for phase in phases:
-        spans.append((phase, first, first + phase["epochs"] - 1))
-        first += phase["epochs"]
+        spans.append((phase, first, first + phase.epochs - 1))
+        first += phase.epochs
     return spans
 
 
-def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.device, resume: ResumeState,
+def fit(model: TransferNet, data: TrainData, settings: ModeSettings, device: torch.device, resume: ResumeState,
         on_epoch: Callable[[dict], None] | None = None, strategy: OneProcess | None = None) -> FitResult:
     """Run the mode's phases, resuming after the last finished epoch of an interrupted run.
 
@@ -148,7 +149,7 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
         model.load_state_dict(state["model"])
         log(f"resuming after epoch {done} (state in {resume.path})")
 
-    last_phase_first = phase_epochs(settings["phases"])[-1][1]
+    last_phase_first = phase_epochs(settings.phases)[-1][1]
 
     def finished(row: dict, optimizer, scheduler) -> bool:
         """Record and save the epoch; whether the run stops after it."""
@@ -161,13 +162,13 @@ def fit(model: TransferNet, data: TrainData, settings: dict, device: torch.devic
 
     for row in result.history if on_epoch else ():
         on_epoch(row)
-    fmt = memory_format(device, settings["batch_size"])
+    fmt = memory_format(device, settings.batch_size)
     model.to(device).to(memory_format=fmt)
     folded = fold_batchnorm(model, data.preprocess["image_size"])
     log(f"{folded} BatchNorm layers fold into the convolution before them while on running statistics")
-    for phase, first, last in phase_epochs(settings["phases"]):
+    for phase, first, last in phase_epochs(settings.phases):
         if done < last and result.stopped_epoch is None:
-            inference_amp = bf16_inference(device, phase["inference_dtype"])
+            inference_amp = bf16_inference(device, phase.inference_dtype)
             run = PhaseRun(data, phase, device, fmt, uses_bf16(device), inference_amp, strategy or OneProcess(device))
             run_phase(model, run, (first, last), result, done, state if first <= done else None, finished)
     return result
@@ -177,37 +178,37 @@ def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: 
               state: dict | None, finished: Callable[[dict, object, object], bool]) -> None:
     """The plain epoch loop of one phase: train an epoch, validate, keep the best, save the state."""
     phase, (first, last) = run.phase, span
-    set_trainable(model, phase["trainable"], phase["top_blocks"])
+    set_trainable(model, phase.trainable, phase.top_blocks)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result.trainable_params = max(result.trainable_params, trainable)
     source = shard(make_source(model, run, first), run.strategy)
     result.train_seconds += source.setup_seconds
     optimizer = make_optimizer(model, phase)
-    scheduler = make_scheduler(optimizer, phase, phase["epochs"], source.steps_per_epoch)
+    scheduler = make_scheduler(optimizer, phase, phase.epochs, source.steps_per_epoch)
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    log(f"phase: train {phase['trainable']} for epochs {first}-{last} at lr {phase['lr']:g} "
+    log(f"phase: train {phase.trainable} for epochs {first}-{last} at lr {phase.lr:g} "
         f"({trainable:,} trainable parameters, {source.description})")
     criterion = make_criterion(phase, run.data.train_labels, model.head.out_features, run.device)
     stepper = Stepper(run.strategy.wrap(source.module, phase), run.strategy.criterion(criterion), optimizer,
-                      scheduler, run.device, run.amp, phase.get("clip_grad_norm"))
+                      scheduler, run.device, run.amp, phase.clip_grad_norm)
     for epoch in range(max(first, done + 1), last + 1):
         started = time.perf_counter()
-        torch.manual_seed(epoch_seed(phase["seed"], epoch))  # dropout draws from the global stream
+        torch.manual_seed(epoch_seed(phase.seed, epoch))  # dropout draws from the global stream
         lr = optimizer.param_groups[0]["lr"]
-        train_mode(source.module, phase["keep_bn_stats"])
+        train_mode(source.module, phase.keep_bn_stats)
         train_loss, train_acc = train_one_epoch(stepper, source.train_batches(epoch), epoch, run.strategy.totals)
         val_loss, val_acc = evaluate_batches(source.module, source.val_batches(), criterion, run.device, run.amp,
                                              run.strategy.totals)
-        row = {"epoch": epoch, "trainable": phase["trainable"], "train_loss": train_loss, "train_acc": train_acc,
+        row = {"epoch": epoch, "trainable": phase.trainable, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - started}
         stop = finished(row, optimizer, scheduler)
         # Logged once saved: an epoch the log calls finished survives any interruption.
-        log(f"epoch {epoch:3d} [{phase['trainable']}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
+        log(f"epoch {epoch:3d} [{phase.trainable}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | {row['seconds']:.1f} s")
         if stop:
-            log(f"early stopping after epoch {epoch}: no better {phase['stop_on']} in {phase['patience']} epochs")
+            log(f"early stopping after epoch {epoch}: no better {phase.stop_on} in {phase.patience} epochs")
             break
 
 

@@ -8,6 +8,7 @@ import torch
 
 from transfer.core.devices import pick_device
 from transfer.core.paths import running_live_dir
+from transfer.core.settings import ModeSettings
 from transfer.core.stage import log
 from transfer.data.loaders import TrainData, store_splits, train_transform, working_preprocess
 from transfer.models.backbones import TransferNet, build_model, check_top_blocks
@@ -15,26 +16,26 @@ from transfer.training.distributed import OneProcess
 from transfer.training.loop import FitResult, ResumeState, fit
 
 
-def new_model(settings: dict, num_classes: int) -> tuple[TransferNet, dict]:
+def new_model(settings: ModeSettings, num_classes: int) -> tuple[TransferNet, dict]:
     """The mode's network, seeded, and its preprocessing at the mode's working size."""
-    torch.manual_seed(settings["seed"])
-    model, preprocess = build_model(settings["arch"], num_classes, settings["pretrained"])
-    return model, working_preprocess(preprocess, settings["image_size"])
+    torch.manual_seed(settings.seed)
+    model, preprocess = build_model(settings.arch, num_classes, settings.pretrained)
+    return model, working_preprocess(preprocess, settings.image_size)
 
 
-def run_training(settings: dict, num_classes: int, resume: ResumeState, make_data=None,
+def run_training(settings: ModeSettings, num_classes: int, resume: ResumeState, make_data=None,
                  before_training=None, on_epoch=None, strategy: OneProcess | None = None
                  ) -> tuple[TransferNet, TrainData, FitResult]:
     """The whole set-up of a training run, shared by the stage, the bench scripts and the tests:
     build the seeded model, get the data at its working size (`make_data(preprocess)`; by default
     data/store within train.memory_budget_mb), fit (in this process, or as one of `strategy`'s)."""
-    strategy = strategy or OneProcess(pick_device(settings["device"]))
+    strategy = strategy or OneProcess(pick_device(settings.device))
     device = strategy.device
     model, preprocess = new_model(settings, num_classes)
-    check_top_blocks(model, settings["arch"], settings["phases"], f"modes.{settings['mode']}")
-    data = make_data(preprocess) if make_data else store_splits(preprocess, settings["memory_budget_mb"])
+    check_top_blocks(model, settings.arch, settings.phases, f"modes.{settings.mode}")
+    data = make_data(preprocess) if make_data else store_splits(preprocess, settings.memory_budget_mb)
     where = f"{device} x {strategy.world_size} processes" if strategy.world_size > 1 else str(device)
-    log(f"train@{settings['mode']}: {settings['arch']} ({'ImageNet' if settings['pretrained'] else 'random'} init) "
+    log(f"train@{settings.mode}: {settings.arch} ({'ImageNet' if settings.pretrained else 'random'} init) "
         f"on {where}, {len(data.train_labels)} train / {len(data.val_labels)} val images "
         f"at {preprocess['image_size']} px")
     if before_training:
@@ -75,14 +76,14 @@ class LiveLog:
         self.live.end()
 
 
-def augmented_batch_grid(data: TrainData, settings: dict, class_names: list[str], count: int = 8):
+def augmented_batch_grid(data: TrainData, settings: ModeSettings, class_names: list[str], count: int = 8):
     """The first training batch as the loader augments it, un-normalised, with class names."""
     from torchvision.transforms.v2.functional import to_pil_image
 
     from transfer.evaluation.figures import image_grid
 
-    torch.manual_seed(settings["seed"])
-    transform = train_transform(data.preprocess, settings["augment"])
+    torch.manual_seed(settings.seed)
+    transform = train_transform(data.preprocess, settings.augment)
     mean = torch.tensor(data.preprocess["mean"]).view(3, 1, 1)
     std = torch.tensor(data.preprocess["std"]).view(3, 1, 1)
     picks = torch.randperm(len(data.train_images))[:count].tolist()
@@ -101,14 +102,14 @@ def peak_memory_mib() -> float | None:
     return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def checkpoint_meta(mode: str, settings: dict, classes: list[dict], preprocess: dict, result: FitResult,
+def checkpoint_meta(mode: str, settings: ModeSettings, classes: list[dict], preprocess: dict, result: FitResult,
                     total_params: int) -> dict:
     """What models/<mode>.pt holds besides the weights: plain data only."""
-    return {"arch": settings["arch"], "mode": mode, "classes": [c["folder"] for c in classes],
+    return {"arch": settings.arch, "mode": mode, "classes": [c["folder"] for c in classes],
             "class_names": [c["name"] for c in classes], "preprocess": preprocess, "best_epoch": result.best_epoch,
             "val_accuracy": result.best_accuracy, "epochs": len(result.history),
             "train_seconds": result.train_seconds, "trainable_params": result.trainable_params,
-            "total_params": total_params, "history": result.history, "settings": settings,
+            "total_params": total_params, "history": result.history, "settings": settings.as_dict(),
             # early stopping on: the epoch the run ended at (stopped early, or at its last epoch)
-            "stopped_epoch": (result.stopped_epoch or result.history[-1]["epoch"]) if settings["patience"] else None,
+            "stopped_epoch": (result.stopped_epoch or result.history[-1]["epoch"]) if settings.patience else None,
             "peak_memory_mib": peak_memory_mib()}

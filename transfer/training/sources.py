@@ -26,13 +26,13 @@ from torch import nn
 from transfer.core.devices import inference_batch, to_device, worker_count
 from transfer.core.files import check_no_links
 from transfer.core.paths import RESUME_DIR
+from transfer.core.settings import Phase
 from transfer.data.loaders import (
     Images,
     TensorImages,
     TrainData,
     crop_stack,
     eval_batches,
-    is_random,
     normalized_batches,
     train_transform,
 )
@@ -70,7 +70,7 @@ def steps(size: int, batch_size: int) -> int:
 class PhaseRun:
     """What every source of a phase needs: the data, the phase's settings, and where it computes."""
     data: TrainData
-    phase: dict
+    phase: Phase
     device: torch.device
     fmt: torch.memory_format  # the layout of image batches
     amp: bool  # bf16 autocast while training
@@ -80,7 +80,7 @@ class PhaseRun:
 
 def make_source(model: TransferNet, run: PhaseRun, first_epoch: int) -> Source:
     """Cached features where the frozen part of the phase is a prefix of a pretrained model, images otherwise."""
-    split = frozen_split(model, run.phase["trainable"], run.phase["top_blocks"])
+    split = frozen_split(model, run.phase.trainable, run.phase.top_blocks)
     if split is not None:
         return CachedFeatures(*split, run, first_epoch)
     return AugmentedImages(model, run)
@@ -91,11 +91,11 @@ class CachedFeatures:
         started = time.perf_counter()
         self.module, self.run, self.first_epoch = rest, run, first_epoch
         phase = run.phase
-        views = phase["cached_views"] if is_random(phase["augment"]) else 1  # without randomness, one view is all
-        self.train_feats, self.val_feats = cached_features(encoder, run, views, phase["memory_budget_mb"])
+        views = phase.cached_views if phase.augment.is_random() else 1  # without randomness, one view is all
+        self.train_feats, self.val_feats = cached_features(encoder, run, views, phase.memory_budget_mb)
         self.train_labels = torch.tensor(run.data.train_labels).to(run.device)
         self.val_labels = torch.tensor(run.data.val_labels).to(run.device)
-        self.batch_size = phase["batch_size"]
+        self.batch_size = phase.batch_size
         self.steps_per_epoch = steps(len(self.train_labels), self.batch_size)
         self.setup_seconds = time.perf_counter() - started
         self.description = (f"on cached features: {len(self.train_labels)} train images x {views} views and "
@@ -105,7 +105,7 @@ class CachedFeatures:
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """The epoch's view of every image (views taken in turn), shuffled by (seed, epoch)."""
         feats = self.train_feats[(epoch - self.first_epoch) % len(self.train_feats)]
-        generator = torch.Generator().manual_seed(epoch_seed(self.run.phase["seed"], epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(self.run.phase.seed, epoch))
         order = torch.randperm(len(feats), generator=generator)
         if drops_last(len(order), self.batch_size):
             order = order[:len(order) - 1]
@@ -189,7 +189,7 @@ def cached_features(encoder: nn.Module, run: PhaseRun, views: int, budget_mb: fl
     encoder.eval()
     data, device, strategy = run.data, run.device, run.strategy
     batch = inference_batch(device)
-    transform = train_transform(data.preprocess, run.phase["augment"])
+    transform = train_transform(data.preprocess, run.phase.augment)
     views_of = TensorImages(data.train_images, data.train_labels, transform)  # a key (index, seed): one view
     count = len(data.train_images)
     sink = FeatureSink(views * count + len(data.val_images), budget_mb)
@@ -209,7 +209,7 @@ def cached_features(encoder: nn.Module, run: PhaseRun, views: int, budget_mb: fl
 
     mine = strategy.share(count)
     for view in range(views):
-        view_seed = epoch_seed(run.phase["seed"], -1 - view)  # epochs count from 1: seeds apart from theirs
+        view_seed = epoch_seed(run.phase.seed, -1 - view)  # epochs count from 1: seeds apart from theirs
         add((torch.stack([views_of[(j, epoch_seed(view_seed, j) % 2**63)][0]
                           for j in range(i, min(i + batch, mine.stop))]) for i in range(mine.start, mine.stop, batch)),
             count)
@@ -265,7 +265,7 @@ class AugmentedImages:
         self.val_stack = crop_stack(data.val_images, data.preprocess).to(run.device) if in_memory else None
         self.val_labels = torch.tensor(data.val_labels)
         self.loader = image_loader(data, phase, run.device)
-        self.steps_per_epoch = steps(len(data.train_labels), phase["batch_size"])
+        self.steps_per_epoch = steps(len(data.train_labels), phase.batch_size)
         self.setup_seconds = 0.0
         self.description = f"on {len(data.train_labels)} augmented train images"
 
@@ -284,14 +284,14 @@ class AugmentedImages:
             yield to_device(x, run.device, run.fmt), y.to(run.device)
 
 
-def image_loader(data: TrainData, phase: dict, device: torch.device) -> torch.utils.data.DataLoader:
+def image_loader(data: TrainData, phase: Phase, device: torch.device) -> torch.utils.data.DataLoader:
     """One loader for every epoch of a phase: its workers start once, not once per epoch."""
-    dataset = TensorImages(data.train_images, data.train_labels, train_transform(data.preprocess, phase["augment"]))
-    workers = worker_count(phase["workers"], device)
+    dataset = TensorImages(data.train_images, data.train_labels, train_transform(data.preprocess, phase.augment))
+    workers = worker_count(phase.workers, device)
     # The loader's own generator: drawing its worker seeds must not move the global random
     # stream (dropout), or a resumed run would differ from an uninterrupted one.
     return torch.utils.data.DataLoader(
-        dataset, batch_size=phase["batch_size"], sampler=EpochSampler(len(dataset), phase["seed"]),
-        drop_last=drops_last(len(dataset), phase["batch_size"]), num_workers=workers,
+        dataset, batch_size=phase.batch_size, sampler=EpochSampler(len(dataset), phase.seed),
+        drop_last=drops_last(len(dataset), phase.batch_size), num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(phase["seed"]))
+        generator=torch.Generator().manual_seed(phase.seed))
