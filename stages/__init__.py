@@ -1,4 +1,5 @@
-"""Stages of the transfer-learning pipeline: one module per DVC stage, plus shared modules."""
+"""The pipeline's entry points: one module per DVC stage, and the two user commands (predict, report).
+The library they run is transfer/."""
 import os
 import signal
 import sys

@@ -1,4 +1,4 @@
-"""Stage train@<mode>: train one transfer mode, write models/<mode>.pt and dvclive/<mode>/ (as one set)."""
+"""Stage train@<mode>: train one transfer mode, write models/modes/<mode>.pt and dvclive/<mode>/ (as one set)."""
 from __future__ import annotations
 
 import argparse

@@ -98,3 +98,56 @@ def test_the_readme_is_a_guide_whose_links_resolve():
             elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
                 broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
     assert broken == []
+
+
+NAMED_MODULE = re.compile(r"(?<![-/.\w])((?:transfer|stages|bench)(?:\.[A-Za-z_]\w*)+)")
+NAMED_PATH = re.compile(r"(?<![-/.\w])((?:transfer|stages|bench|tests|docs|scripts)/[\w/.-]*\w)")
+
+
+def prose(path: Path) -> str:
+    """What a reader reads as words: a Markdown file whole, a module's docstrings and comments."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".md":
+        return text
+    tree = ast.parse(text)
+    docs = [ast.get_docstring(node) or "" for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    comments = [line.split("#", 1)[1] for line in text.splitlines() if "#" in line]
+    return "\n".join(docs + comments)
+
+
+def top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def names_something(dotted: str) -> bool:
+    """transfer.a.b[.name[.attr]]: a module, then (if anything is left) a name defined at its top level."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        found = module_file(".".join(parts[:end]))
+        if found:
+            rest = parts[end:]
+            return not rest or rest[0] in top_level_names(found) or (found.parent / f"{rest[0]}.py").exists()
+    return False
+
+
+def test_docs_and_docstrings_name_only_modules_and_files_that_exist():
+    """A docstring, comment or doc that names a module, function or file of the project names a real one."""
+    stale = []
+    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "transfer").rglob("*.py"),
+                        *(ROOT / "bench").glob("*.py"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]):
+        text = prose(path)
+        rel = path.relative_to(ROOT).as_posix()
+        stale += [f"{rel}: {m}" for m in NAMED_MODULE.findall(text) if not names_something(m)]
+        stale += [f"{rel}: {m}" for m in NAMED_PATH.findall(text)
+                  if "<" not in m and "/." not in m and not (ROOT / m.rstrip(".")).exists()]
+    assert stale == []

@@ -17,7 +17,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 TRAINABLE = ("head", "top", "all")
 MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
 MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
-# A mode names the DVC stages train@<mode> and evaluate@<mode> and the files models/<mode>.pt and
+# A mode names the DVC stages train@<mode> and evaluate@<mode> and the files models/modes/<mode>.pt and
 # metrics/<mode>.json: no dots (DVC stage names), and not the names of the pipeline's own files.
 MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model, metrics/data.json split's

@@ -14,7 +14,6 @@ RAW_SKIPPED = RAW_DIR / ".skipped.json"  # what download left out and why (hidde
 SPLIT_DIR = Path("data/split")
 TRAIN_CSV = SPLIT_DIR / "train.csv"
 VAL_CSV = SPLIT_DIR / "val.csv"
-TEST_CSV = SPLIT_DIR / "test.csv"  # no rows when the dataset has no test set
 CLASSES_JSON = SPLIT_DIR / "classes.json"
 DATA_METRICS = Path("metrics/data.json")
 
@@ -48,7 +47,6 @@ COMPARE_CONFUSION_DIR = COMPARE_PLOTS_DIR / "confusion"
 COMPARE_VAL_ACC_CSV = COMPARE_PLOTS_DIR / "val_acc.csv"
 COMPARE_TRAIN_LOSS_CSV = COMPARE_PLOTS_DIR / "train_loss.csv"
 # The Vega-Lite template of those charts: a line per mode (colour) and revision (dash).
-BY_MODE_TEMPLATE = Path("stages/plot_templates/linear_by_mode.json")
 SUMMARY_JSON = Path("results/summary.json")
 SUMMARY_MD = Path("results/summary.md")
 

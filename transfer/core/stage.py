@@ -22,7 +22,7 @@ INTERRUPTED_RESUMABLE = "interrupted; finished work is kept, the next run resume
 
 def _stage_name(main: Callable[..., Any]) -> str:
     module = main.__module__
-    if module == "__main__":  # run as `python -m stages.x`: the real name is in the module's spec
+    if module == "__main__":  # run as `python -m stages.<name>`: the real name is in the module's spec
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         module = spec.name if spec else Path(sys.argv[0]).stem
     return module.rsplit(".", 1)[-1]

@@ -104,7 +104,7 @@ def peak_memory_mib() -> float | None:
 
 def checkpoint_meta(mode: str, settings: ModeSettings, classes: list[dict], preprocess: dict, result: FitResult,
                     total_params: int) -> dict:
-    """What models/<mode>.pt holds besides the weights: plain data only."""
+    """What models/modes/<mode>.pt holds besides the weights: plain data only."""
     return {"arch": settings.arch, "mode": mode, "classes": [c["folder"] for c in classes],
             "class_names": [c["name"] for c in classes], "preprocess": preprocess, "best_epoch": result.best_epoch,
             "val_accuracy": result.best_accuracy, "epochs": len(result.history),

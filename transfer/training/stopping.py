@@ -10,7 +10,7 @@ The earlier phases run in full: they prepare the last one (the head alone before
 trains), and their val scores say little about where the last one will get. The counter lives in
 the FitResult, which the resume state holds, so a resumed run stops at the same epoch as an
 uninterrupted one. Stopping only ends the run early: the kept weights are still those of the best
-val epoch (training.record)."""
+val epoch (FitResult.best_state)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
