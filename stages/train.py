@@ -10,7 +10,7 @@ from transfer.core import params as params_module
 from transfer.core import publish
 from transfer.core.code_deps import code_digest
 from transfer.core.errors import UserError, out_of_memory
-from transfer.core.files import check_no_links
+from transfer.core.files import check_plain_tree
 from transfer.core.paths import (
     CLASSES_JSON,
     TRAIN_CSV,
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one transfer mode (a row of params.yaml `modes`).")
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
-    check_no_links(running_live_dir(mode))  # .resume/<mode>/dvclive: written as training runs, then removed
+    check_plain_tree(resume_dir(mode))  # .resume/<mode>: DVCLive empties and fills its dvclive/ as training runs
     params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
     settings = params_module.mode_settings(params, mode)
     classes = read_classes()

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, make_project
+from stages import download, pack, split, train
+from tests.conftest import Project, make_project, run_in_process
 from tests.imagegen import write_class_folders
-from transfer.core.paths import PUBLISH_DIR, RAW_DIR, RESUME_DIR
+from transfer.core.errors import UserError
+from transfer.core.files import check_plain_tree
+from transfer.core.paths import PUBLISH_DIR, RAW_DIR, RESUME_DIR, STORE_DIR
 
 
 def victim_folder(root: Path) -> Path:
@@ -110,3 +114,51 @@ def test_a_hostile_checkout_leaves_what_is_outside_it_alone(hostile, upstream, t
         assert ran.stderr.strip().splitlines()[-1] == (
             f"{stage[0]}: error: {refused_link}: a symbolic link where the pipeline writes (it could lead "
             "outside the project); remove it and run again")
+
+
+@pytest.fixture(scope="module")
+def packed(upstream) -> Path:
+    """upstream's data/ after download, split and pack (run in this process once): copied into a
+    checkout, it lets train get as far as it would on a real one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(upstream.path)
+        assert [run_in_process(stage.main) for stage in (download, split, pack)] == [0, 0, 0]
+    return upstream.path / STORE_DIR.parent
+
+
+# A link deep in train's scratch folder: DVCLive empties dvclive/plots/{metrics,images} when it starts.
+DEEP_LINKS = {".resume/frozen/dvclive/plots": "../../../../{victim}/b",
+              ".resume/frozen/dvclive/plots/metrics": "../../../../../{victim}/b/c"}
+
+
+@pytest.mark.parametrize("link", sorted(DEEP_LINKS))
+def test_train_refuses_a_link_anywhere_in_its_scratch_folder(link, upstream, packed, tmp_path, monkeypatch, capsys):
+    checkout, victim = hostile_checkout(
+        upstream, tmp_path, lambda co, v: make_link(co / link, DEEP_LINKS[link].format(victim=v.name)))
+    shutil.copytree(packed, checkout.path / packed.name, dirs_exist_ok=True)
+    before = snapshot(victim)
+    monkeypatch.chdir(checkout.path)
+    assert run_in_process(lambda: train.main(["frozen"])) == 2
+    assert snapshot(victim) == before
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"train: error: {link}: a symbolic link where the pipeline writes (it could lead outside the project); "
+        "remove it and run again")
+
+
+@pytest.mark.parametrize("make, where, words", [
+    (lambda root: os.mkfifo(root / ".resume/frozen/dvclive/plots/fifo"), ".resume/frozen/dvclive/plots/fifo",
+     "a FIFO where the pipeline writes (only files and folders belong there)"),
+    (lambda root: (root / ".resume/frozen").write_text("x"), ".resume/frozen", "not a folder"),
+    (lambda root: (root / ".resume").write_text("x"), ".resume", "not a folder"),
+])
+def test_what_git_cannot_commit_is_refused_in_the_scratch_folder_too(make, where, words, tmp_path, monkeypatch):
+    """A FIFO (git stores none, a local process may leave one) or a file where a folder belongs."""
+    if where.endswith("fifo"):
+        (tmp_path / ".resume/frozen/dvclive/plots").mkdir(parents=True)
+    elif where.endswith("frozen"):
+        (tmp_path / ".resume").mkdir()
+    make(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        check_plain_tree(RESUME_DIR / "frozen")
+    assert str(err.value).startswith(f"{where}: {words}") and "\n" not in str(err.value)
