@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stages import download, pack, split, train
 from tests.conftest import Project, make_project, run_in_process
 from tests.imagegen import write_class_folders
 from transfer.core.errors import UserError
 from transfer.core.files import check_plain_tree
-from transfer.core.paths import PUBLISH_DIR, RAW_DIR, RESUME_DIR, STORE_DIR
+from transfer.core.paths import PUBLISH_DIR, RAW_DIR, RESUME_DIR, STORE_DIR, resume_state
 
 
 def victim_folder(root: Path) -> Path:
@@ -162,3 +163,34 @@ def test_what_git_cannot_commit_is_refused_in_the_scratch_folder_too(make, where
     with pytest.raises(UserError) as err:
         check_plain_tree(RESUME_DIR / "frozen")
     assert str(err.value).startswith(f"{where}: {words}") and "\n" not in str(err.value)
+
+
+def forged_state(checkout: Path, victim: Path) -> None:
+    """A resume state as a branch could commit it, saying every epoch is done: it must never be resumed."""
+    path = checkout / resume_state("frozen")
+    path.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "computed in advance", "epoch": 99, "result": {"best_accuracy": 1.0}}, path)
+
+
+def test_train_refuses_a_committed_resume_state(upstream, packed, tmp_path, monkeypatch, capsys):
+    checkout, victim = hostile_checkout(upstream, tmp_path, forged_state)
+    shutil.copytree(packed, checkout.path / packed.name, dirs_exist_ok=True)
+    monkeypatch.chdir(checkout.path)
+    assert run_in_process(lambda: train.main(["frozen"])) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train: error: .resume/frozen/state.pt: committed to git, where only a run of this working tree keeps "
+        "its resumable state; remove it from the branch (git rm -r --cached) and run again")
+
+
+def test_a_resume_state_is_keyed_to_the_working_tree_that_wrote_it(upstream, packed, tmp_path, monkeypatch):
+    """Two clones of one commit, same settings, split and code: each its own fingerprint, every time the
+    same, so a state computed elsewhere (or placed by a download) never passes for this tree's own."""
+    prints = []
+    for name in ("one", "two"):
+        checkout = tmp_path / name
+        subprocess.run(["git", "clone", "-q", str(upstream.path), str(checkout)], check=True)
+        shutil.copytree(packed / "split", checkout / packed.name / "split")
+        monkeypatch.chdir(checkout)
+        prints.append([train.fingerprint({"mode": "frozen"}) for _ in range(2)])
+    assert prints[0][0] == prints[0][1] and prints[1][0] == prints[1][1]
+    assert prints[0][0] != prints[1][0]
