@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import download, pack, split, train
-from tests.conftest import Project, make_project, run_in_process
+from stages import check_tree, download, pack, split, train
+from tests.conftest import ROOT, Project, make_project, run_in_process
 from tests.imagegen import write_class_folders
 from transfer.core.errors import UserError
 from transfer.core.files import check_plain_tree
@@ -194,3 +194,107 @@ def test_a_resume_state_is_keyed_to_the_working_tree_that_wrote_it(upstream, pac
         prints.append([train.fingerprint({"mode": "frozen"}) for _ in range(2)])
     assert prints[0][0] == prints[0][1] and prints[1][0] == prints[1][1]
     assert prints[0][0] != prints[1][0]
+
+
+# ---------------------------------------------------------------------------------------------- before DVC runs
+
+GUARDED_REPRO = "python -m stages.check_tree && dvc repro"  # the README's pipeline command
+
+
+def committed_file(path: str, text: str = "x"):
+    def commit(checkout: Path, victim: Path) -> None:
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_text(text.format(victim=victim))
+    return commit
+
+
+LINKED = "a symbolic link where the pipeline writes (it could lead outside the project); remove it and run again"
+COMMITTED = "committed to git, where only DVC or a run of the pipeline writes"
+# (what the branch commits, the start of the one line that refuses it)
+GUARDED = {
+    "data": (lambda co, v: make_link(co / "data", f"../{v.name}"), f"data: {LINKED}"),
+    "metrics": (lambda co, v: make_link(co / "metrics", f"../{v.name}"), f"metrics: {LINKED}"),
+    "models/modes": (lambda co, v: make_link(co / "models/modes", f"../../{v.name}/a"), f"models/modes: {LINKED}"),
+    "a plotted file": (lambda co, v: make_link(co / "plots/predictions/frozen.csv", f"../../../{v.name}/target.txt"),
+                       f"plots/predictions/frozen.csv: {LINKED}"),
+    "deep in .resume": (lambda co, v: make_link(co / ".resume/frozen/dvclive/plots", f"../../../../{v.name}/b"),
+                        f".resume/frozen/dvclive/plots: {LINKED}"),
+    "DVC's cache": (lambda co, v: make_link(co / ".dvc/cache", f"../../{v.name}"), f".dvc/cache: {LINKED}"),
+    "DVC's local config": (committed_file(".dvc/config.local", "[cache]\n    dir = {victim}\n"),
+                           f".dvc/config.local: {COMMITTED}"),
+    "a cached output's file": (committed_file("data/raw/train/ants/x.jpg"), f"data/raw/train/ants/x.jpg: {COMMITTED}"),
+    "an ignored file": (committed_file("report_files/x.png"), "report_files/x.png: committed to git although"),
+}
+
+
+@pytest.mark.parametrize("hostile", sorted(GUARDED))
+def test_the_tree_check_refuses_what_dvc_would_follow_or_trust(hostile, upstream, tmp_path, monkeypatch, capsys):
+    commit_hostile, words = GUARDED[hostile]
+    checkout, victim = hostile_checkout(upstream, tmp_path, commit_hostile)
+    monkeypatch.chdir(checkout.path)
+    assert run_in_process(check_tree.main) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"check_tree: error: {words}"), line
+
+
+def test_readme_and_ci_check_the_tree_before_dvc_runs():
+    readme = (ROOT / "README.md").read_text()
+    assert GUARDED_REPRO in readme.split("```")[1].splitlines()[1]
+    workflow = (ROOT / ".github/workflows/report.yml").read_text()
+    assert 0 <= workflow.index("python -m stages.check_tree") < workflow.index("dvc pull")
+
+
+def test_dvc_repro_as_documented_never_deletes_through_a_link(upstream, tmp_path):
+    """Plain `dvc repro` deletes data/raw through the link before download can refuse it."""
+    def commit(checkout: Path, victim: Path) -> None:
+        make_link(checkout / "data", f"../{victim.name}")
+        (victim / "raw").mkdir()
+        (victim / "raw" / "kept.txt").write_text("raw must stay")
+    checkout, victim = hostile_checkout(upstream, tmp_path, commit)
+    before = snapshot(victim)
+    ran = checkout.run("bash", "-c", GUARDED_REPRO, check=False)
+    assert snapshot(victim) == before
+    assert ran.returncode == 2 and ran.stderr.strip().splitlines() == [f"check_tree: error: data: {LINKED}"]
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory) -> Project:
+    """A git + DVC repo whose one stage's output, data/raw, is in the cache and pushed to a local remote
+    (DVC's Python API: the CLI's start-up, several times over, is most of the time)."""
+    from dvc.repo import Repo
+
+    project = Project(tmp_path_factory.mktemp("pushed") / "repo")
+    project.path.mkdir()
+    project.git("init", "-q")
+    Repo.init(str(project.path))
+    (project.path / "dvc.yaml").write_text(
+        "stages:\n  make:\n    cmd: mkdir -p data/raw && echo made > data/raw/made.txt\n    outs:\n      - data/raw\n")
+    with (project.path / ".dvc/config").open("a") as config:
+        config.write(f"[core]\n    remote = store\n['remote \"store\"']\n    url = {project.path.parent / 'remote'}\n")
+    with pytest.MonkeyPatch.context() as patch, Repo(str(project.path)) as repo:
+        patch.chdir(project.path)  # DVC's API reads the stages of the current folder
+        repo.reproduce()
+        repo.push()
+    project.git("add", "-A")
+    project.git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "made")
+    return project
+
+
+@pytest.mark.parametrize("dvc_command", ["pull", "checkout"])
+def test_dvc_pull_and_checkout_as_guarded_never_write_through_a_link(dvc_command, pushed, tmp_path, monkeypatch):
+    """DVC writes a pulled or checked-out output through a link on its way (treeverse/dvc#11101)."""
+    def commit(checkout: Path, victim: Path) -> None:
+        shutil.rmtree(checkout / "data")
+        make_link(checkout / "data", f"../{victim.name}")
+    checkout, victim = hostile_checkout(pushed, tmp_path, commit)
+    if dvc_command == "checkout":
+        from dvc.repo import Repo
+
+        monkeypatch.chdir(checkout.path)
+        with Repo(str(checkout.path)) as repo:
+            repo.fetch()  # the cache only: inside .dvc/
+    before = snapshot(victim)
+    ran = checkout.run("bash", "-c", f"python -m stages.check_tree && dvc {dvc_command}", check=False,
+                       env={"PYTHONPATH": str(ROOT)})
+    assert snapshot(victim) == before
+    assert ran.returncode == 2 and ran.stderr.strip().splitlines() == [f"check_tree: error: data: {LINKED}"]

@@ -33,7 +33,7 @@ def check_no_links(path: str | os.PathLike) -> Path:
     return path
 
 
-def _kind(mode: int) -> str | None:
+def kind_of(mode: int) -> str | None:
     """What a file of this st_mode is, when not a folder or a regular file (the only kinds the pipeline
     writes); None for those two."""
     if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
@@ -52,7 +52,7 @@ def check_plain_tree(path: str | os.PathLike) -> Path:
     for folder, dirs, files in os.walk(path, onerror=_walk_error):
         for name in dirs + files:
             entry = Path(folder, name)
-            kind = _kind(os.lstat(entry).st_mode)
+            kind = kind_of(os.lstat(entry).st_mode)
             if kind == "a symbolic link":
                 fail(f"{entry}: {LINK_REFUSED}")
             if kind:

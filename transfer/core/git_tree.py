@@ -34,9 +34,15 @@ def tracked(paths: Iterable[str | os.PathLike]) -> list[str]:
     return [name for name in listed.split("\0") if name]
 
 
+def tracked_ignored() -> list[str]:
+    """The files git tracks although .gitignore ignores them: committed with `git add -f`."""
+    listed = _git("ls-files", "-z", "--cached", "--ignored", "--exclude-standard") or ""
+    return [name for name in listed.split("\0") if name]
+
+
 def refuse_tracked(paths: Iterable[str | os.PathLike], why: str) -> None:
     """One line naming the first file git tracks under `paths`, which no commit should hold (`why`)."""
-    found = tracked(paths)
+    found = [name for name in tracked(paths) if Path(name).name != ".gitignore"]  # DVC writes those: committed
     if found:
         more = f" and {len(found) - 1} more" if len(found) > 1 else ""
         fail(f"{found[0]}{more}: committed to git, where {why}; remove {'them' if more else 'it'} from the "
