@@ -20,6 +20,7 @@ from stages.report import MAX_CHARS, files_dir
 from tests.conftest import ROOT, Project, commit_tagged, copy_code, env_with_venv, init_repo, run_in_process
 from tests.imagegen import tree_bytes, write_class_folders
 from tests.test_report import run_report
+from transfer.core import params
 from transfer.core.errors import UserError
 from transfer.core.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
 from transfer.data import archives
@@ -236,3 +237,33 @@ def test_report_reads_each_revision_once_as_git_and_dvc_both_see_it(hostile_revi
     assert line.startswith(f"report: error: '{WORKSPACE}': DVC reads this name as the working tree, not a revision")
     commit = hostile_revisions.git("rev-parse", "base^{commit}").stdout.strip()
     assert [check_revision(rev) for rev in ("base", commit, "base~0")] == ["refs/tags/base", commit, commit]
+
+
+# ---------------------------------------------------------------------------------------------- params.yaml
+
+@pytest.mark.parametrize("old, new", [("  seed: 0\n", "  seed: 017\n"), ("  lr: 0.01\n", "  lr: 1e-05\n")])
+def test_params_read_as_dvc_reads_them(old, new, tmp_path):
+    """What a stage runs is what dvc.lock records: YAML 1.2, DVC's own loader (017 is 17, not octal 15)."""
+    from dvc.utils.serialize import parse_yaml
+
+    text = (ROOT / PARAMS_FILE).read_text()
+    assert old in text
+    edited = text.replace(old, new, 1)
+    (tmp_path / "params.yaml").write_text(edited)
+    key = new.split(":")[0].strip()
+    assert params.load(tmp_path / "params.yaml")["train"][key] == parse_yaml(edited, "p")["train"][key]
+
+
+@pytest.mark.parametrize("write, words", [
+    (lambda p: p.write_text("mode: auto\nmode: frozen\n"), 'not valid YAML at line 2 (found duplicate key "mode"'),
+    (lambda p: p.write_text("a: &a [x, x]\nb: &b [*a, *a]\nmode: *b\n"), "uses a YAML alias"),
+    (lambda p: p.write_bytes(b"mode: \xff\n"), "not UTF-8 text (byte 6)"),
+    (lambda p: p.mkdir(), "cannot be read (Is a directory)"),
+    (lambda p: p.write_text((ROOT / PARAMS_FILE).read_text().replace("keep_bn_stats: false", "keep_bn_stats: yes")),
+     "train.keep_bn_stats: must be true or false, got 'yes'"),
+])
+def test_params_dvc_would_read_otherwise_or_not_at_all_are_one_line(write, words, tmp_path):
+    write(tmp_path / "params.yaml")
+    with pytest.raises(UserError) as err:
+        params.load(tmp_path / "params.yaml")
+    assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
