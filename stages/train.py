@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import os
 
@@ -10,9 +11,11 @@ from transfer.core import params as params_module
 from transfer.core import publish
 from transfer.core.code_deps import code_digest
 from transfer.core.errors import UserError, out_of_memory
-from transfer.core.files import check_no_links
+from transfer.core.files import check_plain_tree
+from transfer.core.git_tree import refuse_tracked, working_tree_key
 from transfer.core.paths import (
     CLASSES_JSON,
+    RESUME_DIR,
     TRAIN_CSV,
     VAL_CSV,
     live_dir,
@@ -34,12 +37,14 @@ PARAMS = ("model", "train", "modes.{mode}")  # as dvc.yaml's train stage declare
 
 
 def fingerprint(settings: ModeSettings) -> str:
-    """What a resumable state must match: the mode's settings, the exact split and the training code."""
+    """What a resumable state must match: the mode's settings, the exact split and the training code,
+    keyed with this working tree's secret (git_tree.working_tree_key): all three are predictable, and a
+    state computed elsewhere with them must not pass for this tree's own."""
     digest = hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True).encode())
     for path in (TRAIN_CSV, VAL_CSV, CLASSES_JSON):
         digest.update(path.read_bytes())
     digest.update(code_digest("stages.train").encode())
-    return digest.hexdigest()
+    return hmac.new(working_tree_key(), digest.digest(), hashlib.sha256).hexdigest()
 
 
 @run_main(resumes=True)
@@ -47,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one transfer mode (a row of params.yaml `modes`).")
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
-    check_no_links(running_live_dir(mode))  # .resume/<mode>/dvclive: written as training runs, then removed
+    check_plain_tree(resume_dir(mode))  # .resume/<mode>: DVCLive empties and fills its dvclive/ as training runs
+    refuse_tracked([RESUME_DIR], "only a run of this working tree keeps its resumable state")
     params = params_module.declared(params_module.load(arch_check=check_arch), PARAMS, mode)
     settings = mode_settings(params, mode)
     classes = read_classes()

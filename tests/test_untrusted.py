@@ -5,6 +5,8 @@ writes, and stays within what a pull-request comment holds."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import stat
 import subprocess
@@ -13,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from stages import download
+from stages import download, report
 from stages.report import MAX_CHARS, files_dir
 from tests.conftest import ROOT, Project, commit_tagged, copy_code, env_with_venv, init_repo, run_in_process
 from tests.imagegen import tree_bytes, write_class_folders
 from tests.test_report import run_report
+from transfer.core import params
 from transfer.core.errors import UserError
 from transfer.core.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
 from transfer.data import archives
+from transfer.evaluation.dvc_diff import WORKSPACE, check_revision
 
 SCRIPT = ROOT / "scripts" / "exp_on_machine.sh"
 SECRET = b"outside the dataset: never copied, never read\n"
@@ -162,7 +166,7 @@ def test_report_refuses_a_revision_that_reads_as_an_option(hostile_revisions, tm
 
 
 @pytest.mark.parametrize("rev, words", [("broken", "broken: DVC cannot read its params"),
-                                        ("nan", "plots/curve.csv: at nan: epoch or acc is not a number")])
+                                        ("nan", "plots/curve.csv: at refs/tags/nan: epoch or acc is not a number")])
 def test_report_of_a_revision_dvc_cannot_read_or_a_bad_value_is_one_line(hostile_revisions, tmp_path, rev, words):
     """DVC warns, exits 0 and diffs an unreadable dvc.yaml as no params, metrics or plots at all."""
     out = tmp_path / "report.md"
@@ -178,7 +182,8 @@ def test_a_huge_report_is_cut_to_what_a_pull_request_comment_holds(hostile_revis
     text = out.read_text()
     assert "3000 metrics changed" in text.splitlines()[0]
     assert MAX_CHARS - 1000 < len(text) <= MAX_CHARS
-    assert text.splitlines()[-1].startswith("**Cut here**: 2") and "more than a pull-request comment holds" in text
+    assert re.match(r"\*\*Cut here\*\*: [\d,]+ characters are more than a pull-request comment holds",
+                    text.splitlines()[-1]), text.splitlines()[-1]
 
 
 @pytest.mark.parametrize("output", ["report.md", "pr/report.md"])
@@ -206,3 +211,59 @@ def test_report_copies_no_workspace_plot_that_links_out_of_the_project(hostile_r
     proc = run_report(checkout, "base", "-o", str(tmp_path / "report.md"))
     assert "plots/curve.csv: a link out of the project" in one_error_line(proc, "report")
     assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("option", ["-o", "--json"])
+def test_report_refuses_to_write_over_a_special_file(hostile_revisions, tmp_path, monkeypatch, capsys, option):
+    """A FIFO (or, as root, /dev/null) named as the report or its JSON would be replaced by a regular file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    monkeypatch.chdir(hostile_revisions.path)
+    argv = ["base", "base", "-o", str(tmp_path / "report.md"), option, str(fifo)]
+    assert run_in_process(lambda: report.main(argv)) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"report: error: {fifo}: is a FIFO; the report writes a new or regular file, through no link, "
+                    "into folders (name another -o)")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_report_reads_each_revision_once_as_git_and_dvc_both_see_it(hostile_revisions, monkeypatch, capsys):
+    """A tag named `workspace`: git reads the tag, DVC the working tree; refused. Others resolve to one ref."""
+    monkeypatch.chdir(hostile_revisions.path)
+    hostile_revisions.git("tag", "-f", WORKSPACE, "nan")
+    assert run_in_process(lambda: report.main([WORKSPACE, "base"])) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"report: error: '{WORKSPACE}': DVC reads this name as the working tree, not a revision")
+    commit = hostile_revisions.git("rev-parse", "base^{commit}").stdout.strip()
+    assert [check_revision(rev) for rev in ("base", commit, "base~0")] == ["refs/tags/base", commit, commit]
+
+
+# ---------------------------------------------------------------------------------------------- params.yaml
+
+@pytest.mark.parametrize("old, new", [("  seed: 0\n", "  seed: 017\n"), ("  lr: 0.01\n", "  lr: 1e-05\n")])
+def test_params_read_as_dvc_reads_them(old, new, tmp_path):
+    """What a stage runs is what dvc.lock records: YAML 1.2, DVC's own loader (017 is 17, not octal 15)."""
+    from dvc.utils.serialize import parse_yaml
+
+    text = (ROOT / PARAMS_FILE).read_text()
+    assert old in text
+    edited = text.replace(old, new, 1)
+    (tmp_path / "params.yaml").write_text(edited)
+    key = new.split(":")[0].strip()
+    assert params.load(tmp_path / "params.yaml")["train"][key] == parse_yaml(edited, "p")["train"][key]
+
+
+@pytest.mark.parametrize("write, words", [
+    (lambda p: p.write_text("mode: auto\nmode: frozen\n"), 'not valid YAML at line 2 (found duplicate key "mode"'),
+    (lambda p: p.write_text("a: &a [x, x]\nb: &b [*a, *a]\nmode: *b\n"), "uses a YAML alias"),
+    (lambda p: p.write_bytes(b"mode: \xff\n"), "not UTF-8 text (byte 6)"),
+    (lambda p: p.mkdir(), "cannot be read (Is a directory)"),
+    (lambda p: p.write_text((ROOT / PARAMS_FILE).read_text().replace("keep_bn_stats: false", "keep_bn_stats: yes")),
+     "train.keep_bn_stats: must be true or false, got 'yes'"),
+])
+def test_params_dvc_would_read_otherwise_or_not_at_all_are_one_line(write, words, tmp_path):
+    write(tmp_path / "params.yaml")
+    with pytest.raises(UserError) as err:
+        params.load(tmp_path / "params.yaml")
+    assert words in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,21 +13,57 @@ from typing import Any
 
 from transfer.core.errors import fail
 
+LINK_REFUSED = "a symbolic link where the pipeline writes (it could lead outside the project); remove it and run again"
+
 
 def check_no_links(path: str | os.PathLike) -> Path:
     """`path`, relative to the project root, with no symbolic link at it or on the way to it (checked
-    without following any): a checkout of an untrusted branch may commit links, and the pipeline
-    never writes or deletes through one, which could lead outside the project. Absolute paths (a
-    user's own --output) are the user's to choose and are returned as they are."""
+    without following any), and a folder at each step on the way: a checkout of an untrusted branch may
+    commit links, and the pipeline never writes or deletes through one, which could lead outside the
+    project. Absolute paths (a user's own --output) are the user's to choose and are returned as they are."""
     path = Path(path)
     if path.is_absolute():
         return path
     for depth in range(1, len(path.parts) + 1):
         step = Path(*path.parts[:depth])
         if step.is_symlink():
-            fail(f"{step}: a symbolic link where the pipeline writes (it could lead outside the project); "
-                 "remove it and run again")
+            fail(f"{step}: {LINK_REFUSED}")
+        if depth < len(path.parts) and step.exists() and not step.is_dir():
+            fail(f"{step}: not a folder, where the pipeline keeps one; remove it and run again")
     return path
+
+
+def kind_of(mode: int) -> str | None:
+    """What a file of this st_mode is, when not a folder or a regular file (the only kinds the pipeline
+    writes); None for those two."""
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def check_plain_tree(path: str | os.PathLike) -> Path:
+    """`path`, a folder relative to the project root that the pipeline fills and empties (.resume/<mode>),
+    with no link on the way to it and nothing at it or inside it, at any depth, but folders and regular
+    files: a link deep inside could make a library clearing its own folder (DVCLive) delete or write
+    outside the project. Walked without following anything; missing is fine."""
+    path = check_no_links(path)
+    for folder, dirs, files in os.walk(path, onerror=_walk_error):
+        for name in dirs + files:
+            entry = Path(folder, name)
+            kind = kind_of(os.lstat(entry).st_mode)
+            if kind == "a symbolic link":
+                fail(f"{entry}: {LINK_REFUSED}")
+            if kind:
+                fail(f"{entry}: {kind} where the pipeline writes (only files and folders belong there); "
+                     "remove it and run again")
+    return path
+
+
+def _walk_error(err: OSError) -> None:
+    if isinstance(err, NotADirectoryError) or os.path.lexists(err.filename):
+        fail(f"{err.filename}: not a folder, where the pipeline keeps one; remove it and run again")
 
 
 @contextlib.contextmanager

@@ -6,14 +6,11 @@ declares (`declared`), the same list dvc.yaml gives it, so that DVC re-runs it w
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from transfer.core.errors import UserError
+from transfer.core.errors import UserError, first_line
 from transfer.core.param_checks import (
     TRAIN_KEYS,
     Checker,
@@ -29,15 +26,26 @@ AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
 SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes"}
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 floats, as DVC reads and writes them: `1e-05` (what `dvc exp run -S x=1e-5` writes)
-    is a number, not the string PyYAML's YAML 1.1 rules make of it."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+def parse_yaml(text: str, where: str) -> Any:
+    """params.yaml as DVC reads it (dvc.utils.serialize.parse_yaml: ruamel.yaml, typ="safe", YAML 1.2), so
+    that what a stage runs is what dvc.lock and `dvc exp show` record: `seed: 017` is 17, `1:30` and
+    `yes` are strings, `1e-05` a float; a duplicate key is an error, as for DVC. Aliases are refused
+    before anything is expanded."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.events import AliasEvent
+
+    reader = YAML(typ="safe")
+    try:
+        if any(isinstance(event, AliasEvent) for event in reader.parse(text)):
+            raise UserError(f"{where}: uses a YAML alias (*name); write the values out")
+        return reader.load(text)
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{where}: not valid YAML{at} ({first_line(getattr(err, 'problem', None) or err)})") from None
 
 
 def check(params: Any, arch_check: Callable[[Checker, str, str, list], None] | None = None) -> dict:
@@ -99,9 +107,12 @@ def load(path: str | Path = PARAMS_FILE, arch_check: Callable[[Checker, str, str
     if not path.exists():
         raise UserError(f"{path}: missing (run from the project root)")
     try:
-        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
+    params = parse_yaml(text, str(path))
     return check(params, arch_check)
 
 

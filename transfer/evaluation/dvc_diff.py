@@ -59,11 +59,18 @@ def check_repository() -> None:
 
 
 def check_revision(rev: str) -> str:
+    """`rev` resolved once, as git and DVC both read it alike: its full ref name (refs/tags/..., refs/heads/...)
+    or else its commit. `workspace`, DVC's name for the working tree, is refused: git would read a tag of
+    that name, DVC the working tree."""
     if rev.startswith("-"):  # git and dvc would read it as an option (--output=<file> writes a file)
         fail(f"{rev!r}: starts with '-': not a revision")
-    if git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}") is None:
+    if rev == WORKSPACE:
+        fail(f"{rev!r}: DVC reads this name as the working tree, not a revision; name the commit (or refs/tags/{rev})")
+    commit = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+    if commit is None:
         fail(f"{rev!r}: no such git revision")
-    return rev
+    full = git("rev-parse", "--symbolic-full-name", rev) or ""  # no --end-of-options: here git prints it
+    return full if full.startswith("refs/") and "\n" not in full else commit
 
 
 def default_base() -> str:

@@ -5,11 +5,14 @@ across the modes tested. A new split (not the same images) is not paired: both W
 Then the report itself: the review after the one-line summary, then params, metrics and plots."""
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
 from transfer.core.errors import fail
+from transfer.core.files import kind_of
 from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, plural, summary_line
 from transfer.evaluation.mode_results import Table, parse_predictions
 from transfer.evaluation.stats import format_p, holm, paired, wilson_interval
@@ -164,6 +167,20 @@ def check_output(output: Path, files: bool = True) -> None:
     report writes. Every folder of a relative path is the checkout's; of an absolute one, only its own."""
     folders = [output.parent] if output.is_absolute() else [p for p in output.parents if p != Path(".")]
     for path in (*folders, *([files_dir(output)] if files else []), output):
-        if path.is_symlink() or path.exists() and path.is_dir() == (path == output):
-            what = "a link" if path.is_symlink() else "a folder" if path == output else "not a folder"
-            fail(f"{path}: is {what}; the report writes its files, through no link, into folders (name another -o)")
+        what = _unfit(path, path == output)
+        if what:
+            fail(f"{path}: is {what}; the report writes a new or regular file, through no link, into folders "
+                 "(name another -o)")
+
+
+def _unfit(path: Path, is_file: bool) -> str | None:
+    """What `path` is when the report cannot write there: a link, a special file (a device or FIFO would be
+    replaced by a regular file), a folder for a file, or a file for a folder; None when missing or fit."""
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink():
+        return "a link"
+    mode = os.stat(path).st_mode
+    if not is_file:
+        return None if stat.S_ISDIR(mode) else "not a folder"
+    return "a folder" if stat.S_ISDIR(mode) else kind_of(mode)
