@@ -5,6 +5,7 @@ the float file, and refused by the gate once its predictions are corrupted. No t
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -17,6 +18,8 @@ from tests.imagegen import make_image, write_class_folders
 from transfer.data.loaders import eval_transform, working_preprocess
 from transfer.evaluation.stats import mcnemar_exact
 from transfer.models.backbones import build_model
+from transfer.models.cost import LATENCY_RUNS, THREADS, THROUGHPUT_BATCH
+from transfer.models.deployment import report, table
 from transfer.models.folding import fold_batchnorm
 from transfer.models.onnx_model import OnnxClassifier, export
 from transfer.models.quantization import ALPHA, quantize, verdict, verdict_line
@@ -91,11 +94,14 @@ def onnx_pair(tmp_path_factory):
     float_path, int8_path = root / "model.onnx", root / "model.int8.onnx"
     export(model, meta, float_path)
     quantize(float_path, int8_path, (images[i:i + 8].numpy() for i in range(0, 16, 8)), root)
-    return float_path, int8_path, images
+    checkpoint = root / "model.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return SimpleNamespace(float_path=float_path, int8_path=int8_path, images=images, model=model,
+                           checkpoint=checkpoint)
 
 
 def test_int8_file_is_qdq_per_channel_with_the_float_metadata(onnx_pair):
-    float_path, int8_path, _ = onnx_pair
+    float_path, int8_path = onnx_pair.float_path, onnx_pair.int8_path
     graph = onnx.load(str(int8_path)).graph
     kinds = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
@@ -109,7 +115,7 @@ def test_int8_file_is_qdq_per_channel_with_the_float_metadata(onnx_pair):
 
 
 def test_predict_runs_the_int8_file_like_the_float_file(onnx_pair, tmp_path, capsys, monkeypatch):
-    float_path, int8_path, _ = onnx_pair
+    float_path, int8_path = onnx_pair.float_path, onnx_pair.int8_path
     photos = tmp_path / "photos"
     write_class_folders(photos, {"ants": 2, "bees": 2}, seed=3)
     monkeypatch.chdir(tmp_path)
@@ -131,7 +137,7 @@ def test_predict_runs_the_int8_file_like_the_float_file(onnx_pair, tmp_path, cap
 def test_the_gate_refuses_the_real_int8_file_once_its_predictions_are_corrupted(onnx_pair):
     """Labels: the float file's own answers, so float is right on every image; int8's real answers,
     then the same with its right answers turned wrong on as many images as McNemar finds significant."""
-    float_path, int8_path, images = onnx_pair
+    float_path, int8_path, images = onnx_pair.float_path, onnx_pair.int8_path, onnx_pair.images
     labels = OnnxClassifier(float_path).probabilities(images).argmax(1)
     int8_answers = OnnxClassifier(int8_path).probabilities(images).argmax(1)
     float_correct = [True] * IMAGES
@@ -144,3 +150,35 @@ def test_the_gate_refuses_the_real_int8_file_once_its_predictions_are_corrupted(
         corrupted[index] = False
     refused = verdict(float_correct, corrupted, *fast)
     assert not refused["kept"] and not refused["not_significantly_worse"]
+
+
+def test_deploy_report_names_the_machine_and_each_file_size_speed_and_accuracy(onnx_pair):
+    """results/deploy.json's fields from real timings of the three files (their values are not checked:
+    timings vary), and results/deploy.md's table of them with the verdict's line."""
+    images = onnx_pair.images.numpy()
+    correct = ([True] * IMAGES, [i % 10 != 0 for i in range(IMAGES)])
+    batch = np.resize(images, (THROUGHPUT_BATCH, *images.shape[1:]))
+    result = report(onnx_pair.model, onnx_pair.checkpoint, onnx_pair.float_path, onnx_pair.int8_path, correct,
+                    batch[:1], batch)
+    result["evaluated_on"] = "val"
+    assert result["machine"]["cpu"] and result["machine"]["threads"] == THREADS and result["machine"]["cpu_cores"] >= 1
+    paths = (onnx_pair.checkpoint, onnx_pair.float_path, onnx_pair.int8_path)
+    assert [row["file"] for row in result["files"]] == ["models/model.pt", "models/model.onnx",
+                                                        "models/int8/model.int8.onnx"]
+    for row, path in zip(result["files"], paths):
+        latency = row["latency_batch_1"]
+        assert row["megabytes"] == round(path.stat().st_size / 1e6, 3)
+        assert latency["runs"] >= LATENCY_RUNS >= 50 and latency["threads"] == THREADS
+        assert 0 < latency["median_ms"] <= latency["p95_ms"]
+        assert row[f"images_per_second_batch_{THROUGHPUT_BATCH}"] > 0
+    gate = result["int8"]
+    assert [row["published"] for row in result["files"]] == [True, True, gate["kept"]]
+    assert gate["accuracy"]["float"]["correct"] == IMAGES and gate["accuracy"]["int8"]["correct"] == sum(correct[1])
+    assert gate["accuracy"]["int8"]["low"] < gate["accuracy"]["int8"]["accuracy"] < gate["accuracy"]["int8"]["high"]
+    assert gate["size_ratio"] == round(result["files"][1]["megabytes"] / result["files"][2]["megabytes"], 3)
+    assert gate["latency_pairs"]["int8_median_ms"] == result["files"][2]["latency_batch_1"]["median_ms"]
+    text = table(result)
+    assert result["machine"]["cpu"] in text.splitlines()[0] and text.rstrip().endswith(gate["line"])
+    rows = [line for line in text.splitlines() if line.startswith("| models/")]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {row['file']}" for row in result["files"]]
+    assert f"{sum(correct[1])}/{IMAGES} = " in rows[2] and f"{IMAGES}/{IMAGES} = " in rows[1]
