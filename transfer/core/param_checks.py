@@ -174,7 +174,7 @@ def check_audit(c: Checker, audit: Any) -> None:
 
 def check_export(c: Checker, export: Any) -> None:
     export = c.section(export, "export", EXPORT_KEYS)
-    c.number(export, "export", "calibration_images", kind=int, low=1)
+    c.number(export, "export", "calibration_images", kind=int, low=0)
 
 
 def check_pack(c: Checker, pack: Any) -> None:

@@ -111,6 +111,9 @@ def publish(staged: Callable[[Path], Path], source: Path, calibration_images: in
     preprocess, split = meta["preprocess"], reporting_split()
     float_path, candidate = staged(EXPORTED_ONNX), staged(SCRATCH) / EXPORTED_INT8.name
     image, batch = timing_inputs(split, preprocess)
+    if not calibration_images:
+        result = unquantized_report(model, source, float_path, image, batch, "export.calibration_images is 0")
+        return finish(staged, result, split, candidate)
     try:  # onnxruntime refuses some graphs (e.g. an int8 depthwise conv larger than its tiny input): no int8
         quantize(float_path, candidate, calibration_batches(calibration_images, preprocess), staged(SCRATCH))
         int8_correct = right_or_wrong(candidate, split, preprocess)
@@ -122,6 +125,11 @@ def publish(staged: Callable[[Path], Path], source: Path, calibration_images: in
         result = report(model, source, float_path, candidate, (right_or_wrong(float_path, split, preprocess),
                                                                int8_correct), image, batch)
         result["int8"]["calibration_images"] = min(calibration_images, len(read_split("train").paths))
+    return finish(staged, result, split, candidate)
+
+
+def finish(staged: Callable[[Path], Path], result: dict, split: str, candidate: Path) -> str:
+    """Publish the int8 candidate if kept (its folder empty otherwise) and the report; the verdict's line."""
     result["evaluated_on"] = split
     staged(EXPORTED_INT8_DIR).mkdir()
     if result["int8"]["kept"]:
