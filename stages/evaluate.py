@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     written = (predictions_csv(mode), errors_png(mode), samples_png(mode), mode_details(mode), mode_metrics(mode))
     with publish.outputs(f"evaluate@{mode}", written) as staged:
         staged(predictions_csv(mode)).write_text(buffer.getvalue(), encoding="utf-8")
-        save_figure(error_grid(images, rows.labels, probs, names, mode, split), staged(errors_png(mode)))
+        save_figure(error_grid(images, rows.labels, probs, names, mode, split, model, meta["preprocess"]),
+                    staged(errors_png(mode)))
         save_figure(sample_grid(images, rows.labels, probs, names, mode, meta["arch"], split),
                     staged(samples_png(mode)))
         write_json(staged(mode_details(mode)), details)

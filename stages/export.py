@@ -6,8 +6,11 @@ onnxruntime, published only if it gives the PyTorch model's probabilities on eve
 data/store: transfer.models.onnx_model), results/headline.json (that mode's headline metrics from
 metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
-predictions on the first val images of each class). It reads only that mode's files and the val
-images, so switching `mode` re-trains nothing and takes seconds."""
+predictions on the first val images of each class), and for deployment models/int8/model.int8.onnx (the
+ONNX file quantized to int8, published only when a paired test on the reporting split finds it not
+significantly worse and measurably faster: transfer.models.deployment) with results/deploy.json and
+results/deploy.md (each published file's size, latency and throughput here, the int8 verdict). It reads
+only that mode's files and the images, so switching `mode` re-trains nothing."""
 from __future__ import annotations
 
 import shutil
@@ -18,7 +21,10 @@ from transfer.core import publish
 from transfer.core.errors import UserError
 from transfer.core.files import read_json, write_json
 from transfer.core.paths import (
+    DEPLOY_JSON,
+    DEPLOY_MD,
     EXPORT_PLOTS_DIR,
+    EXPORTED_INT8_DIR,
     EXPORTED_MODEL,
     EXPORTED_ONNX,
     EXPORTED_SAMPLES,
@@ -30,8 +36,9 @@ from transfer.core.paths import (
     samples_png,
 )
 from transfer.core.stage import log, run_main
+from transfer.models import deployment
 
-PARAMS = ("mode",)  # as dvc.yaml's export stage declares them
+PARAMS = ("mode", "export.calibration_images")  # as dvc.yaml's export stage declares them
 HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
@@ -83,8 +90,11 @@ def main() -> None:
     # Which split the scores are of: test where the dataset has one (val chose the kept epoch).
     headline["evaluated_on"] = read_json(mode_metrics(mode)).get("evaluated_on", "val")
 
-    with publish.outputs("export", (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL, EXPORTED_ONNX)) as staged:
+    written = (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL, EXPORTED_ONNX,
+               EXPORTED_INT8_DIR, DEPLOY_JSON, DEPLOY_MD)
+    with publish.outputs("export", written) as staged:
         onnx_report = publish_onnx(source, staged(EXPORTED_ONNX))  # first: a model that fails publishes nothing
+        int8_report = deployment.publish(staged, source, params["export"]["calibration_images"])
         plots = staged(EXPORT_PLOTS_DIR)  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()
         shutil.copyfile(samples, plots / EXPORTED_SAMPLES.relative_to(EXPORT_PLOTS_DIR))
@@ -94,6 +104,7 @@ def main() -> None:
     log(f"export: {mode} -> {EXPORTED_MODEL} "
         f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f}); "
         f"{onnx_report}")
+    log(f"export: {int8_report}")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,21 @@ def test_an_onnx_file_that_differs_is_one_line_and_not_published(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def assert_deploy_files(project, output: str) -> None:
+    """export's deployment files: int8 published exactly when the verdict keeps it (its folder empty
+    otherwise, and DVC content with that), the verdict's line logged and closing results/deploy.md,
+    and a row of results/deploy.json per file measured."""
+    deploy = json.loads((project.path / "results/deploy.json").read_text())
+    kept = deploy["int8"]["kept"]
+    assert sorted(p.name for p in (project.path / "models/int8").iterdir()) == (["model.int8.onnx"] if kept else [])
+    assert f"export: {deploy['int8']['line']}" in output
+    assert deploy["int8"]["line"].startswith("int8 kept: " if kept else "int8 not kept: ")
+    assert (project.path / "results/deploy.md").read_text().rstrip().endswith(deploy["int8"]["line"])
+    assert deploy["evaluated_on"] == "val" and deploy["machine"]["cpu"]
+    assert [row["file"] for row in deploy["files"]][:2] == ["models/model.pt", "models/model.onnx"]
+    assert "export" not in project.changed_stages()  # up to date (the audit, not run, is not)
+
+
 def readme_snippet() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Deploying with ONNX"):]
@@ -82,8 +97,10 @@ def test_export_writes_onnx_that_predict_and_the_readme_snippet_run(tmp_path):
     write_class_folders(data / "train", {"ants": 6, "bees": 6})
     write_class_folders(data / "val", {"ants": 3, "bees": 3}, seed=1)
     project = make_project(tmp_path / "project", data, modes=["frozen"])
+    project.set_params(export={"calibration_images": 8})  # make_project's projects skip int8: this one quantizes
     repro = project.dvc("repro", "export")  # the audit, a leaf, is not needed here
     assert "models/model.onnx gives the same top-1 on all 6 val images" in repro.stderr + repro.stdout
+    assert_deploy_files(project, repro.stderr + repro.stdout)
     photos = tmp_path / "photos"
     write_class_folders(photos, {"ants": 2, "bees": 2}, seed=5)
 

@@ -81,6 +81,9 @@ def test_real_params_are_valid():
 
 # (change to the real params, the key the problem names, words the problem says)
 SINGLE = [
+    # int8's calibration images: a whole number of at least one
+    ({"export__calibration_images": -1}, "export.calibration_images", "must be >= 0, got -1"),
+    ({"export__calibration_images": "64"}, "export.calibration_images", "must be a whole number, got '64'"),
     # the mode export publishes must be a key of `modes`
     ({"mode": "finetuned"}, "mode", f"unknown mode 'finetuned' (known: auto, {', '.join(REAL['modes'])})"),
     # backbones: unknown (with the known ones listed), image size too small or not the one it takes

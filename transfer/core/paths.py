@@ -53,6 +53,12 @@ SUMMARY_MD = Path("results/summary.md")
 # export
 EXPORTED_MODEL = MODELS_DIR / "model.pt"
 EXPORTED_ONNX = MODELS_DIR / "model.onnx"  # the same network for onnxruntime (transfer.models.onnx_model)
+# The int8 model, in a folder of its own: it holds model.int8.onnx when the paired gate keeps it and is
+# empty when it does not (DVC tracks an empty folder; a file output must always exist).
+EXPORTED_INT8_DIR = MODELS_DIR / "int8"
+EXPORTED_INT8 = EXPORTED_INT8_DIR / "model.int8.onnx"
+DEPLOY_JSON = Path("results/deploy.json")  # each published file's size and speed, int8's verdict
+DEPLOY_MD = Path("results/deploy.md")  # the same as a short table
 HEADLINE_JSON = Path("results/headline.json")
 EXPORT_PLOTS_DIR = Path("plots/model")
 EXPORTED_SAMPLES = EXPORT_PLOTS_DIR / "val_predictions.png"

@@ -1,18 +1,22 @@
-"""The image grids evaluate draws: the misclassified images, most confident first, and the model's
-predictions on the first images of each class in turn."""
+"""The image grids evaluate draws: the misclassified images, most confident first (with a CNN, each
+with the class activation map of its predicted class: transfer.evaluation.activation_maps), and the
+model's predictions on the first images of each class in turn."""
 from __future__ import annotations
 
 import torch
 from torchvision.transforms.v2.functional import to_pil_image
 
-from transfer.data.loaders import Images
+from transfer.core.stage import log
+from transfer.data.loaders import Images, crop_stack, normalized_batches
 
 MAX_ERRORS_SHOWN = 16
 SAMPLES_SHOWN = 16
 
 
 def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: list[str], mode: str,
-               split: str = "val"):
+               split: str = "val", model: torch.nn.Module | None = None, preprocess: dict | None = None):
+    """The misclassified images, most confident first; given the model and its preprocessing, the
+    crops it saw, each overlaid with the class activation map of the class it predicted."""
     from transfer.evaluation.figures import WRONG_COLOR, image_grid
 
     predicted = probs.argmax(1).tolist()
@@ -24,10 +28,33 @@ def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: li
         fig = Figure(figsize=(4, 1.2), dpi=100)
         fig.text(0.5, 0.5, f"{mode}: no misclassified {split} images", ha="center", va="center")
         return fig
-    return image_grid([to_pil_image(images[i]) for i in shown],
+    pictures = [to_pil_image(images[i]) for i in shown]
+    title = f"{mode}: {len(wrong)} of {len(labels)} {split} images misclassified"
+    if model is not None and preprocess is not None:
+        maps = overlaid_maps(model, preprocess, [images[i] for i in shown], [predicted[i] for i in shown])
+        if maps:
+            pictures, title = maps, f"{title}; Grad-CAM of the predicted class"
+    return image_grid(pictures,
                       [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in shown],
-                      colors=[WRONG_COLOR] * len(shown), columns=4,
-                      title=f"{mode}: {len(wrong)} of {len(labels)} {split} images misclassified")
+                      colors=[WRONG_COLOR] * len(shown), columns=4, title=title)
+
+
+def overlaid_maps(model: torch.nn.Module, preprocess: dict, images: list[torch.Tensor], classes: list[int]) -> list:
+    """The center crops the model saw, each under the class activation map of `classes` (PIL images);
+    [] with one line logged where the network gets none (a transformer, no convolutional block)."""
+    from torchcam.utils import overlay_mask
+
+    from transfer.evaluation.activation_maps import NoMaps, activation_maps
+
+    crops = crop_stack(images, preprocess)
+    batch, _ = next(normalized_batches(crops, torch.zeros(len(crops)), preprocess, len(crops)))
+    try:
+        maps = activation_maps(model, batch, classes)
+    except NoMaps as why:
+        log(f"no class activation maps on the misclassified images: {why}")
+        return []
+    return [overlay_mask(to_pil_image(crop), to_pil_image(heat, mode="F"), alpha=0.5)
+            for crop, heat in zip(crops, maps)]
 
 
 def round_robin(labels: list[int], num_classes: int, count: int) -> list[int]:
