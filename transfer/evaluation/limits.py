@@ -121,8 +121,8 @@ def selection_line(summary: dict) -> str:
     rows = check["modes"]
     if not check["disagree"]:
         closest = min(row["p_holm"] for row in rows.values())
-        return (f"Val (selection) and test (reporting) agree for every mode (Fisher's exact test, Holm; "
-                f"{stats.format_p(closest)} for the closest).")
+        return ("Val (selection) and test (reporting) do not differ significantly for any mode (Fisher's exact "
+                f"test, Holm; {stats.format_p(closest)} for the closest).")
     told = [f"{mode} {_share(rows[mode]['val_correct'], rows[mode]['val_images'])} on val against "
             f"{_share(summary['modes'][mode]['correct'], summary['modes'][mode]['images'])} on test, "
             f"{stats.format_p(rows[mode]['p_holm'])}" for mode in check["disagree"]]
