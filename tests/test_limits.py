@@ -2,6 +2,7 @@
 scores, against hand-computed p-values."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -81,3 +82,18 @@ def test_val_and_test_disagreeing_are_flagged_with_the_causes():
 def test_without_a_test_split_val_both_selects_and_reports():
     check = selection_check(counts([10, 10], [3, 3], [0, 0]), "val", {"m": None}, {"m": score(5, 6)}, ALPHA)
     assert check["disagree"] == [] and selection_line({"selection": check}) == f"Val against test: {NO_TEST_SPLIT}."
+
+
+@pytest.mark.parametrize("not_above, warned", [(["frozen"], True), (["scratch"], False)])
+def test_export_publishes_a_recommended_mode_below_the_baseline_with_a_warning(tmp_path, monkeypatch, capsys,
+                                                                                 not_above, warned):
+    """mode: auto still publishes compare's pick (the pipeline finishes), and says so when it is below."""
+    from stages.export import recommended_mode
+    from transfer.core.paths import SUMMARY_JSON
+
+    monkeypatch.chdir(tmp_path)
+    SUMMARY_JSON.parent.mkdir(parents=True)
+    SUMMARY_JSON.write_text(json.dumps({"verdict": {"recommended": "frozen"}, "baseline": {"not_above": not_above}}))
+    assert recommended_mode() == "frozen"
+    said = capsys.readouterr().err
+    assert ("warning: frozen is not significantly above the majority-class baseline" in said) == warned, said
