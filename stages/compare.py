@@ -15,6 +15,10 @@ The verdict reads every mode's predictions on the same reporting images (plots/p
 each pair of modes is tested on the images where one is right and the other wrong (exact McNemar,
 Holm-corrected), the modes no other mode beats significantly are `tied`, and the cheapest of them by
 train seconds is `recommended` (transfer.evaluation.stats.verdict). A tie is never shown as a win.
+The summary opens with the majority-class baseline on the same images (from split's metrics/data.json:
+the most common training class) and which modes are not significantly above it, a warning first when
+the recommended one is not, and val (selection) against test (reporting) where there is a test split
+(transfer.evaluation.limits).
 """
 from transfer.core import params as params_module
 from transfer.core import publish
@@ -27,13 +31,15 @@ from transfer.core.paths import (
     COMPARE_PLOTS_DIR,
     COMPARE_TRAIN_LOSS_CSV,
     COMPARE_VAL_ACC_CSV,
+    DATA_METRICS,
     SUMMARY_JSON,
     SUMMARY_MD,
 )
 from transfer.core.stage import log, run_main
 from transfer.evaluation.comparison_figures import confusion_figures, plot_accuracy_time, plot_error_curves
+from transfer.evaluation.limits import read_split_counts
 from transfer.evaluation.mode_results import load_mode, missing_inputs
-from transfer.evaluation.summary import curve_table, markdown_table, summarize, verdict_sentences
+from transfer.evaluation.summary import curve_table, markdown_table, opening, summarize
 
 PARAMS = ("modes",)  # as dvc.yaml's compare stage declares them
 # dvc.yaml's all-modes charts draw these files (the run's series, its column); a row per (epoch, mode),
@@ -51,7 +57,7 @@ def main() -> None:
         raise UserError(f"{missing[0]}: missing{more}; run the train and evaluate stages first (dvc repro)")
     # Every input is read and checked before anything is written: a bad input leaves no partial output.
     runs = {mode: load_mode(mode) for mode in modes}
-    summary = summarize(runs)
+    summary = summarize(runs, read_split_counts(DATA_METRICS))
 
     with publish.outputs("compare", (COMPARE_PLOTS_DIR, SUMMARY_MD, SUMMARY_JSON)) as staged:
         plots = staged(COMPARE_PLOTS_DIR)  # the whole folder at once: no stale figure of a removed mode
@@ -66,7 +72,8 @@ def main() -> None:
             inside(path).write_text(curve_table(runs, series, column), encoding="utf-8")
         write_text(staged(SUMMARY_MD), markdown_table(summary, runs))
         write_json(staged(SUMMARY_JSON), summary)
-    log(f"compare: {verdict_sentences(summary)}")
+    for line in opening(summary):
+        log(f"compare: {line}")
 
 
 if __name__ == "__main__":

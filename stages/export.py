@@ -72,6 +72,9 @@ def recommended_mode() -> str:
     mode = summary.get("verdict", {}).get("recommended") if isinstance(summary, dict) else None
     if not isinstance(mode, str):
         raise UserError(f"{SUMMARY_JSON}: names no recommended mode; re-run compare (dvc repro)")
+    if mode in (summary.get("baseline") or {}).get("not_above", []):  # published all the same, said loudly
+        log(f"warning: {mode} is not significantly above the majority-class baseline ({SUMMARY_JSON}); "
+            "it is published only as the least bad mode")
     return mode
 
 

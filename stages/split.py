@@ -14,6 +14,8 @@ Val selects (the kept epoch, early stopping), test only reports. Layouts (params
   auto         the first two when the folders look like them, else random
 prefix and random: data.test_fraction of each class (of all its images, rounded half up, at most all
 but one of those left after val) then goes from the rest to test, drawn seeded by data.split_seed.
+With data.group_duplicates, images whose thumbnails' perceptual hashes are close (transfer.data.grouping)
+go wholly to one side, each class keeping its counts where its single images allow.
 A single folder wrapping the dataset (hymenoptera_data/) is looked through, and so is the one folder
 holding a train/val split beside others (docs/)."""
 from __future__ import annotations
@@ -25,7 +27,7 @@ from transfer.core.stage import log, run_main
 from transfer.data.splitting import make_split, write_split
 
 PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.test_fraction", "data.split_seed",
-          "data.class_names", "data.exclude")
+          "data.class_names", "data.exclude", "data.group_duplicates")
 
 
 @run_main

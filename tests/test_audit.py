@@ -20,9 +20,8 @@ import yaml
 from PIL import Image
 
 from tests.conftest import HYMENOPTERA_ZIP, make_project
+from transfer.data.hashing import MAX_BUCKET, candidate_pairs
 from transfer.data.suspects import (
-    MAX_BUCKET,
-    candidate_pairs,
     dhash,
     flagged_outliers,
     label_issues,

@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import ROOT, copy_code, env_with_venv
 from transfer.evaluation.comparison_figures import confusion_figures, plot_error_curves
+from transfer.evaluation.limits import NO_TEST_SPLIT
 from transfer.evaluation.mode_results import load_mode
 from transfer.evaluation.stats import wilson_interval
 
@@ -26,6 +27,12 @@ SUMMARY_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epoc
 FIGURES = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion/all_modes.png"]
 OUTPUTS = [*FIGURES, "plots/compare/val_acc.csv", "plots/compare/train_loss.csv",
            "results/summary.json", "results/summary.md"]
+
+
+# split's metrics/data.json as far as compare reads it: ants is the most common training class
+DATA_METRICS = {"layout": "imagefolder", "classes": 2, "train": {"total": 40, "per_class": {"ants": 24, "bees": 16}},
+                "val": {"total": 20, "per_class": {"ants": 10, "bees": 10}},
+                "test": {"total": 0, "per_class": {"ants": 0, "bees": 0}}, "duplicates_count": 0}
 
 
 def fake_metrics(mode: str, accuracy: float, epochs: int) -> dict:
@@ -95,8 +102,8 @@ def compare_dir(tmp_path: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for mode, (accuracy, epochs) in RUNS.items():
         write_run(root, mode, accuracy, epochs)
-    # The split stage's metrics share the folder; compare must not take it for a mode.
-    (root / "metrics" / "data.json").write_text(json.dumps({"classes": 2, "train_images": 40, "val_images": 20}))
+    # The split stage's metrics share the folder; compare must not take it for a mode, and reads its counts.
+    (root / "metrics" / "data.json").write_text(json.dumps(DATA_METRICS))
     return root
 
 
@@ -157,6 +164,10 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     assert [row.split("|")[1].strip() for row in rows[2:]] == MODES
     assert [row.split("|")[2].strip() for row in rows[2:]] == ["recommended", "tied", "tied"]
     assert "85.0%" in rows[2] and "17/20" in rows[2] and "1,281" in rows[2]
+    # always answering ants gets the 10 ants of the 20 val images; without a test split, val reports
+    assert table[2].startswith("Baseline: always answering ants (the most common training class) gets 10/20 (50.0%)")
+    assert table[4] == f"Val against test: {NO_TEST_SPLIT}."
+    assert summary["baseline"]["correct"] == 10 and summary["baseline"]["not_above"] == []
 
 
 def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path, monkeypatch):
@@ -179,7 +190,7 @@ def test_compare_reads_resumed_log_and_missing_train_curve(compare_dir: Path, mo
 
 
 @pytest.mark.parametrize("missing", ["metrics/finetune.json", "results/details/freeze_unfreeze.json",
-                                     "dvclive/frozen/plots/metrics/val/acc.tsv"])
+                                     "dvclive/frozen/plots/metrics/val/acc.tsv", "metrics/data.json"])
 def test_compare_missing_input_is_one_line_and_writes_nothing(compare_dir: Path, missing: str):
     (compare_dir / missing).unlink()
     proc = run_compare(compare_dir)

@@ -123,6 +123,7 @@ SINGLE = [
     ({"data__test_fraction": 1}, "data.test_fraction", "must be < 1, got 1"),
     ({"data__test_fraction": -0.1}, "data.test_fraction", "must be >= 0"),
     ({"data__test_fraction": 0.7}, "data.test_fraction", "val_fraction + test_fraction must be < 1"),
+    ({"data__group_duplicates": "yes"}, "data.group_duplicates", "must be true or false, got 'yes'"),
     # early stopping and class weights
     ({"train__patience": 0}, "train.patience", "must be >= 1, got 0"),
     ({"modes__scratch__patience": 2.5}, "modes.scratch.patience", "must be a whole number"),

@@ -158,6 +158,21 @@ def test_clean_clone_repro_runs_every_stage_then_nothing(full):
     assert status.stdout.strip() == "Data and pipelines are up to date.", status.stdout
 
 
+def test_summary_shows_the_baseline_and_that_val_both_selects_and_reports(full):
+    """The verdict's baseline is the most common training class (split's metrics/data.json) scored on
+    the val images; without a test split the summary says that val both selects and reports."""
+    project = full.project
+    restore(project)
+    data = read_json(project.path / "metrics/data.json")
+    train = list(data["train"]["per_class"].items())
+    majority = max(train, key=lambda item: (item[1], -train.index(item)))[0]
+    baseline = read_json(project.path / "results/summary.json")["baseline"]
+    assert (baseline["class"], baseline["correct"]) == (majority, data["val"]["per_class"][majority])
+    text = (project.path / "results/summary.md").read_text(encoding="utf-8")
+    assert f"Baseline: always answering {majority} (the most common training class)" in text
+    assert "Val against test: no test split: val both selects and reports." in text
+
+
 # ---------------------------------------------------------------------------------------------- 4. review
 
 def test_exp_show_lists_every_mode_accuracy(full):

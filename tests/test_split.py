@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from transfer.core.errors import UserError
 from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
 from transfer.data import splitting
 from transfer.data.decode import UnreadableImage, open_rgb
+from transfer.data.grouping import keep_together
 
 DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
@@ -362,3 +364,65 @@ def test_real_hymenoptera_dataset_from_the_mirror(tmp_path, monkeypatch):
     assert metrics["train"]["per_class"] == {"ants": 124, "bees": 121}
     assert metrics["val"]["per_class"] == {"ants": 70, "bees": 83}
     assert metrics["skipped"] == [] and metrics["warnings"] == []
+
+
+# --- near-duplicates kept together --------------------------------------------------------------------
+
+def write_planted_groups(raw: Path, folders: list[str], distinct: int = 20, planted: int = 8) -> list[set[str]]:
+    """`distinct` generated pictures per class folder, and of `planted` of them two copies beside the
+    original (JPEG re-encodes at quality 60 and 85, which the criterion always finds): the planted groups,
+    as paths."""
+    write_class_folders(raw, {folder: distinct for folder in folders})
+    groups = []
+    for folder in folders:
+        for i in range(0, distinct, distinct // planted)[:planted]:
+            original = raw / folder / f"{folder}_{i:03d}.jpg"
+            with Image.open(original) as img:
+                for quality in (60, 85):
+                    img.save(original.with_name(f"{original.stem}_q{quality}.jpg"), quality=quality)
+            groups.append({f"{folder}/{p.name}" for p in (raw / folder).glob(f"{original.stem}*")})
+    return groups
+
+
+def parts_of(result: splitting.DatasetSplit) -> dict[str, str]:
+    return {path: part for part in ("train", "val", "test") for path, _ in getattr(result, part)}
+
+
+@pytest.mark.parametrize("layout, folders", [("random", ["ants", "bees"]), ("prefix", ["000-one", "001-two"])])
+def test_planted_near_duplicates_land_on_one_side_and_the_classes_keep_their_counts(tmp_path, layout, folders):
+    """Every planted group wholly in train, val or test; each class's count in each part within one
+    image of the stratified split without grouping; metrics/data.json counts the groups and the moves."""
+    raw = tmp_path / "raw"
+    planted = write_planted_groups(raw, folders)
+    apart = make_split(raw, layout=layout, test_fraction=0.2, group_duplicates=False)
+    together = make_split(raw, layout=layout, test_fraction=0.2, group_duplicates=True)
+    assert any(len({parts_of(apart)[path] for path in group}) > 1 for group in planted)  # the test means something
+    assert [len({parts_of(together)[path] for path in group}) for group in planted] == [1] * len(planted)
+    for part in ("train", "val", "test"):
+        before, after = per_class(getattr(apart, part)), per_class(getattr(together, part))
+        assert all(abs(after.get(label, 0) - count) <= 1 for label, count in before.items()), (part, before, after)
+    near = together.metrics()["near_duplicates"]
+    moved = sum(parts_of(apart)[path] != part for path, part in parts_of(together).items())
+    assert (near["groups"], near["images_in_groups"]) == (len(planted), sum(len(group) for group in planted))
+    assert near["images_moved"] == moved > 0 and near["pairs_across_splits"] == 0
+    assert apart.metrics()["near_duplicates"]["pairs_across_splits"] > 0
+
+
+def test_without_near_duplicates_grouping_changes_nothing(tmp_path):
+    raw = tmp_path / "raw"
+    write_class_folders(raw, {"ants": 30, "bees": 25})
+    together = make_split(raw, layout="random", test_fraction=0.2, group_duplicates=True)
+    assert together.metrics()["near_duplicates"]["groups"] == 0
+    assert parts_of(together) == parts_of(make_split(raw, layout="random", test_fraction=0.2, group_duplicates=False))
+
+
+def test_a_group_pulled_into_one_part_is_paid_back_by_single_images_of_its_class():
+    """Two of a group in train and two in val (room for two each way): the group goes to train, and
+    two single images of its class move from train to val, so that every count is as it was."""
+    parts = ["train"] * 7 + ["val"] * 3 + ["train", "val"]
+    labels = [0] * 10 + [1, 1]
+    group = [0, 1, 7, 8]
+    after = keep_together(parts, labels, [group], ("train", "val", "test"), "0")
+    assert {after[index] for index in group} == {"train"}
+    assert Counter(zip(labels, after, strict=True)) == Counter(zip(labels, parts, strict=True))
+    assert after[10:] == parts[10:]  # the other class untouched

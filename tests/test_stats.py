@@ -10,13 +10,16 @@ import pytest
 
 from transfer.evaluation.stats import (
     balanced_accuracy,
+    binomial_above,
     bootstrap_interval,
+    class_mix,
     detectable_difference,
     format_p,
     holm,
     macro_f1,
     mcnemar_exact,
     paired,
+    two_proportions,
     verdict,
     wilson_interval,
 )
@@ -358,3 +361,36 @@ def test_evaluate_scores_agree_with_sklearn_on_random_predictions():
             assert scores == pytest.approx([e[i] for e in expected[:3]], abs=1e-12)
             assert got["support"] == expected[3][i], trial
         assert per_class["confusion_matrix"]["matrix"] == confusion_matrix(actual, predicted, labels=indices).tolist()
+
+
+def test_binomial_above_by_hand():
+    """P(X >= k) for X ~ Binomial(n, rate): 9 or 10 heads of 10 fair coins is 11/1024; one-sided, so
+    a count below the rate is nowhere near significant."""
+    assert binomial_above(9, 10, 0.5) == pytest.approx(11 / 1024, rel=1e-12)
+    assert binomial_above(14, 20, 0.6) == pytest.approx(
+        sum(math.comb(20, k) * 0.6**k * 0.4 ** (20 - k) for k in range(14, 21)), rel=1e-12)
+    assert binomial_above(1, 10, 0.5) == pytest.approx(1 - 1 / 1024, rel=1e-12)
+    assert binomial_above(0, 0, 0.5) == 1.0
+
+
+def test_two_proportions_is_fishers_exact_by_hand():
+    """3/4 against 1/4: the hypergeometric table (1, 16, 36, 16, 1)/70 for 0..4 right of the 4 on one
+    side; two-sided, the tables no likelier than the observed 16/70: (1 + 16 + 16 + 1)/70. 6/6 against
+    0/6: the two extreme tables of C(12, 6) = 924."""
+    assert two_proportions(3, 4, 1, 4) == pytest.approx(34 / 70, rel=1e-12)
+    assert two_proportions(6, 6, 0, 6) == pytest.approx(2 / 924, rel=1e-12)
+    assert two_proportions(3, 6, 3, 6) == pytest.approx(1.0)
+    assert two_proportions(0, 0, 3, 6) == 1.0
+
+
+def test_class_mix_is_pearsons_chi_square_by_hand():
+    """2 x 2, one degree of freedom: chi2 = N (ad - bc)^2 / (row and column sums multiplied), p =
+    erfc(sqrt(chi2 / 2)); no continuity correction. Classes absent from both sides are left out."""
+    chi2 = 60 * (10 * 10 - 20 * 20) ** 2 / 30**4
+    assert class_mix([10, 20], [20, 10]) == pytest.approx(math.erfc(math.sqrt(chi2 / 2)), rel=1e-9)
+    assert class_mix([10, 0, 20], [20, 0, 10]) == pytest.approx(math.erfc(math.sqrt(chi2 / 2)), rel=1e-9)
+    # three classes, two degrees of freedom: the chi-square survival function is exp(-chi2 / 2)
+    expected = np.outer([30, 30], [15, 20, 25]) / 60  # row sums x column sums / N
+    chi2 = float((((np.array([[10, 10, 10], [5, 10, 15]]) - expected) ** 2) / expected).sum())
+    assert class_mix([10, 10, 10], [5, 10, 15]) == pytest.approx(math.exp(-chi2 / 2), rel=1e-9)
+    assert class_mix([10, 0], [5, 0]) == 1.0 and class_mix([3, 4], [0, 0]) == 1.0

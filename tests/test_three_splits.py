@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import make_project
 from tests.imagegen import write_class_folders
-from transfer.core.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_MD, mode_metrics, model_file
+from transfer.core.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_JSON, SUMMARY_MD, mode_metrics, model_file
 
 MODE = "frozen"
 
@@ -52,7 +52,10 @@ def test_test_folder_reports_and_never_moves_the_kept_epoch(tmp_path):
     before = read(project, mode_metrics(MODE))
     assert before["evaluated_on"] == "test" and set(before["val"]) >= {"accuracy", "macro_f1", "balanced_accuracy"}
     assert read(project, HEADLINE_JSON)["evaluated_on"] == "test"
-    assert "| test accuracy (95% interval) |" in (project.path / SUMMARY_MD).read_text(encoding="utf-8")
+    summary_md = (project.path / SUMMARY_MD).read_text(encoding="utf-8")
+    assert "| test accuracy (95% interval) |" in summary_md and "| val accuracy (selection) |" in summary_md
+    assert "Val (selection) and test (reporting)" in summary_md  # agree or disagree, said before the table
+    assert read(project, SUMMARY_JSON)["selection"]["modes"][MODE]["val_correct"] == before["val"]["correct"]
     weights, selection = kept(project)
 
     swap_test_labels(data)

@@ -256,7 +256,9 @@ def test_params_read_as_dvc_reads_them(old, new, tmp_path):
 
 @pytest.mark.parametrize("write, words", [
     (lambda p: p.write_text("mode: auto\nmode: frozen\n"), 'not valid YAML at line 2 (found duplicate key "mode"'),
-    (lambda p: p.write_text("a: &a [x, x]\nb: &b [*a, *a]\nmode: *b\n"), "uses a YAML alias"),
+    (lambda p: p.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{k}: &{k} [{', '.join([f'*{j}'] * 10)}]\n" for j, k in zip("abcdef", "bcdefg")) + "mode: *g\n"),
+     "expand it past 100,000 values"),
     (lambda p: p.write_bytes(b"mode: \xff\n"), "not UTF-8 text (byte 6)"),
     (lambda p: p.mkdir(), "cannot be read (Is a directory)"),
     (lambda p: p.write_text((ROOT / PARAMS_FILE).read_text().replace("keep_bn_stats: false", "keep_bn_stats: yes")),

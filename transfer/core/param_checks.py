@@ -27,7 +27,7 @@ PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_dr
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
-             "class_names", "exclude", "watch"}
+             "class_names", "exclude", "watch", "group_duplicates"}
 EXPORT_KEYS = {"calibration_images"}
 AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
               "outlier_neighbors", "outlier_mads"}
@@ -115,6 +115,7 @@ def check_data(c: Checker, data: Any) -> None:
         c.bad("data.test_fraction", f"val_fraction + test_fraction must be < 1 (some images must train), "
                                     f"got {val} + {test}")
     c.number(data, "data", "split_seed", kind=int)
+    c.boolean(data, "data", "group_duplicates")
     if data.get("class_names") is not None and not isinstance(data["class_names"], str):
         c.bad("data.class_names", f"must be null or the path of a JSON file, got {data['class_names']!r}")
     if "exclude" in data:

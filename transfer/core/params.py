@@ -26,27 +26,42 @@ from transfer.core.paths import PARAMS_FILE
 AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
 SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes", "export"}
 
-
+MAX_EXPANDED_VALUES = 100_000  # a params.yaml is a few hundred; aliases nested a few deep reach billions
 
 
 def parse_yaml(text: str, where: str) -> Any:
     """params.yaml as DVC reads it (dvc.utils.serialize.parse_yaml: ruamel.yaml, typ="safe", YAML 1.2), so
     that what a stage runs is what dvc.lock and `dvc exp show` record: `seed: 017` is 17, `1:30` and
-    `yes` are strings, `1e-05` a float; a duplicate key is an error, as for DVC. Aliases are refused
-    before anything is expanded."""
+    `yes` are strings, `1e-05` a float; a duplicate key is an error, as for DVC. Aliases (*name) work,
+    but a file whose aliases would expand it past MAX_EXPANDED_VALUES is refused before it is expanded."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
-    from ruamel.yaml.events import AliasEvent
 
     reader = YAML(typ="safe")
     try:
-        if any(isinstance(event, AliasEvent) for event in reader.parse(text)):
-            raise UserError(f"{where}: uses a YAML alias (*name); write the values out")
+        if expanded_size(reader.compose(text), {}, set()) > MAX_EXPANDED_VALUES:
+            raise UserError(f"{where}: its aliases (*name) expand it past {MAX_EXPANDED_VALUES:,} values; "
+                            "write the values out")
         return reader.load(text)
     except YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{where}: not valid YAML{at} ({first_line(getattr(err, 'problem', None) or err)})") from None
+
+
+def expanded_size(node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values the composed YAML `node` holds once every alias is expanded, counted without
+    expanding: an alias is the node it names, whose size is computed once."""
+    if node is None or id(node) in sizes:
+        return sizes.get(id(node), 0)
+    if id(node) in open_nodes:
+        raise UserError("params.yaml: an alias (*name) inside the value it names; write the values out")
+    open_nodes.add(id(node))
+    children = node.value if isinstance(node.value, list) else []
+    pairs = [item for child in children for item in (child if isinstance(child, tuple) else (child,))]
+    sizes[id(node)] = 1 + sum(expanded_size(child, sizes, open_nodes) for child in pairs)
+    open_nodes.discard(id(node))
+    return sizes[id(node)]
 
 
 def check(params: Any, arch_check: Callable[[Checker, str, str, list], None] | None = None) -> dict:

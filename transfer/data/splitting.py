@@ -17,6 +17,8 @@ from transfer.core.errors import fail
 from transfer.core.paths import CLASSES_JSON, DATA_METRICS, RAW_SKIPPED, split_csv
 from transfer.core.stage import log
 from transfer.data.decode import UnreadableImage, open_rgb
+from transfer.data.grouping import keep_together, near_duplicate_groups
+from transfer.data.hashing import thumbnail
 from transfer.data.layouts import (
     PREFIXED,
     class_folders,
@@ -47,6 +49,7 @@ class DatasetSplit:
     download_skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: left out by download
     unused: list[str] = field(default_factory=list)       # files outside the class folders
     excluded: list[str] = field(default_factory=list)     # left out as data.exclude lists them
+    near_duplicates: dict = field(default_factory=dict)   # groups of close perceptual hashes (_group_parts)
 
     def metrics(self) -> dict:
         def counts(rows):
@@ -62,20 +65,21 @@ class DatasetSplit:
                 "warnings": self.warnings, "download_skipped": self.download_skipped,
                 "download_skipped_count": len(self.download_skipped),
                 "unused_files": {"count": len(self.unused), "paths": self.unused[:UNUSED_LISTED]},
-                "excluded_count": len(self.excluded)}
+                "excluded_count": len(self.excluded), "near_duplicates": self.near_duplicates}
 
 
-def _check_image(path: Path) -> tuple[str | None, str | None]:
-    """(reason it is unusable, None) or (None, sha1 of its bytes).
+def _check_image(path: Path) -> tuple[str | None, str | None, bytes | None]:
+    """(reason it is unusable, None, None) or (None, sha1 of its bytes, its 9x8 grayscale thumbnail).
 
     A large JPEG is checked at 1/8 scale (draft mode): all its compressed data is still read and
     entropy-decoded, so a truncated or corrupt file fails as it would in full, for a fraction of the
-    work; pack then decodes each image once more, at the working size."""
+    work; the thumbnail (near-duplicates) comes from that same decode. pack then decodes each
+    image once more, at the working size."""
     try:
-        open_rgb(path, draft_size=CHECK_SIZE)
+        image = open_rgb(path, draft_size=CHECK_SIZE)
     except UnreadableImage as err:
-        return str(err), None
-    return None, hashlib.sha1(path.read_bytes()).hexdigest()
+        return str(err), None, None
+    return None, hashlib.sha1(path.read_bytes()).hexdigest(), thumbnail(image)
 
 
 def _val_indices(count: int, folder: str, layout: str, data: dict) -> set[int]:
@@ -122,6 +126,7 @@ class _Checked:
     usable: dict[str, dict[int, list[str]]]  # part ("train", "val" or "all") -> label -> paths
     found: list[int]                         # files per label, usable or not
     digests: dict[str, str | None] = field(default_factory=dict)  # path -> sha1 of its bytes, None if unusable
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # usable path -> its 9x8 grayscale thumbnail
     skipped: list[dict] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # data.exclude's paths found here: not opened, not used
 
@@ -139,13 +144,14 @@ def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mappin
         if relative in exclude:
             checked.excluded.append(relative)
             continue
-        reason, checked.digests[relative] = _check_image(path)
+        reason, checked.digests[relative], small = _check_image(path)
         checked.found[label] += 1
         if reason:
             log(f"skipped {relative}: {reason}")
             checked.skipped.append({"path": relative, "reason": reason})
         else:
             checked.usable[part][label].append(relative)
+            checked.thumbnails[relative] = small
     return checked
 
 
@@ -165,6 +171,29 @@ def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout:
     for rows in parts.values():
         rows.sort(key=lambda row: (row[1], row[0]))
     return parts
+
+
+def _group_parts(parts: dict[str, Rows], thumbnails: dict[str, bytes], layout: str, data: dict
+                 ) -> tuple[dict[str, Rows], dict]:
+    """The parts with each group of near-duplicates wholly on one side (data.group_duplicates, in a split
+    made here; the imagefolder layout's folders give theirs), and what metrics/data.json says of them."""
+    rows = [(part, path, label) for part in PARTS for path, label in parts[part]]
+    groups = near_duplicate_groups([thumbnails[path] for _, path, _ in rows])
+    before = [part for part, _, _ in rows]
+    grouped = bool(data["group_duplicates"]) and layout != "imagefolder"
+    after = keep_together(before, [label for *_, label in rows], groups.members, PARTS,
+                          f"{data['split_seed']}:groups") if grouped else before
+    regrouped: dict[str, Rows] = {part: [] for part in PARTS}
+    for part, (_, path, label) in zip(after, rows, strict=True):
+        regrouped[part].append((path, label))
+    for part_rows in regrouped.values():
+        part_rows.sort(key=lambda row: (row[1], row[0]))
+    near = {"grouped": grouped, "groups": len(groups.members),
+            "images_in_groups": sum(len(group) for group in groups.members),
+            "largest_group": max((len(group) for group in groups.members), default=0),
+            "images_moved": sum(a != b for a, b in zip(before, after, strict=True)), "pairs": len(groups.pairs),
+            "pairs_across_splits": int(sum(after[i] != after[j] for i, j in groups.pairs))}
+    return regrouped, near
 
 
 def _check_coverage(root: Path, folders: list[str], found: list[int], parts: dict[str, Rows], warnings: list[str]):
@@ -205,7 +234,12 @@ def make_split(raw: Path, data: dict) -> DatasetSplit:
     missing = sorted(exclude - set(checked.excluded))
     if missing:
         warnings.append(f"data.exclude: {len(missing)} paths are no image of the dataset, e.g. {missing[0]}")
-    parts = _assign(checked.usable, folders, layout, data)
+    parts, near = _group_parts(_assign(checked.usable, folders, layout, data), checked.thumbnails, layout,
+                               data)
+    if near["groups"]:
+        log(f"{near['groups']} groups of near-duplicates ({near['images_in_groups']} images): "
+            + (f"{near['images_moved']} images moved to keep each on one side" if near["grouped"]
+               else f"{near['pairs_across_splits']} near-duplicate pairs across the splits"))
     _check_coverage(root, folders, checked.found, parts, warnings)
     unused = unused_files(raw, root, sources, mapping_path)
     if unused:
@@ -218,7 +252,7 @@ def make_split(raw: Path, data: dict) -> DatasetSplit:
     if duplicates:
         log(f"{len(duplicates)} val or test images are byte-identical to training images (listed in {DATA_METRICS})")
     return DatasetSplit(layout, classes, parts["train"], parts["val"], parts["test"], checked.skipped, duplicates,
-                        warnings, download_skipped(raw), unused, sorted(checked.excluded))
+                        warnings, download_skipped(raw), unused, sorted(checked.excluded), near)
 
 
 def download_skipped(raw: Path) -> list[dict]:

@@ -4,13 +4,9 @@ Everything here works on arrays; transfer.evaluation.audit computes them from da
 the files.
 
 Near-duplicates in time linear in the images: every image has a 64-bit difference hash (dHash) of a
-9x8 grayscale thumbnail of the whole picture. The hash is cut into 4 bands of 16 bits and images
-sharing a band's value land in one bucket (two hashes at most 3 bits apart share a band by the
-pigeonhole principle; a resized, re-encoded copy is usually 0-2 bits off). Only pairs within a
-bucket are compared: by the Hamming distance of their full hashes, then by the cosine similarity of
-their features. A bucket larger than MAX_BUCKET (flat or very similar thumbnails) is sorted by the
-full hash and each image compared with the MAX_BUCKET images after it only, so the cost is at most
-4 x N x MAX_BUCKET comparisons whatever the data, and about 4 x N for ordinary photos."""
+9x8 grayscale thumbnail of the whole picture, and only the pairs transfer.data.hashing's band buckets
+find are compared: by the Hamming distance of their full hashes, then by the cosine similarity of
+their features."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BANDS = 4                # bands of 16 bits of the 64-bit hash: an exact match of one makes a candidate pair
-MAX_BUCKET = 256         # beyond this many images in one bucket, each is compared with its 256 hash neighbours
+from transfer.data.hashing import candidate_pairs
+
 MAX_HAMMING = 12         # of 64 bits: thumbnails further apart than this are not the same photo
 PAIR_CHUNK = 16384       # candidate pairs whose feature similarity is computed at once
 OUTLIER_REFERENCE = 10000  # nearest neighbours are searched among at most this many images (a seeded sample)
@@ -40,34 +36,6 @@ def normalized(features: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32): a dot product is then the cosine similarity."""
     feats = np.asarray(features, dtype=np.float32)
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-
-
-def _bucket_pairs(members: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (a < b) to compare within one bucket: all of them, or in a large bucket each image
-    with the MAX_BUCKET after it in the order of the full hashes."""
-    if len(members) <= MAX_BUCKET:
-        a, b = np.triu_indices(len(members), 1)
-        return members[a], members[b]
-    ordered = members[np.argsort(hashes[members], kind="stable")]
-    firsts, seconds = [], []
-    for offset in range(1, MAX_BUCKET + 1):
-        firsts.append(ordered[:-offset])
-        seconds.append(ordered[offset:])
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
-def candidate_pairs(hashes: np.ndarray) -> np.ndarray:
-    """[P, 2] distinct index pairs (i < j) whose hashes share a band exactly."""
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    found = [np.empty((0, 2), dtype=np.int64)]
-    for band in range(BANDS):
-        keys = (hashes >> np.uint64(16 * band)) & np.uint64(0xFFFF)
-        order = np.argsort(keys, kind="stable")
-        for members in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
-            if len(members) > 1:
-                a, b = _bucket_pairs(members, hashes)
-                found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], 1))
-    return np.unique(np.concatenate(found), axis=0)
 
 
 def near_duplicates(hashes: np.ndarray, features: np.ndarray, min_similarity: float) -> list[tuple[int, int, float]]:

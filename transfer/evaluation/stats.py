@@ -239,3 +239,44 @@ def format_p(p: float) -> str:
     if p >= 0.1:
         return f"p = {p:.2f}"
     return f"p = {p:.2g}"
+
+
+def binomial_above(correct: int, total: int, rate: float) -> float:
+    """One-sided exact binomial p-value that `correct` of `total` images is more than `rate` would give
+    by chance: P(X >= correct) for X ~ Binomial(total, rate). No images -> 1.0."""
+    if total < 0 or not 0 <= correct <= total or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"need 0 <= correct <= total and a rate in [0, 1], got {correct}/{total}, {rate}")
+    if total == 0:
+        return 1.0
+    from scipy.stats import binomtest  # here, not at the top: evaluate imports this module too
+
+    return float(binomtest(correct, total, rate, alternative="greater").pvalue)
+
+
+def two_proportions(correct_a: int, total_a: int, correct_b: int, total_b: int) -> float:
+    """Two-sided p-value that two accuracies measured on different images (an unpaired 2x2 table of
+    right and wrong) differ: Fisher's exact test, honest on the few images a val split often has."""
+    for correct, total in ((correct_a, total_a), (correct_b, total_b)):
+        if total < 0 or not 0 <= correct <= total:
+            raise ValueError(f"need 0 <= correct <= total, got {correct}/{total}")
+    if total_a == 0 or total_b == 0:
+        return 1.0
+    from scipy.stats import fisher_exact
+
+    table = [[correct_a, total_a - correct_a], [correct_b, total_b - correct_b]]
+    return float(fisher_exact(table, alternative="two-sided").pvalue)
+
+
+def class_mix(counts_a: Sequence[int], counts_b: Sequence[int]) -> float:
+    """p-value that two sets of images share one class mix: Pearson's chi-square on the 2 x classes table
+    of counts (no continuity correction, so that two and many classes are tested alike); classes absent
+    from both are left out. Fewer than two classes, or an empty side -> 1.0."""
+    table = np.array([counts_a, counts_b], dtype=np.int64)
+    if table.ndim != 2 or (table < 0).any():
+        raise ValueError(f"need two equally long rows of counts >= 0, got {counts_a} and {counts_b}")
+    table = table[:, table.sum(0) > 0]
+    if table.shape[1] < 2 or (table.sum(1) == 0).any():
+        return 1.0
+    from scipy.stats import chi2_contingency
+
+    return float(chi2_contingency(table, correction=False).pvalue)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
-from transfer.evaluation import stats
+from transfer.evaluation import limits, stats
 from transfer.evaluation.mode_results import SUMMARY_KEYS, paired_correct
 
 
@@ -21,7 +21,9 @@ def curve_table(runs: dict[str, dict], series: str, column: str) -> str:
     return buffer.getvalue()
 
 
-def summarize(runs: dict[str, dict]) -> dict:
+def summarize(runs: dict[str, dict], split_counts: dict) -> dict:
+    """The table, the verdict, the majority-class baseline and val against test; `split_counts` as
+    transfer.evaluation.limits.read_split_counts gives split's metrics/data.json."""
     table = {mode: {**{key: {**run["metrics"], **run["details"]}[key] for key in SUMMARY_KEYS},
                     "evaluated_on": run["metrics"].get("evaluated_on", "val")} for mode, run in runs.items()}
     found = stats.verdict(paired_correct(runs), {mode: row["train_seconds"] for mode, row in table.items()})
@@ -31,7 +33,13 @@ def summarize(runs: dict[str, dict]) -> dict:
     images = found["images"]
     verdict = {key: found[key] for key in ("tied", "recommended", "worse", "pairs", "alpha")}
     verdict["detectable_difference"] = stats.detectable_difference(images)
-    return {"modes": table, "verdict": verdict}
+    reporting = next(iter(table.values()))["evaluated_on"]
+    scores = found["accuracy"]
+    return {"modes": table, "verdict": verdict, "reporting": reporting,
+            "baseline": limits.baseline(split_counts, reporting, scores, found["alpha"]),
+            "selection": limits.selection_check(split_counts, reporting,
+                                                {mode: run["metrics"].get("val") for mode, run in runs.items()},
+                                                scores, found["alpha"])}
 
 
 def counts(summary: dict, modes: list[str]) -> str:
@@ -73,18 +81,42 @@ def verdict_sentences(summary: dict) -> str:
     return text + " (95% intervals and p-values after Holm's correction)."
 
 
+def opening(summary: dict) -> list[str]:
+    """The summary's first paragraphs: a warning when the recommended mode is not above the baseline,
+    the verdict, the baseline, val against test."""
+    base = limits.baseline_lines(summary)
+    warning = base[:-1]  # the warning, when there is one, comes before everything else
+    return [*warning, verdict_sentences(summary), base[-1], limits.selection_line(summary)]
+
+
+def _baseline_cell(summary: dict, mode: str) -> str:
+    test = summary["baseline"]["modes"][mode]
+    return f"{'yes' if test['above'] else '**no**'} ({stats.format_p(test['p_holm'])})"
+
+
+def _val_cell(summary: dict, mode: str) -> str:
+    row = summary["selection"]["modes"].get(mode)
+    if row is None:
+        return ""
+    share = f"{row['val_correct'] / row['val_images']:.1%} ({row['val_correct']}/{row['val_images']})"
+    return f" {share}{', **disagrees**' if row['disagree'] else ''} |"
+
+
 def markdown_table(summary: dict, runs: dict[str, dict]) -> str:
-    split = next(iter(summary["modes"].values()))["evaluated_on"]  # test, or val without a test set
+    split = summary["reporting"]  # test, or val without a test set
     verdict = summary["verdict"]
-    lines = [verdict_sentences(summary), "",
-             f"| mode | verdict | {split} accuracy (95% interval) | right | balanced acc. | macro F1 | best epoch "
-             "| train time (s) | trainable params |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    val_column = bool(summary["selection"]["modes"])
+    lines = ["\n\n".join(opening(summary)), "",
+             f"| mode | verdict | {split} accuracy (95% interval) | right | above baseline |"
+             + (" val accuracy (selection) |" if val_column else "")
+             + " balanced acc. | macro F1 | best epoch | train time (s) | trainable params |",
+             "|---|---|---:|---:|---|" + ("---:|" if val_column else "") + "---:|---:|---:|---:|---:|"]
     for mode, row in summary["modes"].items():
         said = "recommended" if mode == verdict["recommended"] else "tied" if mode in verdict["tied"] else "worse"
         low, high = row["accuracy_ci"]
         lines.append(f"| {mode} | {said} | {row['accuracy']:.1%} ({low:.1%}-{high:.1%}) "
-                     f"| {row['correct']}/{row['images']} | {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
+                     f"| {row['correct']}/{row['images']} | {_baseline_cell(summary, mode)} |{_val_cell(summary, mode)}"
+                     f" {row['balanced_accuracy']:.1%} | {row['macro_f1']:.3f} "
                      f"| {row['best_epoch']} | {row['train_seconds']:.0f} | {row['trainable_params']:,} |")
     first = next(iter(runs.values()))["details"]
     images = first.get(f"{split}_images")
