@@ -39,6 +39,7 @@ INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "ham
 ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
              "class_names", "exclude", "watch"}
+EXPORT_KEYS = {"target_accuracy"}
 AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
               "outlier_neighbors", "outlier_mads"}
 
@@ -169,6 +170,13 @@ def check_audit(c: Checker, audit: Any) -> None:
     c.number(audit, "audit", "duplicate_similarity", low=-1, high=1)
     c.number(audit, "audit", "outlier_neighbors", kind=int, low=1)
     c.number(audit, "audit", "outlier_mads", low=0, low_open=True)
+
+
+def check_export(c: Checker, export: Any) -> None:
+    export = c.section(export, "export", EXPORT_KEYS)
+    if "target_accuracy" not in export:
+        c.bad("export.target_accuracy", "missing (null: off)")
+    c.number(export, "export", "target_accuracy", low=0, high=1, low_open=True, optional=True)
 
 
 def check_pack(c: Checker, pack: Any) -> None:

@@ -19,6 +19,7 @@ from transfer.core.param_checks import (
     Checker,
     check_audit,
     check_data,
+    check_export,
     check_mode,
     check_pack,
     check_train,
@@ -26,7 +27,7 @@ from transfer.core.param_checks import (
 from transfer.core.paths import PARAMS_FILE
 
 AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
-SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes"}
+SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes", "export"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -53,6 +54,7 @@ def check(params: Any, arch_check: Callable[[Checker, str], None] | None = None)
     check_data(c, top.get("data"))
     check_pack(c, top.get("pack"))
     check_audit(c, top.get("audit"))
+    check_export(c, top.get("export"))
     model = c.section(top.get("model"), "model", {"arch"})
     train = c.section(top.get("train"), "train", TRAIN_KEYS)
     check_train(c, train, "train", partial=False)
