@@ -10,7 +10,16 @@ import torch
 
 from tests.conftest import make_project
 from tests.imagegen import write_class_folders
-from transfer.core.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_MD, mode_metrics, model_file
+from transfer.core.paths import (
+    DATA_METRICS,
+    HEADLINE_JSON,
+    SUMMARY_MD,
+    mode_details,
+    mode_metrics,
+    model_file,
+    predictions_csv,
+    val_predictions_csv,
+)
 
 MODE = "frozen"
 
@@ -53,6 +62,14 @@ def test_test_folder_reports_and_never_moves_the_kept_epoch(tmp_path):
     assert before["evaluated_on"] == "test" and set(before["val"]) >= {"accuracy", "macro_f1", "balanced_accuracy"}
     assert read(project, HEADLINE_JSON)["evaluated_on"] == "test"
     assert "| test accuracy (95% interval) |" in (project.path / SUMMARY_MD).read_text(encoding="utf-8")
+    # the temperature is fit on val and scored on test, which it never saw: no cross-fitting
+    calibration = read(project, mode_details(MODE))["calibration"]
+    assert (calibration["fitted_on"], calibration["scored_on"]) == ("val", "test")
+    assert calibration["scored_by"] == "the temperature fit on all of val"
+    lines = {path: (project.path / path).read_text(encoding="utf-8").splitlines()
+             for path in (predictions_csv(MODE), val_predictions_csv(MODE))}
+    assert [len(rows) - 1 for rows in lines.values()] == [6, 8]  # test's images, val's images
+    assert lines[predictions_csv(MODE)][0] == lines[val_predictions_csv(MODE)][0]  # the same columns
     weights, selection = kept(project)
 
     swap_test_labels(data)
