@@ -1,6 +1,7 @@
 """Stage evaluate@<mode>: metrics/<mode>.json (the headline numbers), results/details/<mode>.json
-(per-class scores, confusion matrix, model size), per-image predictions (a DVC confusion plot), a grid
-of the misclassified images and one of the first images of each class.
+(per-class scores, confusion matrix, model size, calibration), per-image predictions (a DVC confusion
+plot; and val's, for export's unsure threshold), a grid of the misclassified images, one of the first
+images of each class, and the reliability diagram and risk-coverage curve (transfer.evaluation.calibration).
 
 All of them are of the split that reports: test when the dataset has one (val chose the kept epoch,
 so its scores are optimistic), else val; `evaluated_on` says which, and with a test set the val
@@ -8,18 +9,29 @@ scores stand beside the test ones under `val`."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+
+import torch
 
 from transfer.core import params as params_module
 from transfer.core import publish
 from transfer.core.devices import bf16_inference, pick_device
 from transfer.core.files import save_figure, write_json
-from transfer.core.paths import errors_png, mode_details, mode_metrics, model_file, predictions_csv, samples_png
+from transfer.core.paths import (
+    calibration_png,
+    errors_png,
+    mode_details,
+    mode_metrics,
+    model_file,
+    predictions_csv,
+    samples_png,
+    val_predictions_csv,
+)
 from transfer.core.stage import log, run_main
 from transfer.data.loaders import StoreImages, read_classes, read_split
+from transfer.evaluation.calibration import calibrate, calibrated
+from transfer.evaluation.calibration_figures import calibration_figure
 from transfer.evaluation.grids import error_grid, sample_grid
-from transfer.evaluation.scores import headline_scores, mode_files, predict_probabilities, reporting_split
+from transfer.evaluation.scores import headline_scores, mode_files, predict_logits, predictions_text, reporting_split
 from transfer.models.checkpoints import check_belongs, load_checkpoint
 
 PARAMS = ("train.device", "train.inference_dtype", "modes.{mode}")  # as dvc.yaml's evaluate stage declares them
@@ -39,26 +51,36 @@ def main(argv: list[str] | None = None) -> None:
 
     def predict(name: str):  # images read a batch at a time: memory flat in the dataset size
         rows, images = read_split(name), StoreImages(name, meta["preprocess"])
-        return rows, images, predict_probabilities(model, images, rows.labels, meta["preprocess"], device, bf16)
+        return rows, images, predict_logits(model, images, rows.labels, meta["preprocess"], device, bf16)
 
-    rows, images, probs = predict(split)
-    val_scores = headline_scores(predict("val")[2], read_split("val").labels, names) if split == "test" else None
+    rows, images, logits = predict(split)
+    val_rows, _, val_logits = predict("val") if split == "test" else (rows, images, logits)
+    probs = torch.softmax(logits, 1)
+    val_scores = headline_scores(torch.softmax(val_logits, 1), val_rows.labels, names) if split == "test" else None
     metrics, details = mode_files(mode, meta, probs, rows.labels, split, val_scores)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "actual", "predicted", "confidence"])
-    for path, label, p in zip(rows.paths, rows.labels, probs):
-        writer.writerow([path, names[label], names[int(p.argmax())], f"{p.max().item():.4f}"])
-    written = (predictions_csv(mode), errors_png(mode), samples_png(mode), mode_details(mode), mode_metrics(mode))
+    calibration, after = calibrate(val_logits, val_rows.labels, logits, rows.labels, split)
+    temperature = calibration["temperature"]
+    metrics.update(calibrated_ece=calibration["after"]["ece"], temperature=temperature)
+    details["calibration"] = calibration
+    shown = calibrated(logits, temperature)  # the confidence a user of the published model sees
+    written = (predictions_csv(mode), val_predictions_csv(mode), errors_png(mode), samples_png(mode),
+               calibration_png(mode), mode_details(mode), mode_metrics(mode))
     with publish.outputs(f"evaluate@{mode}", written) as staged:
-        staged(predictions_csv(mode)).write_text(buffer.getvalue(), encoding="utf-8")
-        save_figure(error_grid(images, rows.labels, probs, names, mode, split, model, meta["preprocess"]),
+        staged(predictions_csv(mode)).write_text(
+            predictions_text(rows.paths, rows.labels, names, probs, shown), encoding="utf-8")
+        staged(val_predictions_csv(mode)).write_text(
+            predictions_text(val_rows.paths, val_rows.labels, names, torch.softmax(val_logits, 1),
+                             calibrated(val_logits, temperature)), encoding="utf-8")
+        save_figure(error_grid(images, rows.labels, shown, names, mode, split, model, meta["preprocess"]),
                     staged(errors_png(mode)))
-        save_figure(sample_grid(images, rows.labels, probs, names, mode, meta["arch"], split),
+        save_figure(sample_grid(images, rows.labels, shown, names, mode, meta["arch"], split),
                     staged(samples_png(mode)))
+        save_figure(calibration_figure(probs, after, rows.labels, calibration, mode, split),
+                    staged(calibration_png(mode)))
         write_json(staged(mode_details(mode)), details)
         write_json(staged(mode_metrics(mode)), metrics)
-    log(f"evaluate@{mode}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    log(f"evaluate@{mode}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+        f"ECE {calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f} (temperature {temperature:.3f})")
 
 
 if __name__ == "__main__":

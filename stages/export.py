@@ -1,10 +1,13 @@
 """Stage export: publish the model of the mode named by params `mode`, or with `mode: auto` the mode
 compare recommends (results/summary.json: the cheapest of the modes no other beats significantly).
 
-Writes models/model.pt (a byte copy of models/modes/<mode>.pt), models/model.onnx (the same network for
-onnxruntime, published only if it gives the PyTorch model's probabilities on every val image of
-data/store: transfer.models.onnx_model), results/headline.json (that mode's headline metrics from
-metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json) and
+Writes models/model.pt (models/modes/<mode>.pt with the temperature evaluate@<mode> fit on val, from
+results/details/<mode>.json, and the unsure threshold), models/model.onnx (the same network and temperature
+for onnxruntime, published only if it gives the PyTorch model's calibrated probabilities on every val image
+of data/store: transfer.models.onnx_model), results/headline.json (that mode's headline metrics from
+metrics/<mode>.json and the split they are of, its name and arch from results/details/<mode>.json; with
+params export.target_accuracy, the unsure threshold chosen on val and its coverage and accuracy on the
+reporting split: transfer.evaluation.unsure) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
 predictions on the first val images of each class), and for deployment models/int8/model.int8.onnx (the
 ONNX file quantized to int8, published only when a paired test on the reporting split finds it not
@@ -33,13 +36,18 @@ from transfer.core.paths import (
     mode_details,
     mode_metrics,
     model_file,
+    predictions_csv,
     samples_png,
+    val_predictions_csv,
 )
 from transfer.core.stage import log, run_main
 from transfer.models import deployment
+from transfer.models.checkpoints import save_calibrated
 
-PARAMS = ("mode", "export.calibration_images")  # as dvc.yaml's export stage declares them
-HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy")
+PARAMS = ("mode", "export.calibration_images", "export.target_accuracy")  # as dvc.yaml's export stage declares them
+# What headline.json shows of the unsure threshold (transfer.evaluation.unsure): few rows of `dvc metrics diff`.
+UNSURE_KEYS = ("threshold", "coverage", "coverage_ci", "accuracy", "accuracy_ci", "scored_by")
+HEADLINE_KEYS = ("accuracy", "macro_f1", "balanced_accuracy", "calibrated_ece")
 
 
 def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
@@ -51,19 +59,43 @@ def read_field(path: Path, mode: str, keys: tuple[str, ...]) -> dict:
     return {key: data[key] for key in keys}
 
 
-def publish_onnx(source: Path, target: Path) -> str:
-    """The ONNX file of the checkpoint at `source`, written to `target` and checked against the
-    checkpoint on the val images: one line and no file where they differ."""
+def publish_onnx(source: Path, target: Path, calibration: dict) -> str:
+    """The ONNX file of the checkpoint at `source` with the `calibration` fields (temperature, unsure
+    threshold), written to `target` and checked against the checkpoint's calibrated probabilities on the
+    val images: one line and no file where they differ."""
     from transfer.data.loaders import StoreImages, eval_batches, read_split
     from transfer.models.checkpoints import load_checkpoint
     from transfer.models.onnx_model import check_parity, export
 
     model, meta = load_checkpoint(source, device="cpu")
+    meta.update(calibration)
     images = StoreImages("val", meta["preprocess"])
     batches = (x for x, _ in eval_batches(images, read_split("val").labels, meta["preprocess"], 16))
     export(model, meta, target)
-    count, largest = check_parity(model, target, batches)
+    count, largest = check_parity(model, target, batches, calibration["temperature"])
     return f"{EXPORTED_ONNX} gives the same top-1 on all {count} val images, probabilities within {largest:.1e}"
+
+
+def calibration_of(mode: str, target_accuracy: float | None, split: str) -> tuple[dict, dict | None]:
+    """({"temperature", "min_confidence"} of the published model, the unsure report or None): the
+    temperature evaluate@<mode> fit, and with `target_accuracy` the threshold chosen on val's calibrated
+    predictions, scored on the reporting `split`'s."""
+    from transfer.evaluation.unsure import read_confidences, unsure_report
+    from transfer.models.checkpoints import calibration_problems
+
+    details = mode_details(mode)
+    found = read_field(details, mode, ("calibration",))["calibration"]
+    calibration = {"temperature": found.get("temperature") if isinstance(found, dict) else None,
+                   "min_confidence": None}
+    problems = calibration_problems(calibration)
+    if problems:
+        raise UserError(f"{details}: calibration.{problems[0]}; re-run evaluate@{mode} (dvc repro)")
+    if target_accuracy is None:
+        return calibration, None
+    report = unsure_report(read_confidences(val_predictions_csv(mode)), read_confidences(predictions_csv(mode)),
+                           target_accuracy, split)
+    calibration["min_confidence"] = report["threshold"]
+    return calibration, report
 
 
 def recommended_mode() -> str:
@@ -92,21 +124,30 @@ def main() -> None:
                 **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
     # Which split the scores are of: test where the dataset has one (val chose the kept epoch).
     headline["evaluated_on"] = read_json(mode_metrics(mode)).get("evaluated_on", "val")
+    calibration, unsure = calibration_of(mode, params["export"]["target_accuracy"], headline["evaluated_on"])
+    if unsure is not None:
+        headline["unsure"] = {key: unsure[key] for key in UNSURE_KEYS}
 
     written = (EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL, EXPORTED_ONNX,
                EXPORTED_INT8_DIR, DEPLOY_JSON, DEPLOY_MD)
     with publish.outputs("export", written) as staged:
-        onnx_report = publish_onnx(source, staged(EXPORTED_ONNX))  # first: a model that fails publishes nothing
-        int8_report = deployment.publish(staged, source, params["export"]["calibration_images"])
+        # first: a model that fails publishes nothing
+        onnx_report = publish_onnx(source, staged(EXPORTED_ONNX), calibration)
         plots = staged(EXPORT_PLOTS_DIR)  # the whole folder: no stale figure of an earlier mode
         plots.mkdir()
         shutil.copyfile(samples, plots / EXPORTED_SAMPLES.relative_to(EXPORT_PLOTS_DIR))
         write_json(staged(HEADLINE_JSON), headline)
-        # A byte copy, not a re-save: DVC stores identical files once, so the export costs no cache space.
-        shutil.copyfile(source, staged(EXPORTED_MODEL))
+        save_calibrated(source, staged(EXPORTED_MODEL), calibration)
+        # the int8 file is quantized from the float ONNX file, temperature and metadata included
+        int8_report = deployment.publish(staged, staged(EXPORTED_MODEL), params["export"]["calibration_images"])
     log(f"export: {mode} -> {EXPORTED_MODEL} "
-        f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f}); "
-        f"{onnx_report}")
+        f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f}, "
+        f"temperature {calibration['temperature']:.3f}); {onnx_report}")
+    if unsure is not None:
+        low, high = unsure["accuracy_ci"]
+        log(f"export: unsure below {unsure['threshold']:.4f} (chosen on val for accuracy "
+            f"{unsure['target_accuracy']}); on {unsure['scored_on']}: keeps {unsure['kept']} of {unsure['images']} "
+            f"images, {unsure['accuracy']:.4f} accurate [{low:.3f}, {high:.3f}]")
     log(f"export: {int8_report}")
 
 

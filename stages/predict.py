@@ -26,6 +26,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict",
@@ -35,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  python -m stages.predict --top-k 1 data/raw/hymenoptera_data/val\n"
                "  python -m stages.predict --json --model models/modes/frozen.pt a.png b.png\n"
                "  python -m stages.predict --model models/model.onnx photo.jpg    # through onnxruntime\n"
+               "  python -m stages.predict --min-confidence 0.9 photos/    # unsure below 0.9\n"
                "The model comes from the pipeline: run `dvc repro` (or `dvc pull`) first.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH",
@@ -45,8 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "models/model.onnx runs the exported ONNX file through onnxruntime)")
     parser.add_argument("--top-k", type=positive_int, default=3,
                         help="how many classes to print per image (default: 3; at most the number of classes)")
+    parser.add_argument("--min-confidence", type=probability, default=None, metavar="X",
+                        help="say unsure of an image whose top calibrated probability is below X (default: the "
+                             "model's own threshold, set by params export.target_accuracy; 0: never unsure)")
     parser.add_argument("--json", action="store_true",
-                        help='print one JSON list of {"path", "top": [{"class", "probability"}]} '
+                        help='print one JSON list of {"path", "top": [{"class", "probability"}], "unsure"} '
                              '(or {"path", "error"} for an unreadable file)')
     return parser.parse_args(argv)
 
@@ -54,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def text_line(result: dict) -> str:
     if "error" in result:
         return f"{result['path']}: {result['error']}"
-    return f"{result['path']}: " + ", ".join(f"{t['class']} {t['probability']:.2f}" for t in result["top"])
+    classes = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in result["top"])
+    return f"{result['path']}: unsure ({classes})" if result["unsure"] else f"{result['path']}: {classes}"
 
 
 @run_main
@@ -75,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model, meta = load_checkpoint(args.model, device="cpu")
     top_k = min(args.top_k, len(meta["class_names"]))
-    results = classify(model, meta, files, top_k)
+    threshold = args.min_confidence if args.min_confidence is not None else meta.get("min_confidence")
+    results = classify(model, meta, files, top_k, threshold)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:

@@ -39,6 +39,7 @@ from transfer.core.paths import (
     STORE_DIR,
     SUMMARY_JSON,
     SUMMARY_MD,
+    calibration_png,
     errors_png,
     live_dir,
     mode_details,
@@ -46,6 +47,7 @@ from transfer.core.paths import (
     model_file,
     predictions_csv,
     samples_png,
+    val_predictions_csv,
 )
 
 MODE = "frozen"
@@ -60,7 +62,8 @@ STAGES = [
     ("pack", ["pack"], [STORE_DIR]),
     (f"train@{MODE}", ["train", MODE], [model_file(MODE), live_dir(MODE)]),
     (f"evaluate@{MODE}", ["evaluate", MODE],
-     [predictions_csv(MODE), errors_png(MODE), samples_png(MODE), mode_details(MODE), mode_metrics(MODE)]),
+     [predictions_csv(MODE), val_predictions_csv(MODE), errors_png(MODE), samples_png(MODE), calibration_png(MODE),
+      mode_details(MODE), mode_metrics(MODE)]),
     ("compare", ["compare"], [COMPARE_PLOTS_DIR, SUMMARY_MD, SUMMARY_JSON]),
     ("export", ["export"], [EXPORT_PLOTS_DIR, HEADLINE_JSON, EXPORTED_MODEL]),
 ]

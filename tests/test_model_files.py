@@ -111,6 +111,9 @@ ONNX_EDITS = {
     "fewer class names than classes": ({"class_names": json.dumps(NAMES[:-1])}, FEWER_NAMES),
     "no arch": ({"arch": None}, "arch: missing"),
     "class_names not JSON": ({"class_names": ", ".join(NAMES)}, "class_names: not JSON"),
+    "temperature 0": ({"temperature": "0"}, "temperature: must be a number above 0, got 0"),
+    "temperature not JSON": ({"temperature": "hot"}, "temperature: not JSON"),
+    "unsure threshold above 1": ({"min_confidence": "2"}, "min_confidence: must be null or a number from 0 to 1"),
 }
 
 
@@ -169,6 +172,10 @@ CHECKPOINT_EDITS = {
                               f"preprocess.interpolation: must be one of {', '.join(INTERPOLATIONS)}, got 'sinc'"),
     "invalid timm pretrained tag": (lambda ck: ck.update(arch="timm/resnet18.bogus"),
                                     ": arch: timm model resnet18 has no pretrained tag 'bogus' (its tags: "),
+    "negative temperature": (lambda ck: ck.update(temperature=-1.0), "temperature: must be a number above 0, got -1.0"),
+    "temperature not finite": (lambda ck: ck.update(temperature=float("nan")), "temperature: must be a number above 0"),
+    "unsure threshold a string": (lambda ck: ck.update(min_confidence="0.9"),
+                                  "min_confidence: must be null or a number from 0 to 1, got '0.9'"),
 }
 
 

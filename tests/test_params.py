@@ -149,6 +149,10 @@ SINGLE = [
     ({"modes__scratch__trainable": "head"}, "modes.scratch.trainable", "freezing a randomly initialised backbone"),
     ({"train__keep_bn_stats": True}, "modes.scratch.keep_bn_stats", "no BatchNorm statistics worth keeping"),
     ({"modes__finetune__keep_bn_stats": "yes"}, "modes.finetune.keep_bn_stats", "must be true or false, got 'yes'"),
+    # the unsure threshold's target: an accuracy, or null
+    ({"export__target_accuracy": 1.5}, "export.target_accuracy", "must be <= 1, got 1.5"),
+    ({"export__target_accuracy": 0}, "export.target_accuracy", "must be > 0, got 0"),
+    ({"export__target_accuracy": "high"}, "export.target_accuracy", "must be a number, got 'high'"),
 ]
 
 

@@ -20,14 +20,18 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import onnx
 import pytest
+import torch
 import yaml
 
 from stages.export import HEADLINE_KEYS
 from stages.report import files_dir
 from tests.conftest import ALWAYS_RUNS, ROOT, Project, make_project
 from tests.imagegen import write_class_folders
-from transfer.core.paths import mode_details, model_file
+from transfer.core.paths import calibration_png, mode_details, model_file, predictions_csv, val_predictions_csv
+from transfer.evaluation.unsure import choose_threshold, read_confidences
 
 MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
 ALL_STAGES = ["download", "split", "pack", "audit", *[f"train@{m}" for m in MODES],
@@ -37,6 +41,7 @@ VAL_IMAGES = 12
 OLD_LR, NEW_LR = 0.1, 0.0001  # modes.frozen.lr as params.yaml sets it, and frozen-lr's
 CLASS_NAMES = {"ants": "Ant", "bees": "Honey bee"}
 QUEUE_TIMEOUT = 600  # seconds for both queued experiments to finish
+TARGET_ACCURACY = 0.05  # reached at some threshold on val by any model that gets one val image right
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -105,6 +110,23 @@ def plot_specs(html: str) -> dict[str, dict]:
     return {match.group(1): json.loads(match.group(2)) for match in found}
 
 
+def published(project: Project) -> dict:
+    """models/model.pt's contents."""
+    return torch.load(project.path / "models/model.pt", weights_only=True)
+
+
+def assert_published_from(project: Project, mode: str) -> None:
+    """models/model.pt is models/modes/<mode>.pt's network with the temperature evaluate@<mode> fit (in
+    models/model.onnx's graph too)."""
+    model, source = published(project), torch.load(project.path / model_file(mode), weights_only=True)
+    assert model["mode"] == mode and model["state_dict"].keys() == source["state_dict"].keys()
+    assert all(torch.equal(model["state_dict"][k], v) for k, v in source["state_dict"].items())
+    temperature = read_json(project.path / mode_details(mode))["calibration"]["temperature"]
+    assert model["temperature"] == temperature and "temperature" not in source
+    onnx_meta = {p.key: p.value for p in onnx.load(str(project.path / "models/model.onnx")).metadata_props}
+    assert json.loads(onnx_meta["temperature"]) == temperature
+
+
 def tsv_points(path: Path, column: str) -> set[tuple[int, float]]:
     with open(path, newline="") as f:
         return {(int(row["step"]), float(row[column])) for row in csv.DictReader(f, delimiter="\t")}
@@ -171,6 +193,33 @@ def test_summary_shows_the_baseline_and_that_val_both_selects_and_reports(full):
     text = (project.path / "results/summary.md").read_text(encoding="utf-8")
     assert f"Baseline: always answering {majority} (the most common training class)" in text
     assert "Val against test: no test split: val both selects and reports." in text
+
+
+def test_each_mode_is_calibrated_on_val_and_its_confidences_are_the_calibrated_ones(full):
+    """evaluate@<mode> fits a temperature on val and, val being the reporting split here, scores it
+    cross-fitted; the predictions CSVs (val's for export, and the reporting split's, here the same
+    images) give the confidence the temperature makes of the network's own; the figure is drawn."""
+    project = full.project
+    restore(project)
+    for mode in MODES:
+        calibration = read_json(project.path / mode_details(mode))["calibration"]
+        metrics = read_json(project.path / f"metrics/{mode}.json")
+        assert (calibration["fitted_on"], calibration["scored_on"]) == ("val", "val")
+        assert calibration["scored_by"].startswith("cross-fitting")
+        assert metrics["temperature"] == calibration["temperature"] > 0
+        assert metrics["calibrated_ece"] == calibration["after"]["ece"]
+        for when in ("before", "after"):
+            low, high = calibration[when]["ece_ci"]
+            assert low <= calibration[when]["ece"] <= high, (mode, when)
+        assert (project.path / calibration_png(mode)).stat().st_size > 0
+        reported = (project.path / predictions_csv(mode)).read_text()
+        assert (project.path / val_predictions_csv(mode)).read_text() == reported
+        with open(project.path / predictions_csv(mode), newline="") as f:
+            rows = list(csv.DictReader(f))
+        own = np.array([float(r["uncalibrated_confidence"]) for r in rows]).clip(0.5, 1 - 1e-4)
+        # two classes: the top class's logit lead is log(p / (1 - p)), divided by T
+        expected = 1 / (1 + np.exp(-np.log(own / (1 - own)) / calibration["temperature"]))
+        assert np.abs(np.array([float(r["confidence"]) for r in rows]) - expected).max() < 2e-3, mode
 
 
 # ---------------------------------------------------------------------------------------------- 4. review
@@ -244,13 +293,15 @@ def test_frozen_row_change_reruns_only_the_frozen_branch(full):
     assert {m: md5(project.path / model_file(m)) for m in others} == others
     recommended = read_json(project.path / "results/summary.json")["verdict"]["recommended"]
     assert read_json(project.path / "results/headline.json")["mode"] == recommended
-    assert md5(project.path / "models/model.pt") == md5(project.path / model_file(recommended))
+    assert_published_from(project, recommended)
     assert_up_to_date(project)
 
 
 def test_exp_run_switching_mode_trains_nothing(full):
     """Promise 3: `dvc exp run -S mode=<another mode>` runs export alone (no training stage) and changes
-    models/model.pt (now a copy of that mode's checkpoint) and the headline (now its numbers)."""
+    models/model.pt (now that mode's network and temperature) and the headline (now its numbers); with
+    export.target_accuracy set in the same run, the unsure threshold chosen on val's calibrated
+    confidences is in the headline and in both model files."""
     project = full.project
     restore(project)
     model = md5(project.path / "models/model.pt")
@@ -258,11 +309,17 @@ def test_exp_run_switching_mode_trains_nothing(full):
     assert before["mode"] == read_json(project.path / "results/summary.json")["verdict"]["recommended"]
     target = next(m for m in MODES if m != before["mode"])
 
-    run = project.dvc("exp", "run", "-S", f"mode={target}")
+    run = project.dvc("exp", "run", "-S", f"mode={target}", "-S", f"export.target_accuracy={TARGET_ACCURACY}")
     assert reran(run.stdout) == ["export"]
     assert md5(project.path / "models/model.pt") != model
-    assert md5(project.path / "models/model.pt") == md5(project.path / model_file(target))
+    assert_published_from(project, target)
     headline = read_json(project.path / "results/headline.json")
+    val = read_confidences(project.path / val_predictions_csv(target))
+    threshold = choose_threshold(val["confidence"], val["correct"], TARGET_ACCURACY)
+    assert headline["unsure"]["threshold"] == threshold and published(project)["min_confidence"] == threshold
+    onnx_meta = {p.key: p.value for p in onnx.load(str(project.path / "models/model.onnx")).metadata_props}
+    assert json.loads(onnx_meta["min_confidence"]) == threshold
+    assert headline["unsure"]["scored_by"].startswith("cross-fitting")  # val reports: chosen and scored on halves
     scores = read_json(project.path / f"metrics/{target}.json")
     assert headline["mode"] == target
     assert headline["accuracy"] == scores["accuracy"]
@@ -359,7 +416,7 @@ def test_metrics_show_lists_each_number_once_and_a_one_mode_diff_fits_a_screen(f
         scores = files[f"metrics/{mode}.json"]["data"]
         # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)
         assert scores.pop("evaluated_on") == "val"
-        assert len(scores) <= 12 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        assert len(scores) <= 13 and all(isinstance(v, (int, float)) for v in scores.values()), scores
         scores["evaluated_on"] = "val"
         assert scores == read_json(project.path / f"metrics/{mode}.json")
 

@@ -10,7 +10,17 @@ import torch
 
 from tests.conftest import make_project
 from tests.imagegen import write_class_folders
-from transfer.core.paths import DATA_METRICS, HEADLINE_JSON, SUMMARY_JSON, SUMMARY_MD, mode_metrics, model_file
+from transfer.core.paths import (
+    DATA_METRICS,
+    HEADLINE_JSON,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    mode_details,
+    mode_metrics,
+    model_file,
+    predictions_csv,
+    val_predictions_csv,
+)
 
 MODE = "frozen"
 
@@ -56,6 +66,14 @@ def test_test_folder_reports_and_never_moves_the_kept_epoch(tmp_path):
     assert "| test accuracy (95% interval) |" in summary_md and "| val accuracy (selection) |" in summary_md
     assert "Val (selection) and test (reporting)" in summary_md  # agree or disagree, said before the table
     assert read(project, SUMMARY_JSON)["selection"]["modes"][MODE]["val_correct"] == before["val"]["correct"]
+    # the temperature is fit on val and scored on test, which it never saw: no cross-fitting
+    calibration = read(project, mode_details(MODE))["calibration"]
+    assert (calibration["fitted_on"], calibration["scored_on"]) == ("val", "test")
+    assert calibration["scored_by"] == "the temperature fit on all of val"
+    lines = {path: (project.path / path).read_text(encoding="utf-8").splitlines()
+             for path in (predictions_csv(MODE), val_predictions_csv(MODE))}
+    assert [len(rows) - 1 for rows in lines.values()] == [6, 8]  # test's images, val's images
+    assert lines[predictions_csv(MODE)][0] == lines[val_predictions_csv(MODE)][0]  # the same columns
     weights, selection = kept(project)
 
     swap_test_labels(data)

@@ -28,7 +28,7 @@ INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "ham
 ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
              "class_names", "exclude", "watch", "group_duplicates"}
-EXPORT_KEYS = {"calibration_images"}
+EXPORT_KEYS = {"calibration_images", "target_accuracy"}
 AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
               "outlier_neighbors", "outlier_mads"}
 
@@ -165,6 +165,9 @@ def check_audit(c: Checker, audit: Any) -> None:
 def check_export(c: Checker, export: Any) -> None:
     export = c.section(export, "export", EXPORT_KEYS)
     c.number(export, "export", "calibration_images", kind=int, low=0)
+    if "target_accuracy" not in export:
+        c.bad("export.target_accuracy", "missing (null: off)")
+    c.number(export, "export", "target_accuracy", low=0, high=1, low_open=True, optional=True)
 
 
 def check_pack(c: Checker, pack: Any) -> None:

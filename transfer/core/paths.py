@@ -107,6 +107,17 @@ def predictions_csv(mode: str) -> Path:
     return Path("plots/predictions") / f"{mode}.csv"
 
 
+def val_predictions_csv(mode: str) -> Path:
+    """results/val_predictions/<mode>.csv: evaluate@<mode>'s calibrated predictions on val (the columns of
+    plots/predictions/<mode>.csv), from which export chooses the unsure threshold."""
+    return Path("results/val_predictions") / f"{mode}.csv"
+
+
+def calibration_png(mode: str) -> Path:
+    """plots/calibration/<mode>.png: the reliability diagram before and after, and the risk-coverage curve."""
+    return Path("plots/calibration") / f"{mode}.png"
+
+
 def errors_png(mode: str) -> Path:
     return Path("plots/errors") / f"{mode}.png"
 

@@ -1,7 +1,10 @@
-"""A trained mode's scores on the split that reports: its class probabilities for every image, the
-headline numbers with their 95% intervals (metrics/<mode>.json), and per class scores and the
+"""A trained mode's scores on the split that reports: its logits for every image (and the per-image
+predictions CSV), the headline numbers with their 95% intervals (metrics/<mode>.json), and per class scores and the
 confusion matrix (results/details/<mode>.json)."""
 from __future__ import annotations
+
+import csv
+import io
 
 import numpy as np
 import torch
@@ -10,17 +13,34 @@ from transfer.core.devices import inference_batch, memory_format, to_device
 from transfer.data.loaders import Images, eval_batches, read_split
 from transfer.evaluation import stats
 
+# plots/predictions/<mode>.csv and results/val_predictions/<mode>.csv: `confidence` is the calibrated one
+# (what predict prints), `uncalibrated_confidence` the network's own softmax.
+PREDICTION_COLUMNS = ("path", "actual", "predicted", "confidence", "uncalibrated_confidence")
+
 
 @torch.inference_mode()
-def predict_probabilities(model, images: Images, labels: list[int], preprocess: dict,
-                          device, bf16: bool = False) -> torch.Tensor:
+def predict_logits(model, images: Images, labels: list[int], preprocess: dict,
+                   device, bf16: bool = False) -> torch.Tensor:
+    """The network's outputs before the softmax, in float32, one row per image."""
     fmt = memory_format(device)  # the faster layout here for a one-off pass (see memory_format)
     model.eval().to(memory_format=fmt)
-    probs = []
+    logits = []
     for x, _ in eval_batches(images, labels, preprocess, inference_batch(device)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            probs.append(torch.softmax(model(to_device(x, device, fmt)).float(), 1).cpu())
-    return torch.cat(probs)
+            logits.append(model(to_device(x, device, fmt)).float().cpu())
+    return torch.cat(logits)
+
+
+def predictions_text(paths: list[str], labels: list[int], names: list[str], probs: torch.Tensor,
+                     calibrated: torch.Tensor) -> str:
+    """The per-image predictions CSV (PREDICTION_COLUMNS); the class is the same before and after
+    calibration (a temperature keeps the order of the classes)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for path, label, p, q in zip(paths, labels, probs, calibrated):
+        writer.writerow([path, names[label], names[int(p.argmax())], f"{q.max().item():.4f}", f"{p.max().item():.4f}"])
+    return buffer.getvalue()
 
 
 def headline_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:

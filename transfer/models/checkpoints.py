@@ -24,6 +24,10 @@ FORMAT = "transfer-pipeline checkpoint 1"
 REQUIRED = {"arch": str, "classes": list, "class_names": list, "preprocess": dict}
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
 CHANNELS = 3  # RGB: one mean and one std each
+# What export adds to the published model (absent from a mode's own checkpoint): the temperature its
+# logits are divided by before the softmax, and the calibrated confidence below which predict says
+# "unsure" (None: never).
+CALIBRATION_DEFAULTS = {"temperature": 1.0, "min_confidence": None}
 # What torch's weights-only loader says of a pickle that would build or call Python objects; any other
 # complaint of it is about bytes that are no pickle (or a damaged one).
 PYTHON_OBJECTS = re.compile(r"GLOBAL \S+|unrecognized function|Can only (create|build)")
@@ -32,6 +36,14 @@ PYTHON_OBJECTS = re.compile(r"GLOBAL \S+|unrecognized function|Can only (create|
 def save_checkpoint(path: str | Path, model: TransferNet, meta: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **meta, "state_dict": model.state_dict()}, tmp)
+
+
+def save_calibrated(source: str | Path, target: str | Path, calibration: dict) -> None:
+    """The checkpoint at `source` saved at `target` with the calibration fields (CALIBRATION_DEFAULTS'
+    keys) set: the published model."""
+    contents = read_checkpoint(source)
+    contents.update({key: calibration[key] for key in CALIBRATION_DEFAULTS})
+    torch.save(contents, target)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -100,12 +112,29 @@ def meta_problems(meta: dict) -> list[str]:
     if not isinstance(meta.get("arch"), str) or not meta["arch"]:
         problems.append(f"arch: must be a backbone name, got {shown(meta.get('arch'))}")
     problems += class_problems(meta.get("classes"), meta.get("class_names"))
+    problems += calibration_problems(meta)
     pre = meta.get("preprocess")
     if isinstance(pre, dict):
         problems += preprocess_problems(pre)
     else:
         problems.append(f"preprocess: must be a mapping of {', '.join(PREPROCESS_KEYS)}, got {shown(pre)}")
     return problems
+
+
+def calibration_problems(meta: dict) -> list[str]:
+    """temperature (a number above 0) and min_confidence (null, or a number from 0 to 1), where present."""
+    problems = []
+    temperature = meta.get("temperature", CALIBRATION_DEFAULTS["temperature"])
+    if not _number(temperature) or temperature <= 0:
+        problems.append(f"temperature: must be a number above 0, got {shown(temperature)}")
+    threshold = meta.get("min_confidence")
+    if threshold is not None and not (_number(threshold) and 0 <= threshold <= 1):
+        problems.append(f"min_confidence: must be null or a number from 0 to 1, got {shown(threshold)}")
+    return problems
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _strings(value) -> bool:
@@ -139,8 +168,7 @@ def _whole(value) -> bool:
 
 
 def _numbers(value, count: int) -> bool:
-    return (isinstance(value, list) and len(value) == count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    return isinstance(value, list) and len(value) == count and all(_number(v) for v in value)
 
 
 def preprocess_problems(pre: dict) -> list[str]:

@@ -31,8 +31,10 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
-    """For each file {"path", "top": [{"class", "probability"}, ...]} or {"path", "error"}."""
+def classify(model, meta: dict, files: list[Path], top_k: int, min_confidence: float | None = None) -> list[dict]:
+    """For each file {"path", "top": [{"class", "probability"}, ...], "unsure"} or {"path", "error"}: the
+    calibrated probabilities (a checkpoint's logits divided by its temperature; an ONNX graph divides them
+    itself), unsure when the top one is below `min_confidence` (None: never)."""
     import torch
 
     from transfer.data.decode import UnreadableImage, open_rgb
@@ -57,9 +59,10 @@ def classify(model, meta: dict, files: list[Path], top_k: int) -> list[dict]:
             probs = model.probabilities(torch.stack(tensors))
         else:
             with torch.inference_mode():
-                probs = torch.softmax(model(torch.stack(tensors)).float(), dim=1)
+                probs = torch.softmax(model(torch.stack(tensors)).float() / meta.get("temperature", 1.0), dim=1)
         values, indices = probs.topk(top_k, dim=1)
         for result, row_values, row_indices in zip(batch, values.tolist(), indices.tolist()):
             result["top"] = [{"class": names[i], "probability": round(p, 4)}
                              for p, i in zip(row_values, row_indices)]
+            result["unsure"] = min_confidence is not None and row_values[0] < min_confidence
     return results

@@ -1,4 +1,5 @@
-"""The exported model as ONNX: the network and a softmax, with what its input must look like and the
+"""The exported model as ONNX: the network, its temperature (logits / T) and a softmax, so that it gives
+calibrated probabilities; with what its input must look like and the
 class names in the file's metadata, so that onnxruntime alone runs it, without this repository.
 
 torch.onnx's TorchScript exporter (`dynamo=False`) writes it: it works on every torch this project
@@ -15,7 +16,13 @@ import torch
 from torch import nn
 
 from transfer.core.errors import UserError, first_line
-from transfer.models.checkpoints import CHANNELS, class_count_problems, meta_problems, name_count
+from transfer.models.checkpoints import (
+    CALIBRATION_DEFAULTS,
+    CHANNELS,
+    class_count_problems,
+    meta_problems,
+    name_count,
+)
 from transfer.models.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline onnx 1"
@@ -23,6 +30,9 @@ OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
 # The metadata fields predict reads: plain strings, and JSON ones.
 TEXT_FIELDS, JSON_FIELDS = ("arch", "mode"), ("class_names", "classes", "preprocess")
+# JSON fields a file of an earlier version lacks: the temperature (already in the graph: informative) and
+# the unsure threshold.
+OPTIONAL_JSON_FIELDS = tuple(CALIBRATION_DEFAULTS)
 # The largest difference in any class probability between ONNX and PyTorch a published file may show.
 MAX_PROBABILITY_DIFFERENCE = 1e-4
 
@@ -38,15 +48,29 @@ def metadata(meta: dict) -> dict[str, str]:
             "input": (f"{INPUT}: float32 [batch, 3, {pre['image_size']}, {pre['image_size']}], RGB; resize the "
                       f"short side to resize_size ({pre['interpolation']}), center-crop image_size, scale to 0-1, "
                       "subtract mean and divide by std per channel"),
-            "output": f"{OUTPUT}: float32 [batch, classes], in the order of class_names"}
+            "output": f"{OUTPUT}: float32 [batch, classes], in the order of class_names, calibrated (the graph "
+                      "divides the logits by temperature before the softmax); below min_confidence, unsure",
+            **{field: json.dumps(meta.get(field, default)) for field, default in CALIBRATION_DEFAULTS.items()}}
+
+
+class Calibrated(nn.Module):
+    """The network's logits divided by the temperature, then the softmax: calibrated probabilities."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float() / self.temperature, dim=1)
 
 
 def export(model: nn.Module, meta: dict, path: Path) -> None:
-    """Write `model` (eval mode, on the CPU) followed by a softmax as ONNX at `path`, with metadata."""
+    """Write `model` (eval mode, on the CPU), its temperature (meta's, 1 if none) and a softmax as ONNX at
+    `path`, with metadata."""
     import onnx
 
     size = meta["preprocess"]["image_size"]
-    network = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    network = Calibrated(model, meta.get("temperature", CALIBRATION_DEFAULTS["temperature"])).eval()
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer remarks
         warnings.simplefilter("ignore")
         torch.onnx.export(network, (torch.zeros(2, 3, size, size),), str(path), dynamo=False, opset_version=OPSET,
@@ -57,14 +81,16 @@ def export(model: nn.Module, meta: dict, path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def check_parity(model: nn.Module, path: Path, batches: Iterable[torch.Tensor]) -> tuple[int, float]:
-    """(images, largest probability difference) of the ONNX file against `model` on `batches`; one line
-    if the difference exceeds MAX_PROBABILITY_DIFFERENCE or the top-1 class differs on any image."""
+def check_parity(model: nn.Module, path: Path, batches: Iterable[torch.Tensor],
+                 temperature: float = 1.0) -> tuple[int, float]:
+    """(images, largest probability difference) of the ONNX file against `model`'s probabilities at
+    `temperature` on `batches`; one line if the difference exceeds MAX_PROBABILITY_DIFFERENCE or the top-1
+    class differs on any image."""
     session = OnnxClassifier(path)
     count, largest, disagree = 0, 0.0, 0
     for x in batches:
         with torch.inference_mode():
-            expected = torch.softmax(model(x).float(), dim=1)
+            expected = torch.softmax(model(x).float() / temperature, dim=1)
         got = session.probabilities(x)
         largest = max(largest, (got - expected).abs().max().item())
         disagree += (got.argmax(1) != expected.argmax(1)).sum().item()
@@ -131,7 +157,9 @@ def read_metadata(path: Path, session) -> dict:
     if props.get("format") != FORMAT:
         raise UserError(f"{path}: not an ONNX model of this pipeline (no {FORMAT!r} format tag)")
     meta, problems = {}, []
-    for field in TEXT_FIELDS + JSON_FIELDS:
+    for field in TEXT_FIELDS + JSON_FIELDS + OPTIONAL_JSON_FIELDS:
+        if field in OPTIONAL_JSON_FIELDS and field not in props:
+            continue
         if field not in props:
             problems.append(f"{field}: missing")
         elif field in TEXT_FIELDS:
