@@ -16,6 +16,12 @@ STOP_ON = ("val_loss", "val_acc")  # what early stopping watches
 CLASS_WEIGHTS = ("none", "balanced")
 TRAINABLE = ("head", "top", "all")
 MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
+# A 4096 px square is 50 MB of float32 RGB per image, 1.6 GB a batch of 32 before any activation: beyond
+# what a GPU trains on, and any model file's or params' size above it is a mistake (or an attack).
+MAX_IMAGE_SIZE = 4096
+# Processes on one machine: beyond the cores (or GPUs) of the largest one, each more only costs memory.
+MAX_WORKERS = 256
+MAX_NPROC = 256
 MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
 # A mode names the DVC stages train@<mode> and evaluate@<mode> and the files models/modes/<mode>.pt and
 # metrics/<mode>.json: no dots (DVC stage names), and not the names of the pipeline's own files.
@@ -86,6 +92,9 @@ class Checker:
         size = node.get(name)
         if size is not None and (not _is_number(size, int) or size < MIN_IMAGE_SIZE):
             self.bad(f"{key}.{name}", f"must be null or a whole number >= {MIN_IMAGE_SIZE}{why}, got {size!r}")
+        elif size is not None and size > MAX_IMAGE_SIZE:
+            self.bad(f"{key}.{name}", f"must be at most {MAX_IMAGE_SIZE} px (a batch of larger images is beyond "
+                                      f"any GPU), got {size!r}")
         elif size is not None:
             self.image_sizes.append((f"{key}.{name}", size))
 
@@ -162,7 +171,7 @@ def check_audit(c: Checker, audit: Any) -> None:
 
 def check_pack(c: Checker, pack: Any) -> None:
     pack = c.section(pack, "pack", PACK_KEYS)
-    c.number(pack, "pack", "short_side", kind=int, low=MIN_IMAGE_SIZE)
+    c.number(pack, "pack", "short_side", kind=int, low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
     c.choice(pack, "pack", "interpolation", INTERPOLATIONS)
     c.choice(pack, "pack", "encoding", ENCODINGS)
     c.number(pack, "pack", "jpeg_quality", kind=int, low=1, high=100)
@@ -176,8 +185,9 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "seed", kind=int, low=0, high=MAX_SEED, optional=opt)
     if "device" in node or not partial:
         _check_device(c, node.get("device"), f"{key}.device")
-    for name in ("epochs", "batch_size", "cached_views", "nproc"):
+    for name in ("epochs", "batch_size", "cached_views"):
         c.number(node, key, name, kind=int, low=1, optional=opt)
+    c.number(node, key, "nproc", kind=int, low=1, high=MAX_NPROC, optional=opt)
     c.choice(node, key, "optimizer", OPTIMIZERS, optional=opt)
     c.number(node, key, "lr", low=0, low_open=True, optional=opt)
     c.number(node, key, "momentum", low=0, high=1, high_open=True, optional=opt)
@@ -201,8 +211,8 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.boolean(node, key, "keep_bn_stats", optional=opt)
     if "workers" in node or not partial:
         workers = node.get("workers")
-        if workers != "auto" and not (_is_number(workers, int) and workers >= 0):
-            c.bad(f"{key}.workers", f"must be auto or a whole number >= 0, got {workers!r}")
+        if workers != "auto" and not (_is_number(workers, int) and 0 <= workers <= MAX_WORKERS):
+            c.bad(f"{key}.workers", f"must be auto or a whole number from 0 to {MAX_WORKERS}, got {workers!r}")
     if "augment" in node or not partial:
         _check_augment(c, node.get("augment"), f"{key}.augment", partial)
 

@@ -14,7 +14,7 @@ import torch
 
 from transfer.core.errors import UserError, first_line
 from transfer.core.files import atomic_path
-from transfer.core.param_checks import INTERPOLATIONS, MIN_IMAGE_SIZE
+from transfer.core.param_checks import INTERPOLATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from transfer.models.backbones import TransferNet, build_model
 from transfer.models.folding import fold_batchnorm
 from transfer.models.timm_models import cut, shown
@@ -24,6 +24,7 @@ FORMAT = "transfer-pipeline checkpoint 1"
 REQUIRED = {"arch": str, "classes": list, "class_names": list, "preprocess": dict}
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
 CHANNELS = 3  # RGB: one mean and one std each
+MAX_RESIZE_SIZE = 2 * MAX_IMAGE_SIZE  # the largest crop at a crop_pct of 0.5 (the backbones' are 0.875 to 1)
 # What torch's weights-only loader says of a pickle that would build or call Python objects; any other
 # complaint of it is about bytes that are no pickle (or a damaged one).
 PYTHON_OBJECTS = re.compile(r"GLOBAL \S+|unrecognized function|Can only (create|build)")
@@ -143,17 +144,26 @@ def _numbers(value, count: int) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
 
 
+def size_problems(image_size, resize_size) -> list[str]:
+    """The crop and the short side resized to before it: bounded as params.yaml's sizes are (a file
+    asking for a 10**6 px resize would take all memory), and the resize at least the crop (one below
+    it would pad the crop with black: wrong answers, not an error)."""
+    if not _whole(image_size) or image_size < MIN_IMAGE_SIZE:
+        return [f"preprocess.image_size: must be a whole number >= {MIN_IMAGE_SIZE}, got {shown(image_size)}"]
+    if image_size > MAX_IMAGE_SIZE:
+        return [f"preprocess.image_size: must be at most {MAX_IMAGE_SIZE}, got {shown(image_size)}"]
+    if not _whole(resize_size) or not image_size <= resize_size <= MAX_RESIZE_SIZE:
+        return [f"preprocess.resize_size: must be a whole number from image_size ({image_size}) to "
+                f"{MAX_RESIZE_SIZE}, got {shown(resize_size)}"]
+    return []
+
+
 def preprocess_problems(pre: dict) -> list[str]:
     """The preprocessing's fields, as eval_transform and fold_batchnorm take them."""
     missing = [key for key in PREPROCESS_KEYS if key not in pre]
     if missing:
         return [f"preprocess.{key}: missing" for key in missing]
-    problems = []
-    if not _whole(pre["image_size"]) or pre["image_size"] < MIN_IMAGE_SIZE:
-        problems.append(f"preprocess.image_size: must be a whole number >= {MIN_IMAGE_SIZE}, "
-                        f"got {shown(pre['image_size'])}")
-    if not _whole(pre["resize_size"]) or pre["resize_size"] < 1:
-        problems.append(f"preprocess.resize_size: must be a whole number >= 1, got {shown(pre['resize_size'])}")
+    problems = size_problems(pre["image_size"], pre["resize_size"])
     if not _numbers(pre["mean"], CHANNELS):
         problems.append(f"preprocess.mean: must be {CHANNELS} numbers (R, G, B), got {shown(pre['mean'])}")
     if not _numbers(pre["std"], CHANNELS) or min(pre["std"]) <= 0:
