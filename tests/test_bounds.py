@@ -3,17 +3,21 @@ values that used to end in a traceback, a hang or the out-of-memory killer. Each
 on tiny files."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from stages import predict
+from stages import download, predict
 from tests import test_model_files
-from tests.conftest import run_in_process
+from tests.conftest import ROOT, Project, copy_code, run_in_process
+from tests.imagegen import write_class_folders
 from tests.test_model_files import checkpoint_with, predict_error
 from tests.test_params import problems, variant
 from transfer.core.param_checks import MAX_IMAGE_SIZE, MAX_NPROC, MAX_WORKERS
+from transfer.core.paths import PARAMS_FILE, RAW_DIR
 from transfer.models.checkpoints import MAX_RESIZE_SIZE
 
 model_files = test_model_files.model_files  # fixtures: a tiny network's .pt and .onnx, a photo
@@ -76,3 +80,59 @@ def test_pack_names_an_image_too_large_once_resized(tmp_path, monkeypatch):
                 "jpeg_quality": 90}
     with pytest.raises(UserError, match=f"^{thin}: 20000x1 px: at a short side of 256 px .*data.exclude$"):
         encoded_image(Path(thin), settings)
+
+
+# ---------------------------------------------------------------------------------------------- data.url, data.watch
+
+def data_problem(tmp_path: Path, monkeypatch, **data) -> str:
+    """The one problem params.check reports with these data settings, run from an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    [line] = problems(variant(**{f"data__{key}": value for key, value in data.items()}))
+    return line
+
+
+@pytest.mark.parametrize("url, words", [
+    ("/proc/self", "data.url: '/proc/self' lies in /proc, a system or private folder"),
+    ("/etc", "data.url: '/etc' lies in /etc"),
+    ("/", "data.url: '/' lies in /,"),
+    ("~/.cache/huggingface", "lies in {home}/.cache, a system or private folder"),
+    ("link-to-etc", "data.url: 'link-to-etc' lies in /etc"),
+    ("http://[::1", "data.url: not a valid URL (Invalid IPv6 URL), got 'http://[::1'"),
+    ("data:,x", "data.url: unsupported scheme data: (use http(s)://"),
+])
+def test_data_url_never_names_a_system_folder_or_a_bad_url(url, words, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "link-to-etc").symlink_to("/etc")
+    line = data_problem(tmp_path, monkeypatch, url=url)
+    assert words.format(home=tmp_path / "home") in line, line
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda path: os.mkfifo(path), "is a FIFO; name a regular file or a folder"),
+    (lambda path: path.symlink_to("/dev/zero"), "lies in /dev, a system or private folder"),
+    (lambda path: path.symlink_to(path.name), "is a loop of symbolic links; name a regular file or a folder"),
+])
+@pytest.mark.parametrize("key", ["url", "watch"])
+def test_data_url_and_watch_are_a_regular_file_or_folder(key, make, words, tmp_path, monkeypatch):
+    """What DVC hashes (data.watch) or download reads: a FIFO or /dev/zero hung `dvc status`."""
+    make(tmp_path / "special")
+    line = data_problem(tmp_path, monkeypatch, **{key: "special"})
+    assert line.startswith(f"params.yaml: data.{key}: ") and words in line, line
+
+
+def test_a_folder_copy_is_capped_like_an_archive(tmp_path, monkeypatch, capsys):
+    project = Project(tmp_path / "work")
+    copy_code(project.path)
+    shutil.copy2(ROOT / PARAMS_FILE, project.path / PARAMS_FILE)
+    dataset = tmp_path / "insects"
+    write_class_folders(dataset / "train", {"ants": 2, "bees": 2})
+    size_mb = sum(path.stat().st_size for path in dataset.rglob("*") if path.is_file()) / 2**20
+    project.set_params(data={"url": str(dataset), "max_unpacked_mb": size_mb / 2})
+    monkeypatch.chdir(project.path)
+    assert run_in_process(download.main) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"download: error: data.url: {dataset}: its files take more than "
+                           f"data.max_unpacked_mb = {size_mb / 2:g} MiB"), line
+    assert not (project.path / RAW_DIR).exists()
+    project.set_params(data={"max_unpacked_mb": size_mb})
+    assert run_in_process(download.main) == 0

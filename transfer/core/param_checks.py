@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import urllib.parse
 from typing import Any
 
+from transfer.core.files import system_folder, what_is
 from transfer.core.settings import AUGMENT_KEYS, MODE_KEYS, PHASE_KEYS, PHASE_SHORTHAND, TRAIN_KEYS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -109,6 +112,8 @@ def check_data(c: Checker, data: Any) -> None:
     data = c.section(data, "data", DATA_KEYS)
     if not isinstance(data.get("url"), str) or not data.get("url"):
         c.bad("data.url", f"must be a URL, an archive path or a folder path, got {data.get('url')!r}")
+    else:
+        _check_url(c, data["url"])
     sha = data.get("sha256")
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and
                                 all(ch in "0123456789abcdefABCDEF" for ch in sha)):
@@ -132,11 +137,41 @@ def check_data(c: Checker, data: Any) -> None:
     _check_watch(c, data.get("url"), data.get("watch"))
 
 
+def _check_url(c: Checker, url: str) -> None:
+    """An http(s) URL urllib can read, or a local archive or folder outside the system's folders."""
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as err:  # http://[::1
+        c.bad("data.url", f"not a valid URL ({err}), got {url!r}")
+        return
+    if scheme in ("http", "https"):
+        return
+    if scheme and not os.path.lexists(url):
+        c.bad("data.url", f"unsupported scheme {scheme}: (use http(s)://, an archive path or a folder), got {url!r}")
+    else:
+        _check_local(c, "data.url", url)
+
+
+def _check_local(c: Checker, key: str, path: str) -> None:
+    """A local path the download stage reads or DVC hashes: never a system folder or pseudo-filesystem
+    (/proc/self filled the disk), and a regular file or folder where it exists (a FIFO or /dev/zero
+    hangs `dvc status`); a missing path is the download stage's (or DVC's) to report."""
+    root = system_folder(path)
+    if root is not None:
+        c.bad(key, f"{path!r} lies in {root}, a system or private folder, not a dataset's")
+        return
+    kind = what_is(os.path.expanduser(path))
+    if kind not in ("a folder", "a regular file", "no such file or folder"):
+        c.bad(key, f"{path!r} is {kind}; name a regular file or a folder")
+
+
 def _check_watch(c: Checker, url: Any, watch: Any) -> None:
     """data.watch: what download depends on in dvc.yaml, hashed by DVC (download warns when a local
     data.url is not it)."""
     if not isinstance(watch, str) or not watch:
         c.bad("data.watch", f"must be a path: data.url when that is local, else any file of the project, got {watch!r}")
+    else:
+        _check_local(c, "data.watch", watch)
 
 
 def _check_exclude(c: Checker, exclude: Any) -> None:
