@@ -3,6 +3,7 @@ values that used to end in a traceback, a hang or the out-of-memory killer. Each
 on tiny files."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -136,3 +137,50 @@ def test_a_folder_copy_is_capped_like_an_archive(tmp_path, monkeypatch, capsys):
     assert not (project.path / RAW_DIR).exists()
     project.set_params(data={"max_unpacked_mb": size_mb})
     assert run_in_process(download.main) == 0
+
+
+# ---------------------------------------------------------------------------------------------- tracebacks
+
+def test_seeds_leave_out_a_nan_or_infinite_accuracy_and_a_seed_that_is_no_number():
+    """metrics/<mode>.json of an experiment may hold NaN or Infinity (json reads both) and params.yaml a
+    list as train.seed: neither is a seed's accuracy (they ended in a traceback)."""
+    from tests.test_report import exp_document, exp_entry
+    from transfer.evaluation.seeds import seeds_text, summarize
+
+    document = exp_document([exp_entry("nan", 1, {"frozen": float("nan")}),
+                             exp_entry("inf", 2, {"frozen": float("inf")}),
+                             exp_entry("list", [3, 4], {"frozen": 0.5}), exp_entry("s0", 0, {"frozen": 0.75})])
+    summary = summarize(json.loads(json.dumps(document)))
+    assert summary["seeds"] == [0] and summary["modes"]["frozen"]["seeds"] == 1
+    assert "frozen: 1 seed, accuracy 0.7500" in seeds_text(summary)
+
+
+def test_onnx_metadata_nested_too_deep_is_one_line(model_files, image, tmp_path, capsys):
+    hostile = test_model_files.onnx_with_metadata(model_files["onnx"], tmp_path / "model.onnx",
+                                                  preprocess="[" * 100_000 + "]" * 100_000)
+    assert "damaged metadata (preprocess: JSON nested too deep)" in predict_error(hostile, image, capsys)
+
+
+def test_a_checkpoint_with_unknown_fields_is_refused(model_files, image, tmp_path, capsys):
+    hostile = checkpoint_with(model_files["pt"], tmp_path / "model.pt", lambda ck: ck.update(payload=[0] * 10))
+    assert "not a model checkpoint of this pipeline (unknown fields: payload)" in predict_error(hostile, image, capsys)
+
+
+def test_a_checkpoint_record_is_size_checked_before_unpickling(model_files, image, tmp_path, monkeypatch, capsys):
+    """The pickled fields are built whole in memory when loaded: their size is read from the zip first
+    (the limit lowered here so that the file stays tiny; the tensors' bytes are mapped, not read)."""
+    from transfer.models import checkpoints
+
+    monkeypatch.setattr(checkpoints, "MAX_RECORD_BYTES", 1000)
+    hostile = checkpoint_with(model_files["pt"], tmp_path / "model.pt", lambda ck: ck.update(history=["x" * 2000]))
+    assert "its record takes" in predict_error(hostile, image, capsys)
+
+
+def test_a_number_past_pythons_digit_limit_is_one_line(tmp_path):
+    from transfer.core import params
+    from transfer.core.errors import UserError
+
+    (tmp_path / "params.yaml").write_text("mode: " + "7" * 5000 + "\n")
+    with pytest.raises(UserError, match=r"^\S+params.yaml: holds a value that cannot be read \(Exceeds the limit "
+                                        r"\(4300 digits\) for integer string conversion: value has 5000 digits\)$"):
+        params.load(tmp_path / "params.yaml")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,6 +23,11 @@ from transfer.models.timm_models import cut, shown
 FORMAT = "transfer-pipeline checkpoint 1"
 # What inference needs besides the weights; evaluate and export also read the training record.
 REQUIRED = {"arch": str, "classes": list, "class_names": list, "preprocess": dict}
+# Every field save_checkpoint writes (transfer.training.runs.checkpoint_meta and stages/train.py's).
+KNOWN_KEYS = {"format", "state_dict", "mode", "world_size", *REQUIRED, "best_epoch", "val_accuracy", "epochs",
+              "train_seconds", "trainable_params", "total_params", "history", "settings", "stopped_epoch",
+              "peak_memory_mib"}
+MAX_RECORD_BYTES = 64 * 2**20  # the pickled fields besides the tensors' bytes: a few KB, a long history ~1 MB
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
 CHANNELS = 3  # RGB: one mean and one std each
 MAX_RESIZE_SIZE = 2 * MAX_IMAGE_SIZE  # the largest crop at a crop_pct of 0.5 (the backbones' are 0.875 to 1)
@@ -40,8 +46,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model; run `dvc repro` (or `dvc pull`) first")
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+    check_record_size(path)
+    try:  # mmap: a tensor is read only where it is used (a 3 GB one is refused by its shape, not loaded)
+        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         reason = ("it holds Python objects besides tensors and plain data, which are never loaded"
                   if PYTHON_OBJECTS.search(str(err)) else f"not a torch file, or a damaged one: {unpickler_said(err)}")
@@ -53,6 +60,18 @@ def read_checkpoint(path: str | Path) -> dict:
     if problems:
         raise UserError(f"{path}: not a model checkpoint of this pipeline ({problems})")
     return contents
+
+
+def check_record_size(path: Path) -> None:
+    """Refuse a file whose pickled record (everything but the tensors' bytes) is larger than any this
+    pipeline writes, before unpickling it: it would be built whole in memory."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format: torch's loader refuses it as not a zip of this pipeline's
+    with zipfile.ZipFile(path) as zf:
+        record = sum(info.file_size for info in zf.infolist() if info.filename.endswith("/data.pkl"))
+    if record > MAX_RECORD_BYTES:
+        raise UserError(f"{path}: not a model checkpoint of this pipeline (its record takes {record} bytes; "
+                        f"this pipeline's take far less than {MAX_RECORD_BYTES})")
 
 
 def check_belongs(meta: dict, path: str | Path, mode: str, classes: list[dict]) -> None:
@@ -90,6 +109,9 @@ def format_problems(contents) -> str:
         wrong.append("state_dict")
     if wrong:
         return f"missing or malformed: {', '.join(wrong)}"
+    unknown = sorted(map(str, set(contents) - KNOWN_KEYS))
+    if unknown:
+        return f"unknown fields: {cut(', '.join(unknown))}"
     return "; ".join(meta_problems(contents))
 
 
