@@ -40,15 +40,32 @@ def check_source_folder(folder: Path, source: str) -> None:
         fail(f"data.url: {source}: lies inside the output folder {RAW_DIR}, which this stage replaces")
 
 
-def copy_folder(source: Path, target: Path) -> list[dict]:
+class CappedCopy:
+    """Copies files of the folder `source` until they come to more than `max_mb` MiB, then fails."""
+
+    def __init__(self, source: Path, max_mb: float) -> None:
+        self.source, self.max_mb = source, max_mb
+        self.left = max_mb * 2**20  # bytes
+
+    def __call__(self, path: Path, dest: Path) -> None:
+        self.left -= path.stat().st_size
+        if self.left < 0:
+            fail(f"data.url: {self.source}: its files take more than data.max_unpacked_mb = {self.max_mb:g} MiB "
+                 f"(at {path.relative_to(self.source).as_posix()}); raise it if the folder is meant")
+        shutil.copy2(path, dest)
+
+
+def copy_folder(source: Path, target: Path, max_mb: float) -> list[dict]:
     """Copy the folder `source` to `target` (created here), a link as a copy of what it points to.
 
     A link that leads outside `source`, or to a folder that holds it (it would nest copies without
     end), is not followed; a dangling link, a file that cannot be read (or vanishes while copied) and
-    anything not a file or folder are skipped; a full disk stops the copy. Returns {"path", "reason"}
-    for each thing skipped, paths relative to `source`."""
+    anything not a file or folder are skipped; a full disk, or files past `max_mb` MiB in all
+    (data.max_unpacked_mb, as for an archive), stop the copy. Returns {"path", "reason"} for each thing
+    skipped, paths relative to `source`."""
     skipped: list[dict] = []
     root = source.resolve()
+    copy_file = CappedCopy(source, max_mb)
 
     def skip(relative: str, reason: str) -> None:
         skipped.append({"path": relative, "reason": reason})
@@ -68,7 +85,7 @@ def copy_folder(source: Path, target: Path) -> list[dict]:
                     else:
                         copy_tree(path, dest / entry.name, holders | {real})
                 elif entry.is_file():
-                    shutil.copy2(path, dest / entry.name)
+                    copy_file(path, dest / entry.name)
                 else:
                     skip(relative, "not a regular file or folder (a device or FIFO)")
             except OSError as err:
@@ -96,7 +113,7 @@ def main() -> None:
     with publish.outputs("download", (RAW_DIR,)) as staged:
         raw = staged(RAW_DIR)
         if is_folder:
-            skipped = copy_folder(folder, raw)
+            skipped = copy_folder(folder, raw, data["max_unpacked_mb"])
         else:
             archive, label = fetch(source, staged(publish.SCRATCH))
             if expected:

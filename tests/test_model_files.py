@@ -129,7 +129,8 @@ PREPROCESS_EDITS = {
     "no mean": (lambda pre: pre.pop("mean"), "preprocess.mean: missing"),
     "image_size 0": (lambda pre: pre.update(image_size=0), f"preprocess.image_size: must be a whole number >= "
                                                             f"{MIN_IMAGE_SIZE}, got 0"),
-    "image_size not the network's": (lambda pre: pre.update(image_size=2 * pre["image_size"]),
+    "image_size not the network's": (lambda pre: pre.update(image_size=2 * pre["image_size"],
+                                                            resize_size=2 * pre["resize_size"]),
                                      f"but the network takes {INPUT} of shape"),
 }
 

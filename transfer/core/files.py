@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,11 @@ from typing import Any
 
 from transfer.core.errors import fail
 
+# Where no dataset lives: pseudo-filesystems (reading /proc/self or /dev/zero never ends), the system's
+# own folders, and a user's private ones (caches, keys, settings). A local path resolving into any is refused.
+SYSTEM_ROOTS = tuple(map(Path, ("/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/boot", "/bin", "/sbin", "/lib",
+                                "/lib32", "/lib64", "/snap", "/var/run")))
+PRIVATE_IN_HOME = (".cache", ".ssh", ".gnupg", ".config", ".local", ".aws")
 LINK_REFUSED = "a symbolic link where the pipeline writes (it could lead outside the project); remove it and run again"
 
 
@@ -41,6 +47,31 @@ def kind_of(mode: int) -> str | None:
     kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
     return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def what_is(path: str | os.PathLike) -> str:
+    """What stands at `path`, for a message where a regular file or a folder was wanted: "no such
+    file or folder", "a loop of symbolic links", "a dangling symbolic link", "a FIFO", ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        if os.path.islink(path):
+            return "a dangling symbolic link"
+        return "no such file or folder" if err.errno == errno.ENOENT else f"cannot be read ({err.strerror})"
+    return kind_of(mode) or ("a folder" if stat.S_ISDIR(mode) else "a regular file")
+
+
+def system_folder(path: str | os.PathLike) -> Path | None:
+    """The system or private folder (SYSTEM_ROOTS, PRIVATE_IN_HOME, / or the home folder itself) that
+    `path`, links resolved, lies in; None when it lies in none."""
+    real = Path(os.path.realpath(os.path.expanduser(path)))
+    home = Path.home()
+    if real in (Path("/"), home):
+        return real
+    roots = (*SYSTEM_ROOTS, *(home / name for name in PRIVATE_IN_HOME))
+    return next((root for root in roots if real == root or root in real.parents), None)
 
 
 def check_plain_tree(path: str | os.PathLike) -> Path:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import urllib.parse
 from typing import Any
 
+from transfer.core.files import system_folder, what_is
 from transfer.core.settings import AUGMENT_KEYS, MODE_KEYS, PHASE_KEYS, PHASE_SHORTHAND, TRAIN_KEYS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -16,6 +19,12 @@ STOP_ON = ("val_loss", "val_acc")  # what early stopping watches
 CLASS_WEIGHTS = ("none", "balanced")
 TRAINABLE = ("head", "top", "all")
 MIN_IMAGE_SIZE = 32  # every supported backbone downsamples 32x
+# A 4096 px square is 50 MB of float32 RGB per image, 1.6 GB a batch of 32 before any activation: beyond
+# what a GPU trains on, and any model file's or params' size above it is a mistake (or an attack).
+MAX_IMAGE_SIZE = 4096
+# Processes on one machine: beyond the cores (or GPUs) of the largest one, each more only costs memory.
+MAX_WORKERS = 256
+MAX_NPROC = 256
 MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit torch seed
 # A mode names the DVC stages train@<mode> and evaluate@<mode> and the files models/modes/<mode>.pt and
 # metrics/<mode>.json: no dots (DVC stage names), and not the names of the pipeline's own files.
@@ -87,6 +96,9 @@ class Checker:
         size = node.get(name)
         if size is not None and (not _is_number(size, int) or size < MIN_IMAGE_SIZE):
             self.bad(f"{key}.{name}", f"must be null or a whole number >= {MIN_IMAGE_SIZE}{why}, got {size!r}")
+        elif size is not None and size > MAX_IMAGE_SIZE:
+            self.bad(f"{key}.{name}", f"must be at most {MAX_IMAGE_SIZE} px (a batch of larger images is beyond "
+                                      f"any GPU), got {size!r}")
         elif size is not None:
             self.image_sizes.append((f"{key}.{name}", size))
 
@@ -101,6 +113,8 @@ def check_data(c: Checker, data: Any) -> None:
     data = c.section(data, "data", DATA_KEYS)
     if not isinstance(data.get("url"), str) or not data.get("url"):
         c.bad("data.url", f"must be a URL, an archive path or a folder path, got {data.get('url')!r}")
+    else:
+        _check_url(c, data["url"])
     sha = data.get("sha256")
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and
                                 all(ch in "0123456789abcdefABCDEF" for ch in sha)):
@@ -125,11 +139,41 @@ def check_data(c: Checker, data: Any) -> None:
     _check_watch(c, data.get("url"), data.get("watch"))
 
 
+def _check_url(c: Checker, url: str) -> None:
+    """An http(s) URL urllib can read, or a local archive or folder outside the system's folders."""
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as err:  # http://[::1
+        c.bad("data.url", f"not a valid URL ({err}), got {url!r}")
+        return
+    if scheme in ("http", "https"):
+        return
+    if scheme and not os.path.lexists(url):
+        c.bad("data.url", f"unsupported scheme {scheme}: (use http(s)://, an archive path or a folder), got {url!r}")
+    else:
+        _check_local(c, "data.url", url)
+
+
+def _check_local(c: Checker, key: str, path: str) -> None:
+    """A local path the download stage reads or DVC hashes: never a system folder or pseudo-filesystem
+    (/proc/self filled the disk), and a regular file or folder where it exists (a FIFO or /dev/zero
+    hangs `dvc status`); a missing path is the download stage's (or DVC's) to report."""
+    root = system_folder(path)
+    if root is not None:
+        c.bad(key, f"{path!r} lies in {root}, a system or private folder, not a dataset's")
+        return
+    kind = what_is(os.path.expanduser(path))
+    if kind not in ("a folder", "a regular file", "no such file or folder"):
+        c.bad(key, f"{path!r} is {kind}; name a regular file or a folder")
+
+
 def _check_watch(c: Checker, url: Any, watch: Any) -> None:
     """data.watch: what download depends on in dvc.yaml, hashed by DVC (download warns when a local
     data.url is not it)."""
     if not isinstance(watch, str) or not watch:
         c.bad("data.watch", f"must be a path: data.url when that is local, else any file of the project, got {watch!r}")
+    else:
+        _check_local(c, "data.watch", watch)
 
 
 def _check_exclude(c: Checker, exclude: Any) -> None:
@@ -172,7 +216,7 @@ def check_export(c: Checker, export: Any) -> None:
 
 def check_pack(c: Checker, pack: Any) -> None:
     pack = c.section(pack, "pack", PACK_KEYS)
-    c.number(pack, "pack", "short_side", kind=int, low=MIN_IMAGE_SIZE)
+    c.number(pack, "pack", "short_side", kind=int, low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
     c.choice(pack, "pack", "interpolation", INTERPOLATIONS)
     c.choice(pack, "pack", "encoding", ENCODINGS)
     c.number(pack, "pack", "jpeg_quality", kind=int, low=1, high=100)
@@ -186,8 +230,9 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.number(node, key, "seed", kind=int, low=0, high=MAX_SEED, optional=opt)
     if "device" in node or not partial:
         _check_device(c, node.get("device"), f"{key}.device")
-    for name in ("epochs", "batch_size", "cached_views", "nproc"):
+    for name in ("epochs", "batch_size", "cached_views"):
         c.number(node, key, name, kind=int, low=1, optional=opt)
+    c.number(node, key, "nproc", kind=int, low=1, high=MAX_NPROC, optional=opt)
     c.choice(node, key, "optimizer", OPTIMIZERS, optional=opt)
     c.number(node, key, "lr", low=0, low_open=True, optional=opt)
     c.number(node, key, "momentum", low=0, high=1, high_open=True, optional=opt)
@@ -211,8 +256,8 @@ def check_train(c: Checker, node: dict, key: str, partial: bool) -> None:
     c.boolean(node, key, "keep_bn_stats", optional=opt)
     if "workers" in node or not partial:
         workers = node.get("workers")
-        if workers != "auto" and not (_is_number(workers, int) and workers >= 0):
-            c.bad(f"{key}.workers", f"must be auto or a whole number >= 0, got {workers!r}")
+        if workers != "auto" and not (_is_number(workers, int) and 0 <= workers <= MAX_WORKERS):
+            c.bad(f"{key}.workers", f"must be auto or a whole number from 0 to {MAX_WORKERS}, got {workers!r}")
     if "augment" in node or not partial:
         _check_augment(c, node.get("augment"), f"{key}.augment", partial)
 

@@ -47,6 +47,9 @@ def parse_yaml(text: str, where: str) -> Any:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{where}: not valid YAML{at} ({first_line(getattr(err, 'problem', None) or err)})") from None
+    except ValueError as err:  # a number past Python's int/str conversion limit (4300 digits), a bad date
+        said = first_line(err).split("; use sys.")[0]  # not Python's own advice to raise the limit
+        raise UserError(f"{where}: holds a value that cannot be read ({said})") from None
 
 
 def expanded_size(node, sizes: dict[int, int], open_nodes: set[int]) -> int:

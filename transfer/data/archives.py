@@ -24,6 +24,7 @@ from typing import IO
 from tqdm import tqdm
 
 from transfer.core.errors import UserError, disk_full, fail
+from transfer.core.files import what_is
 from transfer.core.paths import RAW_DIR
 from transfer.core.stage import log
 
@@ -55,7 +56,9 @@ def fetch(source: str, scratch: Path) -> tuple[Path, str]:
             fail(f"data.url: {source}: unsupported scheme (use http(s)://, an archive path or a folder)")
         path = Path(source).expanduser()
         if not path.is_file():
-            fail(f"data.url: {source}: no such file or folder")
+            kind = what_is(path)
+            fail(f"data.url: {source}: {kind}" + ("" if kind == "no such file or folder" else
+                                                 ", not an archive or a folder"))
         return path, str(path)
     name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlsplit(source).path)) or "download"
     mirror = os.environ.get(MIRROR_ENV)

@@ -13,6 +13,7 @@ ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 HIGH_DEPTH_GRAY = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 # What PIL's decoders raise on malformed input; anything else is a bug worth a traceback.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+DEFAULT_PIXEL_LIMIT = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS, where a caller has switched it off
 
 
 class UnreadableImage(Exception):
@@ -45,6 +46,19 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
                 raise UnreadableImage("truncated image") from None
             detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
             raise UnreadableImage(f"corrupt image ({detail})") from None
+
+
+def check_resize(size: tuple[int, int], short_side: int) -> None:
+    """Refuse a resize whose result is over the decompression-bomb limit: a 1 x 300,000 px PNG of a
+    few hundred bytes passes that limit when decoded, but at a short side of 224 px it is 67 million px
+    long (15 billion pixels, tens of GB)."""
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    limit = Image.MAX_IMAGE_PIXELS or DEFAULT_PIXEL_LIMIT
+    resized_long = long * short_side // max(short, 1)
+    if resized_long * short_side > limit:
+        raise UnreadableImage(f"{width}x{height} px: at a short side of {short_side} px it would be "
+                              f"{resized_long} px long, over the decompression-bomb limit ({limit} pixels)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

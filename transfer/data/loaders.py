@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from transfer.core.errors import UserError
 from transfer.core.paths import CLASSES_JSON, RAW_DIR, SPLIT_DIR, split_csv
 from transfer.core.settings import Augment
-from transfer.data.decode import UnreadableImage, open_rgb
+from transfer.data.decode import UnreadableImage, check_resize, open_rgb
 
 
 @dataclass
@@ -63,7 +63,9 @@ def read_classes(split_dir: Path = SPLIT_DIR) -> list[dict]:
 
 
 def resize_short_side(image: Image.Image, size: int, interpolation: str) -> torch.Tensor:
-    """PIL image -> uint8 CHW tensor whose short side is `size` (the eval Resize of torchvision)."""
+    """PIL image -> uint8 CHW tensor whose short side is `size` (the eval Resize of torchvision);
+    UnreadableImage where the result would be over the decompression-bomb limit."""
+    check_resize(image.size, size)
     resized = TF.resize(image, size, interpolation=InterpolationMode(interpolation), antialias=True)
     return TF.pil_to_tensor(resized)
 

@@ -28,7 +28,10 @@ def encoded_image(path: Path, settings: dict) -> bytes:
         if not path.exists():
             raise UserError(f"{path}: missing (data/raw and data/split disagree); re-run dvc repro split") from None
         raise UserError(f"{path}: unreadable image ({err}); re-run dvc repro split") from None
-    pixels = resize_short_side(image, settings["short_side"], settings["interpolation"])
+    try:
+        pixels = resize_short_side(image, settings["short_side"], settings["interpolation"])
+    except UnreadableImage as err:
+        raise UserError(f"{path}: {err}; leave it out with data.exclude") from None
     return store.encode(pixels, settings["encoding"], settings["jpeg_quality"])
 
 

@@ -71,12 +71,14 @@ def _experiment(exp: dict) -> dict | None:
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
     train = dict(params.get("train") or {})
     seed = train.pop("seed", None)
+    if not isinstance(seed, int) or isinstance(seed, bool):  # a list or a string is no seed of this pipeline
+        return None
     accuracy = {}
     for path, metrics in (data.get("metrics") or {}).items():
         value = ((metrics or {}).get("data") or {}).get("accuracy")
         match = METRICS_FILE.fullmatch(path)
-        if match and isinstance(value, (int, float)) and not isinstance(value, bool):
-            accuracy[match.group(1)] = float(value)
+        if match and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+            accuracy[match.group(1)] = float(value)  # NaN and Infinity (JSON allows both) are no accuracy
     if not accuracy:
         return None
     others = json.dumps({**params, "train": train}, sort_keys=True, default=str)

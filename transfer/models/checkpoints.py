@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 from transfer.core.errors import UserError, first_line
 from transfer.core.files import atomic_path
-from transfer.core.param_checks import INTERPOLATIONS, MIN_IMAGE_SIZE
+from transfer.core.param_checks import INTERPOLATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from transfer.models.backbones import TransferNet, build_model
 from transfer.models.folding import fold_batchnorm
 from transfer.models.timm_models import cut, shown
@@ -22,8 +23,14 @@ from transfer.models.timm_models import cut, shown
 FORMAT = "transfer-pipeline checkpoint 1"
 # What inference needs besides the weights; evaluate and export also read the training record.
 REQUIRED = {"arch": str, "classes": list, "class_names": list, "preprocess": dict}
+# Every field save_checkpoint writes (transfer.training.runs.checkpoint_meta, stages/train.py's and export's).
+KNOWN_KEYS = {"format", "state_dict", "mode", "world_size", *REQUIRED, "best_epoch", "val_accuracy", "epochs",
+              "train_seconds", "trainable_params", "total_params", "history", "settings", "stopped_epoch",
+              "peak_memory_mib", "temperature", "min_confidence"}
+MAX_RECORD_BYTES = 64 * 2**20  # the pickled fields besides the tensors' bytes: a few KB, a long history ~1 MB
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
 CHANNELS = 3  # RGB: one mean and one std each
+MAX_RESIZE_SIZE = 2 * MAX_IMAGE_SIZE  # the largest crop at a crop_pct of 0.5 (the backbones' are 0.875 to 1)
 # What export adds to the published model (absent from a mode's own checkpoint): the temperature its
 # logits are divided by before the softmax, and the calibrated confidence below which predict says
 # "unsure" (None: never).
@@ -51,8 +58,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model; run `dvc repro` (or `dvc pull`) first")
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+    check_record_size(path)
+    try:  # mmap: a tensor is read only where it is used (a 3 GB one is refused by its shape, not loaded)
+        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         reason = ("it holds Python objects besides tensors and plain data, which are never loaded"
                   if PYTHON_OBJECTS.search(str(err)) else f"not a torch file, or a damaged one: {unpickler_said(err)}")
@@ -64,6 +72,18 @@ def read_checkpoint(path: str | Path) -> dict:
     if problems:
         raise UserError(f"{path}: not a model checkpoint of this pipeline ({problems})")
     return contents
+
+
+def check_record_size(path: Path) -> None:
+    """Refuse a file whose pickled record (everything but the tensors' bytes) is larger than any this
+    pipeline writes, before unpickling it: it would be built whole in memory."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format: torch's loader refuses it as not a zip of this pipeline's
+    with zipfile.ZipFile(path) as zf:
+        record = sum(info.file_size for info in zf.infolist() if info.filename.endswith("/data.pkl"))
+    if record > MAX_RECORD_BYTES:
+        raise UserError(f"{path}: not a model checkpoint of this pipeline (its record takes {record} bytes; "
+                        f"this pipeline's take far less than {MAX_RECORD_BYTES})")
 
 
 def check_belongs(meta: dict, path: str | Path, mode: str, classes: list[dict]) -> None:
@@ -101,6 +121,9 @@ def format_problems(contents) -> str:
         wrong.append("state_dict")
     if wrong:
         return f"missing or malformed: {', '.join(wrong)}"
+    unknown = sorted(map(str, set(contents) - KNOWN_KEYS))
+    if unknown:
+        return f"unknown fields: {cut(', '.join(unknown))}"
     return "; ".join(meta_problems(contents))
 
 
@@ -171,17 +194,26 @@ def _numbers(value, count: int) -> bool:
     return isinstance(value, list) and len(value) == count and all(_number(v) for v in value)
 
 
+def size_problems(image_size, resize_size) -> list[str]:
+    """The crop and the short side resized to before it: bounded as params.yaml's sizes are (a file
+    asking for a 10**6 px resize would take all memory), and the resize at least the crop (one below
+    it would pad the crop with black: wrong answers, not an error)."""
+    if not _whole(image_size) or image_size < MIN_IMAGE_SIZE:
+        return [f"preprocess.image_size: must be a whole number >= {MIN_IMAGE_SIZE}, got {shown(image_size)}"]
+    if image_size > MAX_IMAGE_SIZE:
+        return [f"preprocess.image_size: must be at most {MAX_IMAGE_SIZE}, got {shown(image_size)}"]
+    if not _whole(resize_size) or not image_size <= resize_size <= MAX_RESIZE_SIZE:
+        return [f"preprocess.resize_size: must be a whole number from image_size ({image_size}) to "
+                f"{MAX_RESIZE_SIZE}, got {shown(resize_size)}"]
+    return []
+
+
 def preprocess_problems(pre: dict) -> list[str]:
     """The preprocessing's fields, as eval_transform and fold_batchnorm take them."""
     missing = [key for key in PREPROCESS_KEYS if key not in pre]
     if missing:
         return [f"preprocess.{key}: missing" for key in missing]
-    problems = []
-    if not _whole(pre["image_size"]) or pre["image_size"] < MIN_IMAGE_SIZE:
-        problems.append(f"preprocess.image_size: must be a whole number >= {MIN_IMAGE_SIZE}, "
-                        f"got {shown(pre['image_size'])}")
-    if not _whole(pre["resize_size"]) or pre["resize_size"] < 1:
-        problems.append(f"preprocess.resize_size: must be a whole number >= 1, got {shown(pre['resize_size'])}")
+    problems = size_problems(pre["image_size"], pre["resize_size"])
     if not _numbers(pre["mean"], CHANNELS):
         problems.append(f"preprocess.mean: must be {CHANNELS} numbers (R, G, B), got {shown(pre['mean'])}")
     if not _numbers(pre["std"], CHANNELS) or min(pre["std"]) <= 0:

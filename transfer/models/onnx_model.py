@@ -169,6 +169,8 @@ def read_metadata(path: Path, session) -> dict:
                 meta[field] = json.loads(props[field])
             except json.JSONDecodeError as err:
                 problems.append(f"{field}: not JSON ({err})")
+            except RecursionError:
+                problems.append(f"{field}: JSON nested too deep")
     problems = problems or meta_problems(meta) or class_count_problems(meta) or graph_problems(session, meta)
     if problems:
         raise UserError(f"{path}: an ONNX model of this pipeline with damaged metadata ({'; '.join(problems)})")
