@@ -63,8 +63,9 @@ def frozen_features(folder: Path):
         store_splits,
         working_preprocess,
     )
-    from transfer.models.backbones import build_model, frozen_split, set_trainable
+    from transfer.models.backbones import build_model
     from transfer.training.sources import PhaseRun, make_source
+    from transfer.training.trainable import frozen_split, set_trainable
 
     with working_dir(folder):
         settings = mode_settings(params_module.load(), "frozen")

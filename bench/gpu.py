@@ -25,7 +25,8 @@ CONFIGS = [("fp32", "NCHW"), ("fp32", "CL"), ("bf16", "NCHW"), ("bf16", "CL")]
 def measure(precision: str, layout: str, batch: int) -> dict:
     import torch
 
-    from transfer.models.backbones import build_model, set_trainable, train_mode
+    from transfer.models.backbones import build_model
+    from transfer.training.trainable import set_trainable, train_mode
 
     fmt = torch.channels_last if layout == "CL" else torch.contiguous_format
     amp = precision == "bf16"

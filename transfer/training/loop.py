@@ -24,7 +24,7 @@ from transfer.core.files import atomic_path
 from transfer.core.settings import ModeSettings, Phase
 from transfer.core.stage import log
 from transfer.data.loaders import TrainData
-from transfer.models.backbones import TransferNet, set_trainable, train_mode
+from transfer.models.backbones import TransferNet
 from transfer.models.folding import fold_batchnorm
 from transfer.training.distributed import OneProcess, own_totals
 from transfer.training.losses import make_criterion
@@ -33,6 +33,7 @@ from transfer.training.sharding import shard
 from transfer.training.sources import PhaseRun, epoch_seed, make_source
 from transfer.training.stopping import beats_kept
 from transfer.training.stopping import update as early_stop
+from transfer.training.trainable import set_trainable, train_mode
 
 
 @dataclass

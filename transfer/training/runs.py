@@ -11,9 +11,10 @@ from transfer.core.paths import running_live_dir
 from transfer.core.settings import ModeSettings
 from transfer.core.stage import log
 from transfer.data.loaders import TrainData, store_splits, train_transform, working_preprocess
-from transfer.models.backbones import TransferNet, build_model, check_top_blocks
+from transfer.models.backbones import TransferNet, build_model
 from transfer.training.distributed import OneProcess
 from transfer.training.loop import FitResult, ResumeState, fit
+from transfer.training.trainable import check_top_blocks
 
 
 def new_model(settings: ModeSettings, num_classes: int) -> tuple[TransferNet, dict]:

@@ -36,8 +36,9 @@ from transfer.data.loaders import (
     normalized_batches,
     train_transform,
 )
-from transfer.models.backbones import TransferNet, frozen_split
+from transfer.models.backbones import TransferNet
 from transfer.training.distributed import OneProcess
+from transfer.training.trainable import frozen_split
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
