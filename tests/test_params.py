@@ -172,7 +172,8 @@ def test_unknown_backbone_lists_the_known_ones():
     """An unknown backbone's line lists the backbones there are (and suggests the closest)."""
     (line,) = problems(variant(model__arch="efficientnet_lit0"))
     assert "did you mean efficientnet_lite0?" in line
-    for known in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50", "mobilenet_v3_large", "convnext_tiny"):
+    for known in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50",
+                  "mobilenet_v3_large", "convnext_tiny"):
         assert known in line
 
 
