@@ -49,7 +49,7 @@ GRID_HEADS = ("row", "standardised")
 
 
 def frozen_features(folder: Path):
-    """frozen's settings, model and its phase's source (transfer.training.sources.CachedFeatures: the
+    """frozen's settings, model and its phase's source (transfer.training.feature_cache.CachedFeatures: the
     training views and val images through the frozen body, as train@frozen computes them), and the features as tensors:
     train views, val, and the split that reports."""
     from transfer.core import params as params_module
@@ -64,7 +64,8 @@ def frozen_features(folder: Path):
         working_preprocess,
     )
     from transfer.models.backbones import build_model
-    from transfer.training.sources import PhaseRun, make_source
+    from transfer.training.phase_run import PhaseRun
+    from transfer.training.sources import make_source
     from transfer.training.trainable import frozen_split, set_trainable
 
     with working_dir(folder):

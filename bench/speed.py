@@ -204,7 +204,7 @@ def loader(args) -> None:
 
 def loader_epochs(dataset, batch: int, workers: int, persistent: bool, epochs: int, cuda: bool) -> list[float]:
     """Seconds of each epoch through the loader (a fresh one each epoch, or one for all)."""
-    from transfer.training.sources import EpochSampler
+    from transfer.training.image_batches import EpochSampler
 
     data, times = None, []
     for epoch in range(1, epochs + 1):

@@ -236,7 +236,7 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
     second pass all give the same batches, a new epoch gives new crops, and the global random stream
     (dropout) does not move."""
     from transfer.data.loaders import TensorImages, train_transform
-    from transfer.training.sources import EpochSampler
+    from transfer.training.image_batches import EpochSampler
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, False)[1], SIZE)
     data = tiny_data(pre, n_train=12)
@@ -410,7 +410,9 @@ def test_the_shorthand_trains_the_same_as_its_phases(tmp_path):
 def test_frozen_without_random_augmentation_caches_one_view():
     """With nothing random in the augmentation, every view of an image is the same: one is computed."""
     from transfer.core.devices import memory_format
-    from transfer.training.sources import CachedFeatures, PhaseRun, make_source
+    from transfer.training.feature_cache import CachedFeatures
+    from transfer.training.phase_run import PhaseRun
+    from transfer.training.sources import make_source
 
     off = {"crop_scale": None, "hflip": 0, "vflip": 0, "rotation": 0, "color_jitter": 0, "grayscale": 0}
     for augment, views in ((off, 1), ({"crop_scale": [0.5, 1.0]}, 3)):
@@ -428,7 +430,8 @@ def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same
     """Cached features that exceed train.memory_budget_mb are kept in bfloat16; beyond that even, in an
     unnamed file read a batch at a time: the same numbers as bfloat16 in memory, weights to the bit."""
     from transfer.core.devices import memory_format
-    from transfer.training.sources import DiskRows, PhaseRun, cached_features
+    from transfer.training.feature_cache import DiskRows, cached_features
+    from transfer.training.phase_run import PhaseRun
 
     monkeypatch.chdir(tmp_path)  # the file goes under .resume/ of the stage's folder
     s = settings_for("partial")

@@ -206,7 +206,7 @@ def normalized_batches(stack: torch.Tensor, labels: torch.Tensor, preprocess: di
 class TensorImages(torch.utils.data.Dataset):
     """Decoded images + labels, transformed on access.
 
-    A key is (index, seed), as transfer.training.sources.EpochSampler makes them: the augmentation draws from
+    A key is (index, seed), as transfer.training.image_batches.EpochSampler makes them: the augmentation draws from
     that seed alone, so the view of an image depends on the run's seed, the epoch and the index, never
     on which loader worker happens to make it, how many workers there are, or a resume."""
 

@@ -29,8 +29,9 @@ from transfer.models.folding import fold_batchnorm
 from transfer.training.distributed import OneProcess, own_totals
 from transfer.training.losses import make_criterion
 from transfer.training.optim import make_optimizer, make_scheduler
+from transfer.training.phase_run import PhaseRun, epoch_seed
 from transfer.training.sharding import shard
-from transfer.training.sources import PhaseRun, epoch_seed, make_source
+from transfer.training.sources import make_source
 from transfer.training.stopping import beats_kept
 from transfer.training.stopping import update as early_stop
 from transfer.training.trainable import set_trainable, train_mode

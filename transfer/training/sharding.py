@@ -13,7 +13,9 @@ import torch
 
 from transfer.core.devices import to_device
 from transfer.training.distributed import OneProcess
-from transfer.training.sources import AugmentedImages, Batch, EpochSampler, Source, drops_last
+from transfer.training.image_batches import AugmentedImages, EpochSampler
+from transfer.training.phase_run import Batch, drops_last
+from transfer.training.sources import Source
 
 
 def shard(source: Source, strategy: OneProcess) -> Source:
