@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from transfer.core import params, publish
-from transfer.core.errors import disk_full, fail
+from transfer.core.errors import disk_full, fail, printable
 from transfer.core.paths import RAW_DIR, RAW_SKIPPED
 from transfer.core.stage import log, run_main
 from transfer.data.archives import fetch, file_sha256, is_url, link_leaving, unpack
@@ -126,7 +126,7 @@ def main() -> None:
         if skipped:  # hidden, so no layout sees it; split reports it
             record.write_text(json.dumps(skipped, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for item in skipped if is_folder else ():
-        log(f"warning: skipped {Path(source) / item['path']}: {item['reason']}")
+        log(f"warning: skipped {printable(Path(source) / item['path'])}: {item['reason']}")
     files = sum(1 for path in RAW_DIR.rglob("*") if path.is_file() and path != RAW_SKIPPED)
     log(f"{RAW_DIR}: {files} files from {source}" + (f" ({len(skipped)} skipped)" if skipped else ""))
 

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import fail, printable
 
 TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
 VAL_FOLDERS = ("val", "valid", "validation", "test")
@@ -46,10 +46,10 @@ def inner_dataset(root: Path, warnings: list[str]) -> Path | None:
         return subs[0] if subfolders(subs[0]) else None
     holding = [sub for sub in subs if split_folders(dataset_root(sub, []))]
     if len(holding) > 1:
-        fail(f"{root}: {holding[0].name}/ and {holding[1].name}/ both hold a train/val split; "
+        fail(f"{root}: {printable(holding[0].name)}/ and {printable(holding[1].name)}/ both hold a train/val split; "
              "point data.url at one of them")
     if holding:
-        warnings.append(f"{root}: using {holding[0].name}/, which holds the train/val split; ignoring "
+        warnings.append(f"{root}: using {printable(holding[0].name)}/, which holds the train/val split; ignoring "
                         + ", ".join(f"{sub.name}/" for sub in subs if sub != holding[0]))
     return holding[0] if holding else None
 
@@ -137,18 +137,20 @@ def class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[st
         folders = [p.name for p in subfolders(sources["train"])]
         for part in sources.keys() - {"train"}:
             for extra in sorted({p.name for p in subfolders(sources[part])} - set(folders)):
-                fail(f"{sources[part] / extra}: class missing from {sources['train']}")
+                fail(f"{printable(sources[part] / extra)}: class missing from {sources['train']}")
     else:
         sources = {"all": root}
         folders = [p.name for p in subfolders(root)]
     if len(folders) < 2:
-        fail(f"{root}: found {len(folders)} class folder(s) ({', '.join(folders) or 'none'}); need at least two")
+        fail(f"{root}: found {len(folders)} class folder(s) ({', '.join(map(printable, folders)) or 'none'}); "
+             "need at least two")
     if layout == "prefix":
         by_number: dict[int, str] = {}
         for folder in folders:
             number = int(PREFIXED.fullmatch(folder).group(1))
             if number in by_number:
-                fail(f"{root}: class folders {by_number[number]} and {folder} have the same number {number}")
+                fail(f"{root}: class folders {printable(by_number[number])} and {printable(folder)} have the same "
+                     f"number {number}")
             by_number[number] = folder
         folders = [by_number[number] for number in sorted(by_number)]
     return folders, sources

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import fail, plural
 
 WORKSPACE = "workspace"  # the name DVC gives the working tree in its diff tables
 DEFAULT_BASES = ("main", "origin/main")
@@ -105,10 +105,6 @@ def accuracy_changes(metrics: dict) -> list[str]:
         old, new = (f"{v:.3f}" if isinstance(v, (int, float)) else "none" for v in (row.get("old"), row.get("new")))
         changes.append(f"{name} {old} -> {new}")
     return changes
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def summary_line(base: str, head: str, params: int, metrics: dict, plots: int) -> str:

@@ -11,9 +11,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import fail, plural
 from transfer.core.files import kind_of
-from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, plural, summary_line
+from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, summary_line
 from transfer.evaluation.mode_results import Table, parse_predictions
 from transfer.evaluation.stats import format_p, holm, paired, wilson_interval
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.core.errors import UserError
+from transfer.core.errors import UserError, shown
 from transfer.core.param_checks import MIN_IMAGE_SIZE, Checker
 from transfer.core.settings import Phase
 from transfer.models import timm_models
@@ -70,7 +70,7 @@ def check_arch(c: Checker, arch: str, key: str, sizes: list[tuple[str, int]]) ->
     if arch not in known and not timm_models.is_timm(arch):
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        c.bad(key, f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
+        c.bad(key, f"unknown backbone {shown(arch)} ({hint}known: {', '.join(known)})")
         return
     low, only = backbone_sizes(arch)
     for size_key, size in sizes:
@@ -165,7 +165,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool) -> tuple[Transfer
     elif arch in known_archs():
         body, info = _torchvision(arch, pretrained)
     else:
-        raise UserError(f"model.arch: unknown backbone {timm_models.shown(arch)} (known: {', '.join(known_archs())}, "
+        raise UserError(f"model.arch: unknown backbone {shown(arch)} (known: {', '.join(known_archs())}, "
                         f"or timm/<any timm model>)")
     num_features = info.pop("num_features")
     return TransferNet(body, num_features, num_classes), info

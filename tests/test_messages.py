@@ -1,0 +1,46 @@
+"""Messages built from untrusted names and files: one line each, naming what is wrong. Each case runs
+in-process on tiny files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages import predict
+from transfer.core.errors import UserError, printable
+from transfer.data.layouts import class_folders
+from transfer.models.inference import image_files
+
+FORGED = "ants\nsplit: error: forged line\x1b[2J"
+
+
+def one_line(text: str) -> str:
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text, text
+    return text
+
+
+def test_ordinary_names_are_shown_as_they_are():
+    assert printable("ants") == "ants"
+    assert printable("abeille ouvrière 1.jpg") == "abeille ouvrière 1.jpg"
+    assert printable(Path("data/raw/bees")) == "data/raw/bees"
+
+
+def test_predict_text_escapes_paths_and_class_names():
+    line = predict.text_line({"path": f"photos/{FORGED}.jpg", "top": [{"class": FORGED, "probability": 0.9}],
+                              "unsure": False})
+    assert one_line(line).count("forged line") == 2
+    error = predict.text_line({"path": FORGED, "error": f"unreadable image ({FORGED})"})
+    assert one_line(error).startswith(repr(FORGED))
+
+
+def test_a_missing_path_with_a_newline_is_one_line(tmp_path):
+    with pytest.raises(UserError) as err:
+        image_files([str(tmp_path / FORGED)])
+    assert one_line(str(err.value)).endswith("no such file or folder")
+
+
+def test_a_class_folder_with_a_newline_is_one_line(tmp_path):
+    (tmp_path / FORGED).mkdir()
+    with pytest.raises(UserError) as err:
+        class_folders(tmp_path, "random", [])
+    assert "need at least two" in one_line(str(err.value))
