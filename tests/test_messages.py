@@ -2,6 +2,7 @@
 in-process on tiny files."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,22 @@ def test_a_class_folder_with_a_newline_is_one_line(tmp_path):
     with pytest.raises(UserError) as err:
         class_folders(tmp_path, "random", [])
     assert "need at least two" in one_line(str(err.value))
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: os.mkfifo(path), "a FIFO, not an image file or a folder"),
+    (lambda path: os.symlink(path, path), "a loop of symbolic links, not an image file or a folder"),
+    (lambda path: None, "no such file or folder"),
+])
+def test_predict_says_what_a_path_is(tmp_path, make, said):
+    path = tmp_path / "photo.jpg"
+    make(path)
+    with pytest.raises(UserError) as err:
+        image_files([str(path)])
+    assert str(err.value) == f"{path}: {said}"
+
+
+def test_predict_names_a_character_device():
+    with pytest.raises(UserError) as err:
+        image_files(["/dev/zero"])
+    assert str(err.value) == "/dev/zero: a character device, not an image file or a folder"

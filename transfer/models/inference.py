@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transfer.core.errors import UserError, printable
+from transfer.core.files import what_is
 
 # Folders are searched for these; a file named on the command line is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -28,7 +29,9 @@ def image_files(paths: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise UserError(f"{printable(path)}: no such file or folder")
+            what = what_is(path)
+            wanted = "" if what == "no such file or folder" else ", not an image file or a folder"
+            raise UserError(f"{printable(path)}: {what}{wanted}")
     return files
 
 
