@@ -10,6 +10,7 @@ import pytest
 from stages import predict
 from transfer.core.errors import UserError, printable
 from transfer.data.layouts import class_folders
+from transfer.evaluation.mode_results import parse_predictions
 from transfer.models.inference import image_files
 
 FORGED = "ants\nsplit: error: forged line\x1b[2J"
@@ -64,3 +65,11 @@ def test_predict_names_a_character_device():
     with pytest.raises(UserError) as err:
         image_files(["/dev/zero"])
     assert str(err.value) == "/dev/zero: a character device, not an image file or a folder"
+
+
+@pytest.mark.parametrize("data", [b"", b"path,actual,predicted\n"])
+def test_an_empty_predictions_file_is_named_empty(data):
+    where = "plots/predictions/frozen.csv at main"
+    with pytest.raises(UserError) as err:
+        parse_predictions(data, where)
+    assert str(err.value) == f"{where}: empty (no predictions); re-run dvc repro evaluate"

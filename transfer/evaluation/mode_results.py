@@ -86,6 +86,8 @@ def parse_predictions(data: bytes, where: str) -> Table:
         if not all(isinstance(row.get(key), str) for key in ("path", "actual", "predicted")) or row["path"] in table:
             fail(f"{where}: expected columns path, actual, predicted and one row per image")
         table[row["path"]] = row["actual"] == row["predicted"]
+    if not table:  # else the report would call it a new split: no image in common with any other
+        fail(f"{where}: empty (no predictions); re-run dvc repro evaluate")
     return table
 
 
