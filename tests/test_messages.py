@@ -10,6 +10,7 @@ import pytest
 from stages import predict
 from transfer.core.errors import UserError, printable
 from transfer.data.layouts import class_folders
+from transfer.evaluation.dvc_diff import MAX_CHARS, capped
 from transfer.evaluation.mode_results import parse_predictions
 from transfer.models.inference import image_files
 
@@ -73,3 +74,12 @@ def test_an_empty_predictions_file_is_named_empty(data):
     with pytest.raises(UserError) as err:
         parse_predictions(data, where)
     assert str(err.value) == f"{where}: empty (no predictions); re-run dvc repro evaluate"
+
+
+def test_a_huge_param_line_is_cut_and_its_section_kept():
+    huge = "| params.yaml | data.url | " + "x" * (2 * MAX_CHARS) + " | y |"
+    text = "\n".join(["summary", "## Params", "", "| Path | Param | HEAD | workspace |", huge,
+                      "| params.yaml | train.lr | 0.01 | 0.02 |", "", "## Metrics", "", "No metrics changed."])
+    report = capped(text, "main", "workspace")
+    assert "| params.yaml | train.lr | 0.01 | 0.02 |" in report and "No metrics changed." in report
+    assert "| params.yaml | data.url | xxx" in report and len(report) < MAX_CHARS

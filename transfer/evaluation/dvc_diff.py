@@ -17,6 +17,9 @@ from transfer.core.errors import fail, plural
 WORKSPACE = "workspace"  # the name DVC gives the working tree in its diff tables
 DEFAULT_BASES = ("main", "origin/main")
 MAX_CHARS = 65_536  # what a GitHub pull-request comment holds
+# A longer line (a param whose value is a huge string) is cut, so that the cap on the whole text does not
+# drop its section and every one after it.
+MAX_LINE_CHARS = 2_000
 LOAD_FAILURE = re.compile(  # DVC's two warnings (it exits 0) that it could not read a revision's files
     r"failed to load (?:some )?(\w+) (?:in revision '([^']*)', (.+)|for following revisions: (.+))")
 
@@ -230,7 +233,10 @@ def plots_section(revs: list[str], base: str, head: str, files: Path, link: str)
 
 
 def capped(text: str, base: str, head: str) -> str:
-    """`text` whole when a pull-request comment holds it, else cut at a line, with a line saying so."""
+    """`text` whole when a pull-request comment holds it, else cut at a line, with a line saying so; a line
+    over MAX_LINE_CHARS is cut first, its section kept."""
+    text = "\n".join(line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS - 1] + "…"
+                     for line in text.split("\n"))
     if len(text) <= MAX_CHARS:
         return text
     note = (f"\n\n**Cut here**: {len(text):,} characters are more than a pull-request comment holds "
