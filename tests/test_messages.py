@@ -6,9 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
-from stages import predict
+from stages import audit, predict
+from tests.conftest import ROOT, run_in_process
+from transfer.core.devices import pick_device
 from transfer.core.errors import UserError, printable
+from transfer.core.params import mode_key
+from transfer.core.paths import PARAMS_FILE
 from transfer.data.layouts import class_folders
 from transfer.evaluation.dvc_diff import MAX_CHARS, capped
 from transfer.evaluation.mode_results import parse_predictions
@@ -83,3 +88,24 @@ def test_a_huge_param_line_is_cut_and_its_section_kept():
     report = capped(text, "main", "workspace")
     assert "| params.yaml | train.lr | 0.01 | 0.02 |" in report and "No metrics changed." in report
     assert "| params.yaml | data.url | xxx" in report and len(report) < MAX_CHARS
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_missing_device_names_the_key_it_came_from(tmp_path, monkeypatch):
+    with pytest.raises(UserError) as err:
+        pick_device("cuda", "audit.device")
+    assert str(err.value).startswith("audit.device: cuda asked for, but no CUDA GPU is available")
+    params = {"train": {"device": "cpu"}, "modes": {"frozen": {}, "finetune": {"device": "cuda"}}}
+    assert mode_key(params, "frozen", "device") == "train.device"
+    assert mode_key(params, "finetune", "device") == "modes.finetune.device"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_audit_names_audit_device(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    text = (ROOT / PARAMS_FILE).read_text()
+    (tmp_path / PARAMS_FILE).write_text(text.replace("  device: auto               # auto | cpu | cuda | cuda:N",
+                                                     "  device: cuda               # auto | cpu | cuda | cuda:N"))
+    code = run_in_process(audit.main)
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().startswith("audit: error: audit.device: cuda asked for"), err

@@ -154,3 +154,8 @@ def declared(params: dict, keys: Iterable[str], mode: str | None = None) -> dict
 def mode_value(params: dict, mode: str, key: str):
     """One `train` setting as the mode sees it: the row's own, else the shared default."""
     return params["modes"][mode].get(key, params["train"][key])
+
+
+def mode_key(params: dict, mode: str, key: str) -> str:
+    """The params key mode_value(params, mode, key) reads: `modes.<mode>.<key>`, else `train.<key>`."""
+    return f"modes.{mode}.{key}" if key in params["modes"][mode] else f"train.{key}"
