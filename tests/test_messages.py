@@ -10,13 +10,15 @@ import torch
 
 from stages import audit, predict
 from tests.conftest import ROOT, run_in_process
+from transfer.core import publish
 from transfer.core.devices import pick_device
 from transfer.core.errors import UserError, printable
 from transfer.core.params import mode_key
-from transfer.core.paths import PARAMS_FILE
+from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR
 from transfer.data.layouts import class_folders
 from transfer.evaluation.dvc_diff import MAX_CHARS, capped
 from transfer.evaluation.mode_results import parse_predictions
+from transfer.evaluation.review import PREDICTIONS, workspace_predictions
 from transfer.models.inference import image_files
 
 FORGED = "ants\nsplit: error: forged line\x1b[2J"
@@ -109,3 +111,22 @@ def test_audit_names_audit_device(tmp_path, monkeypatch, capsys):
     code = run_in_process(audit.main)
     err = capsys.readouterr().err
     assert code == 2 and err.strip().startswith("audit: error: audit.device: cuda asked for"), err
+
+
+def test_a_regular_file_at_publish_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(PUBLISH_DIR).write_text("committed by a checkout")
+    with pytest.raises(UserError) as err:
+        with publish.outputs("split", ["out.txt"]) as staged:
+            staged("out.txt").write_text("never published")
+    assert str(err.value) == f"{PUBLISH_DIR}: not a folder, where the pipeline keeps one; remove it and run again"
+    assert not Path("out.txt").exists()
+
+
+def test_a_regular_file_at_plots_predictions_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("plots").mkdir()
+    Path(PREDICTIONS).write_text("committed by a checkout")
+    with pytest.raises(UserError) as err:
+        workspace_predictions()
+    assert str(err.value).startswith(f"{PREDICTIONS}: a regular file, where evaluate writes a folder")

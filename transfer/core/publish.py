@@ -165,8 +165,8 @@ def outputs(stage: str, paths: Iterable[str | os.PathLike]) -> Iterator[Callable
     When the block ends, every path has been written and each replaces its old one; when it fails,
     none is touched. staged(SCRATCH) is a folder for the stage's own temporary files."""
     outputs = _checked_outputs(stage, paths)
-    check_no_links(PUBLISH_DIR)
     root = PUBLISH_DIR / stage
+    check_no_links(root)  # and .publish a folder: a regular file there would end in mkdir's traceback
     if os.path.islink(root) or os.path.isfile(root):  # not ours: the checkout brought it
         os.unlink(root)
     try:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from transfer.core.errors import fail, plural
-from transfer.core.files import kind_of
+from transfer.core.files import kind_of, what_is
 from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, summary_line
 from transfer.evaluation.mode_results import Table, parse_predictions
 from transfer.evaluation.stats import format_p, holm, paired, wilson_interval
@@ -32,6 +32,8 @@ def workspace_predictions() -> dict[str, Table]:
     for path in (folder.parent, folder):
         if path.is_symlink():
             fail(f"{path.relative_to(top)}: a link; the report reads no predictions through it")
+    if os.path.lexists(folder) and not folder.is_dir():
+        fail(f"{PREDICTIONS}: {what_is(folder)}, where evaluate writes a folder; remove it and re-run dvc repro")
     if not folder.is_dir():
         return {}
     tables = {}
