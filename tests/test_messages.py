@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from stages import audit, predict
 from tests.conftest import ROOT, run_in_process
@@ -15,6 +16,7 @@ from transfer.core.devices import pick_device
 from transfer.core.errors import UserError, printable
 from transfer.core.params import mode_key
 from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR
+from transfer.core.tree_guard import check_data_paths
 from transfer.data.layouts import class_folders
 from transfer.evaluation.dvc_diff import MAX_CHARS, capped
 from transfer.evaluation.mode_results import parse_predictions
@@ -130,3 +132,14 @@ def test_a_regular_file_at_plots_predictions_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError) as err:
         workspace_predictions()
     assert str(err.value).startswith(f"{PREDICTIONS}: a regular file, where evaluate writes a folder")
+
+
+@pytest.mark.parametrize("key", ["url", "watch"])
+def test_check_tree_refuses_a_fifo_as_data_source(tmp_path, key):
+    fifo = tmp_path / "dataset.zip"
+    os.mkfifo(fifo)
+    data = {"url": "https://example.com/data.zip", "watch": "params.yaml", key: str(fifo)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data}))
+    with pytest.raises(UserError) as err:
+        check_data_paths(tmp_path / "params.yaml")
+    assert str(err.value) == f"params.yaml: data.{key}: {str(fifo)!r} is a FIFO; name a regular file or a folder"
