@@ -8,10 +8,6 @@ class UserError(Exception):
     """A mistake in what the user gave us (params, data, paths): reported as one line, exit 2."""
 
 
-def fail(message: str) -> None:
-    raise UserError(message)
-
-
 # A value from a file or params longer than this is cut in a message: a hostile file's 100,000-character
 # name would otherwise fill the terminal.
 SHOWN_CHARS = 80

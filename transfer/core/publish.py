@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
 from transfer.core.files import check_no_links
 from transfer.core.paths import PUBLISH_DIR
 
@@ -172,7 +172,7 @@ def outputs(stage: str, paths: Iterable[str | os.PathLike]) -> Iterator[Callable
     try:
         with _held(root, wait=LOCK_WAIT_SECONDS) as held:
             if not held:
-                fail(f"{root}: another run of {stage} is publishing its outputs; wait for it to end")
+                raise UserError(f"{root}: another run of {stage} is publishing its outputs; wait for it to end")
             yield from _publish(stage, root, outputs)
     finally:
         with contextlib.suppress(OSError):  # nothing left to publish: no empty folder either

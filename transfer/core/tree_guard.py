@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from transfer.core import params
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
 from transfer.core.files import check_no_links, check_plain_tree, kind_of
 from transfer.core.git_tree import refuse_tracked, tracked_ignored
 from transfer.core.param_checks import Checker, check_local, check_url
@@ -39,7 +39,7 @@ def declared_outputs(dvc_yaml: Path = DVC_YAML) -> Iterator[tuple[Path, bool]]:
                     path, options = (item, {}) if isinstance(item, str) else next(iter(item.items()))
                     yield Path(str(path).split("${")[0] or "."), (options or {}).get("cache", True)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, StopIteration) as err:
-        fail(f"{dvc_yaml}: cannot read its stages' outputs ({type(err).__name__})")
+        raise UserError(f"{dvc_yaml}: cannot read its stages' outputs ({type(err).__name__})") from None
 
 
 def check_plain(path: Path) -> None:
@@ -48,8 +48,8 @@ def check_plain(path: Path) -> None:
     if os.path.isdir(path):
         check_plain_tree(path)
     elif os.path.lexists(path) and kind_of(os.lstat(path).st_mode):
-        fail(f"{path}: {kind_of(os.lstat(path).st_mode)} where the pipeline writes (only files and folders "
-             "belong there); remove it and run again")
+        raise UserError(f"{path}: {kind_of(os.lstat(path).st_mode)} where the pipeline writes (only files and folders "
+                        "belong there); remove it and run again")
 
 
 def check_data_paths(params_file: Path = PARAMS_FILE) -> None:
@@ -66,7 +66,7 @@ def check_data_paths(params_file: Path = PARAMS_FILE) -> None:
     if isinstance(data.get("watch"), str) and data["watch"]:
         check_local(c, "data.watch", data["watch"])
     if c.problems:
-        fail(c.problems[0])
+        raise UserError(c.problems[0])
 
 
 def check_tree(dvc_yaml: Path = DVC_YAML) -> list[Path]:
@@ -83,6 +83,7 @@ def check_tree(dvc_yaml: Path = DVC_YAML) -> list[Path]:
     check_data_paths()
     ignored = tracked_ignored()
     if ignored:
-        fail(f"{ignored[0]}: committed to git although .gitignore ignores it (git add -f); a branch must not "
-             "bring files the pipeline or DVC keep to themselves: remove it (git rm --cached) and run again")
+        raise UserError(f"{ignored[0]}: committed to git although .gitignore ignores it (git add -f); a branch "
+                        f"must not "
+                        "bring files the pipeline or DVC keep to themselves: remove it (git rm --cached) and run again")
     return checked
