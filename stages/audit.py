@@ -33,7 +33,7 @@ OUTPUTS = (LABEL_ISSUES_CSV, NEAR_DUPLICATES_CSV, OUTLIERS_CSV, AUDIT_METRICS, A
 def main() -> None:
     declared = params.declared(params.load(arch_check=check_arch), PARAMS)
     settings = declared["audit"]
-    data = audit_data(settings["arch"], settings["image_size"], pick_device(settings["device"]))
+    data = audit_data(settings["arch"], settings["image_size"], pick_device(settings["device"], "audit.device"))
     found = find_all(data, settings)
     metrics = audit_metrics(data, found)
     with publish.outputs("audit", OUTPUTS) as staged:

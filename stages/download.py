@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from transfer.core import params, publish
-from transfer.core.errors import disk_full, fail
+from transfer.core.errors import UserError, disk_full, printable
 from transfer.core.paths import RAW_DIR, RAW_SKIPPED
 from transfer.core.stage import log, run_main
 from transfer.data.archives import fetch, file_sha256, is_url, link_leaving, unpack
@@ -35,9 +35,9 @@ def check_source_folder(folder: Path, source: str) -> None:
     copy replaces it)."""
     src, raw = folder.resolve(), RAW_DIR.resolve()
     if src == raw or src in raw.parents:
-        fail(f"data.url: {source}: holds the output folder {RAW_DIR}; name a dataset folder outside it")
+        raise UserError(f"data.url: {source}: holds the output folder {RAW_DIR}; name a dataset folder outside it")
     if raw in src.parents:
-        fail(f"data.url: {source}: lies inside the output folder {RAW_DIR}, which this stage replaces")
+        raise UserError(f"data.url: {source}: lies inside the output folder {RAW_DIR}, which this stage replaces")
 
 
 class CappedCopy:
@@ -50,8 +50,9 @@ class CappedCopy:
     def __call__(self, path: Path, dest: Path) -> None:
         self.left -= path.stat().st_size
         if self.left < 0:
-            fail(f"data.url: {self.source}: its files take more than data.max_unpacked_mb = {self.max_mb:g} MiB "
-                 f"(at {path.relative_to(self.source).as_posix()}); raise it if the folder is meant")
+            raise UserError(f"data.url: {self.source}: its files take more than data.max_unpacked_mb = "
+                            f"{self.max_mb:g} MiB "
+                            f"(at {path.relative_to(self.source).as_posix()}); raise it if the folder is meant")
         shutil.copy2(path, dest)
 
 
@@ -108,7 +109,7 @@ def main() -> None:
     if is_folder:
         check_source_folder(folder, source)
         if expected:
-            fail(f"data.sha256: {source} is a folder; a checksum applies to an archive only")
+            raise UserError(f"data.sha256: {source} is a folder; a checksum applies to an archive only")
     skipped = []
     with publish.outputs("download", (RAW_DIR,)) as staged:
         raw = staged(RAW_DIR)
@@ -119,14 +120,14 @@ def main() -> None:
             if expected:
                 actual = file_sha256(archive)
                 if actual != expected.lower():
-                    fail(f"data.sha256: {label}: expected {expected.lower()}, got {actual}")
+                    raise UserError(f"data.sha256: {label}: expected {expected.lower()}, got {actual}")
             skipped = unpack(archive, raw, data["max_unpacked_mb"], label)
         record = raw / RAW_SKIPPED.name
         record.unlink(missing_ok=True)  # a source's own file of that name is no record of this run
         if skipped:  # hidden, so no layout sees it; split reports it
             record.write_text(json.dumps(skipped, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for item in skipped if is_folder else ():
-        log(f"warning: skipped {Path(source) / item['path']}: {item['reason']}")
+        log(f"warning: skipped {printable(Path(source) / item['path'])}: {item['reason']}")
     files = sum(1 for path in RAW_DIR.rglob("*") if path.is_file() and path != RAW_SKIPPED)
     log(f"{RAW_DIR}: {files} files from {source}" + (f" ({len(skipped)} skipped)" if skipped else ""))
 

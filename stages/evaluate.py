@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode")
     mode = parser.parse_args(argv).mode
     params = params_module.declared(params_module.load(), PARAMS, mode)
-    device = pick_device(params_module.mode_value(params, mode, "device"))
+    device = pick_device(params_module.mode_value(params, mode, "device"),
+                         params_module.mode_key(params, mode, "device"))
     bf16 = bf16_inference(device, params_module.mode_value(params, mode, "inference_dtype"))
     model, meta = load_checkpoint(model_file(mode), device)
     check_belongs(meta, model_file(mode), mode, read_classes())  # not another mode's or project's model

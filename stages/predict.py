@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from transfer.core.errors import UserError
+from transfer.core.errors import UserError, printable
 from transfer.core.paths import EXPORTED_MODEL
 from transfer.core.stage import run_main
 from transfer.models.inference import IMAGE_EXTENSIONS, classify, image_files
@@ -66,10 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def text_line(result: dict) -> str:
+    path = printable(result["path"])
     if "error" in result:
-        return f"{result['path']}: {result['error']}"
-    classes = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in result["top"])
-    return f"{result['path']}: unsure ({classes})" if result["unsure"] else f"{result['path']}: {classes}"
+        return f"{path}: {printable(result['error'])}"
+    classes = ", ".join(f"{printable(t['class'])} {t['probability']:.2f}" for t in result["top"])
+    return f"{path}: unsure ({classes})" if result["unsure"] else f"{path}: {classes}"
 
 
 @run_main

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
 from transfer.core.files import atomic_path, write_json, write_text
 from transfer.core.stage import run_main
 from transfer.evaluation.dvc_diff import MAX_CHARS, check_repository, check_revision, default_base, dvc
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def seeds_main(args: argparse.Namespace) -> None:
     if args.base or args.head:
-        fail("--seeds reads the experiments of HEAD: name no revision")
+        raise UserError("--seeds reads the experiments of HEAD: name no revision")
     summary = summarize(json.loads(dvc("exp", "show", "--json", revs=[]) or "[]"))
     if args.json:
         check_output(Path(args.json), files=False)

@@ -20,14 +20,13 @@ import torch
 from stages import predict
 from tests.conftest import ROOT, env_with_venv, run_in_process
 from tests.imagegen import make_image
-from transfer.core.errors import UserError
+from transfer.core.errors import SHOWN_CHARS, UserError, name_count
 from transfer.core.param_checks import INTERPOLATIONS, MIN_IMAGE_SIZE
 from transfer.core.params import check
 from transfer.data.loaders import working_preprocess
 from transfer.models.backbones import build_model, check_arch
-from transfer.models.checkpoints import load_checkpoint, name_count, save_checkpoint
+from transfer.models.checkpoints import load_checkpoint, save_checkpoint
 from transfer.models.onnx_model import INPUT, OUTPUT, OnnxClassifier, export
-from transfer.models.timm_models import SHOWN_CHARS
 
 ARCH = "mobilenet_v3_small"
 CLASSES = ["ants", "bees"]

@@ -34,7 +34,8 @@ def keep_freed_memory() -> None:
 keep_freed_memory()
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """The device `name` (params' `key`, named in the error when this machine lacks it) stands for."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -42,12 +43,12 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device: {name} asked for, but no CUDA GPU is available (use auto or cpu)")
+        raise UserError(f"{key}: {name} asked for, but no CUDA GPU is available (use auto or cpu)")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise UserError(f"train.device: {name} asked for, but this machine has {torch.cuda.device_count()} "
+        raise UserError(f"{key}: {name} asked for, but this machine has {torch.cuda.device_count()} "
                         f"CUDA GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("train.device: mps asked for, but Apple MPS is not available (use auto or cpu)")
+        raise UserError(f"{key}: mps asked for, but Apple MPS is not available (use auto or cpu)")
     return torch.device(name)
 
 

@@ -8,9 +8,9 @@ class UserError(Exception):
     """A mistake in what the user gave us (params, data, paths): reported as one line, exit 2."""
 
 
-def fail(message: str) -> None:
-    raise UserError(message)
-
+# A value from a file or params longer than this is cut in a message: a hostile file's 100,000-character
+# name would otherwise fill the terminal.
+SHOWN_CHARS = 80
 
 # A write the disk refused: full, over a quota, or past the size limit of a file (ulimit -f).
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -20,6 +20,32 @@ def first_line(err: BaseException) -> str:
     """An exception's message cut to its first line (200 characters), for a one-line error."""
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
+
+
+def cut(text: str) -> str:
+    """`text` for a one-line message, cut to SHOWN_CHARS with an ellipsis."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
+
+
+def shown(value) -> str:
+    """A value from a file or params as a message shows it: its repr, cut."""
+    return cut(repr(value))
+
+
+def printable(name) -> str:
+    """A class name or path from a dataset or model file for a log line, an error line or predict's text:
+    as it is when every character prints, else its repr (newlines and other control characters escaped), so
+    that no name splits a line or forges one."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def name_count(count: int) -> str:
+    return plural(count, "name")
 
 
 def disk_full(err: BaseException) -> bool:

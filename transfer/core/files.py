@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
 
 # Where no dataset lives: pseudo-filesystems (reading /proc/self or /dev/zero never ends), the system's
 # own folders, and a user's private ones (caches, keys, settings). A local path resolving into any is refused.
@@ -33,9 +33,9 @@ def check_no_links(path: str | os.PathLike) -> Path:
     for depth in range(1, len(path.parts) + 1):
         step = Path(*path.parts[:depth])
         if step.is_symlink():
-            fail(f"{step}: {LINK_REFUSED}")
+            raise UserError(f"{step}: {LINK_REFUSED}")
         if depth < len(path.parts) and step.exists() and not step.is_dir():
-            fail(f"{step}: not a folder, where the pipeline keeps one; remove it and run again")
+            raise UserError(f"{step}: not a folder, where the pipeline keeps one; remove it and run again")
     return path
 
 
@@ -85,16 +85,16 @@ def check_plain_tree(path: str | os.PathLike) -> Path:
             entry = Path(folder, name)
             kind = kind_of(os.lstat(entry).st_mode)
             if kind == "a symbolic link":
-                fail(f"{entry}: {LINK_REFUSED}")
+                raise UserError(f"{entry}: {LINK_REFUSED}")
             if kind:
-                fail(f"{entry}: {kind} where the pipeline writes (only files and folders belong there); "
-                     "remove it and run again")
+                raise UserError(f"{entry}: {kind} where the pipeline writes (only files and folders belong there); "
+                                "remove it and run again")
     return path
 
 
 def _walk_error(err: OSError) -> None:
     if isinstance(err, NotADirectoryError) or os.path.lexists(err.filename):
-        fail(f"{err.filename}: not a folder, where the pipeline keeps one; remove it and run again")
+        raise UserError(f"{err.filename}: not a folder, where the pipeline keeps one; remove it and run again")
 
 
 @contextlib.contextmanager
@@ -134,8 +134,8 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
-        fail(f"{path}: missing; run the stage that writes it first (dvc repro)")
+        raise UserError(f"{path}: missing; run the stage that writes it first (dvc repro)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        fail(f"{path}: not valid JSON ({err})")
+        raise UserError(f"{path}: not valid JSON ({err})") from None

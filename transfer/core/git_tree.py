@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
 from transfer.core.paths import RESUME_DIR
 
 KEY_FILE = "transfer-resume.key"  # in the git folder of this working tree (.git/ or .git/worktrees/<name>/)
@@ -45,8 +45,8 @@ def refuse_tracked(paths: Iterable[str | os.PathLike], why: str) -> None:
     found = [name for name in tracked(paths) if Path(name).name != ".gitignore"]  # DVC writes those: committed
     if found:
         more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-        fail(f"{found[0]}{more}: committed to git, where {why}; remove {'them' if more else 'it'} from the "
-             "branch (git rm -r --cached) and run again")
+        raise UserError(f"{found[0]}{more}: committed to git, where {why}; remove {'them' if more else 'it'} from the "
+                        "branch (git rm -r --cached) and run again")
 
 
 def _key_dir() -> Path:
@@ -64,7 +64,7 @@ def working_tree_key() -> bytes:
         _write_key(path)
         key = _read_key(path)
     if key is None:
-        fail(f"{path}: cannot keep this working tree's key there (a resume state is checked with it)")
+        raise UserError(f"{path}: cannot keep this working tree's key there (a resume state is checked with it)")
     return key
 
 

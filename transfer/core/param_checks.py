@@ -114,7 +114,7 @@ def check_data(c: Checker, data: Any) -> None:
     if not isinstance(data.get("url"), str) or not data.get("url"):
         c.bad("data.url", f"must be a URL, an archive path or a folder path, got {data.get('url')!r}")
     else:
-        _check_url(c, data["url"])
+        check_url(c, data["url"])
     sha = data.get("sha256")
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and
                                 all(ch in "0123456789abcdefABCDEF" for ch in sha)):
@@ -139,7 +139,7 @@ def check_data(c: Checker, data: Any) -> None:
     _check_watch(c, data.get("url"), data.get("watch"))
 
 
-def _check_url(c: Checker, url: str) -> None:
+def check_url(c: Checker, url: str) -> None:
     """An http(s) URL urllib can read, or a local archive or folder outside the system's folders."""
     try:
         scheme = urllib.parse.urlsplit(url).scheme
@@ -151,10 +151,10 @@ def _check_url(c: Checker, url: str) -> None:
     if scheme and not os.path.lexists(url):
         c.bad("data.url", f"unsupported scheme {scheme}: (use http(s)://, an archive path or a folder), got {url!r}")
     else:
-        _check_local(c, "data.url", url)
+        check_local(c, "data.url", url)
 
 
-def _check_local(c: Checker, key: str, path: str) -> None:
+def check_local(c: Checker, key: str, path: str) -> None:
     """A local path the download stage reads or DVC hashes: never a system folder or pseudo-filesystem
     (/proc/self filled the disk), and a regular file or folder where it exists (a FIFO or /dev/zero
     hangs `dvc status`); a missing path is the download stage's (or DVC's) to report."""
@@ -173,7 +173,7 @@ def _check_watch(c: Checker, url: Any, watch: Any) -> None:
     if not isinstance(watch, str) or not watch:
         c.bad("data.watch", f"must be a path: data.url when that is local, else any file of the project, got {watch!r}")
     else:
-        _check_local(c, "data.watch", watch)
+        check_local(c, "data.watch", watch)
 
 
 def _check_exclude(c: Checker, exclude: Any) -> None:

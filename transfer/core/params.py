@@ -123,6 +123,11 @@ def backbones_named(c: Checker, top: dict, modes: dict) -> list[tuple[str, str, 
 
 
 def load(path: str | Path = PARAMS_FILE, arch_check: Callable[[Checker, str, str, list], None] | None = None) -> dict:
+    return check(read(path), arch_check)
+
+
+def read(path: str | Path = PARAMS_FILE) -> Any:
+    """params.yaml parsed as DVC parses it (parse_yaml), not yet checked."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: missing (run from the project root)")
@@ -132,8 +137,7 @@ def load(path: str | Path = PARAMS_FILE, arch_check: Callable[[Checker, str, str
         raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot be read ({err.strerror})") from None
-    params = parse_yaml(text, str(path))
-    return check(params, arch_check)
+    return parse_yaml(text, str(path))
 
 
 def declared(params: dict, keys: Iterable[str], mode: str | None = None) -> dict:
@@ -154,3 +158,8 @@ def declared(params: dict, keys: Iterable[str], mode: str | None = None) -> dict
 def mode_value(params: dict, mode: str, key: str):
     """One `train` setting as the mode sees it: the row's own, else the shared default."""
     return params["modes"][mode].get(key, params["train"][key])
+
+
+def mode_key(params: dict, mode: str, key: str) -> str:
+    """The params key mode_value(params, mode, key) reads: `modes.<mode>.<key>`, else `train.<key>`."""
+    return f"modes.{mode}.{key}" if key in params["modes"][mode] else f"train.{key}"

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
 from transfer.core.files import check_no_links
 from transfer.core.paths import PUBLISH_DIR
 
@@ -169,10 +169,11 @@ def outputs(stage: str, paths: Iterable[str | os.PathLike]) -> Iterator[Callable
     root = PUBLISH_DIR / stage
     if os.path.islink(root) or os.path.isfile(root):  # not ours: the checkout brought it
         os.unlink(root)
+    check_no_links(root)  # and .publish a folder: a regular file there would end in mkdir's traceback
     try:
         with _held(root, wait=LOCK_WAIT_SECONDS) as held:
             if not held:
-                fail(f"{root}: another run of {stage} is publishing its outputs; wait for it to end")
+                raise UserError(f"{root}: another run of {stage} is publishing its outputs; wait for it to end")
             yield from _publish(stage, root, outputs)
     finally:
         with contextlib.suppress(OSError):  # nothing left to publish: no empty folder either

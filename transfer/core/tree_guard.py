@@ -14,10 +14,12 @@ from pathlib import Path
 
 import yaml
 
-from transfer.core.errors import fail
+from transfer.core import params
+from transfer.core.errors import UserError
 from transfer.core.files import check_no_links, check_plain_tree, kind_of
 from transfer.core.git_tree import refuse_tracked, tracked_ignored
-from transfer.core.paths import PUBLISH_DIR, RESUME_DIR
+from transfer.core.param_checks import Checker, check_local, check_url
+from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR, RESUME_DIR
 
 DVC_YAML = Path("dvc.yaml")
 # Where DVC itself writes, and its settings of this machine alone (cache.dir there could lead outside).
@@ -37,7 +39,7 @@ def declared_outputs(dvc_yaml: Path = DVC_YAML) -> Iterator[tuple[Path, bool]]:
                     path, options = (item, {}) if isinstance(item, str) else next(iter(item.items()))
                     yield Path(str(path).split("${")[0] or "."), (options or {}).get("cache", True)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, StopIteration) as err:
-        fail(f"{dvc_yaml}: cannot read its stages' outputs ({type(err).__name__})")
+        raise UserError(f"{dvc_yaml}: cannot read its stages' outputs ({type(err).__name__})") from None
 
 
 def check_plain(path: Path) -> None:
@@ -46,8 +48,25 @@ def check_plain(path: Path) -> None:
     if os.path.isdir(path):
         check_plain_tree(path)
     elif os.path.lexists(path) and kind_of(os.lstat(path).st_mode):
-        fail(f"{path}: {kind_of(os.lstat(path).st_mode)} where the pipeline writes (only files and folders "
-             "belong there); remove it and run again")
+        raise UserError(f"{path}: {kind_of(os.lstat(path).st_mode)} where the pipeline writes (only files and folders "
+                        "belong there); remove it and run again")
+
+
+def check_data_paths(params_file: Path = PARAMS_FILE) -> None:
+    """data.url and data.watch of params.yaml, read as DVC reads it: a FIFO or a device there hangs a plain
+    `dvc status` (DVC hashes data.watch) before any stage can refuse it."""
+    if not params_file.exists():  # DVC reports it; nothing of ours to hash
+        return
+    settings = params.read(params_file)
+    data = settings.get("data") if isinstance(settings, dict) else None
+    data = data if isinstance(data, dict) else {}
+    c = Checker()
+    if isinstance(data.get("url"), str):
+        check_url(c, data["url"])
+    if isinstance(data.get("watch"), str) and data["watch"]:
+        check_local(c, "data.watch", data["watch"])
+    if c.problems:
+        raise UserError(c.problems[0])
 
 
 def check_tree(dvc_yaml: Path = DVC_YAML) -> list[Path]:
@@ -61,8 +80,10 @@ def check_tree(dvc_yaml: Path = DVC_YAML) -> list[Path]:
     cached = sorted({path for path, is_cached in outputs if is_cached})
     refuse_tracked([*cached, *working], "only DVC or a run of the pipeline writes (cached outputs, scratch "
                                         "and staging folders, DVC's cache)")
+    check_data_paths()
     ignored = tracked_ignored()
     if ignored:
-        fail(f"{ignored[0]}: committed to git although .gitignore ignores it (git add -f); a branch must not "
-             "bring files the pipeline or DVC keep to themselves: remove it (git rm --cached) and run again")
+        raise UserError(f"{ignored[0]}: committed to git although .gitignore ignores it (git add -f); a branch "
+                        "must not bring files the pipeline or DVC keep to themselves: remove it (git rm --cached) and "
+                        "run again")
     return checked

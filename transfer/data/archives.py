@@ -23,7 +23,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from transfer.core.errors import UserError, disk_full, fail
+from transfer.core.errors import UserError, disk_full
 from transfer.core.files import what_is
 from transfer.core.paths import RAW_DIR
 from transfer.core.stage import log
@@ -53,12 +53,12 @@ def fetch(source: str, scratch: Path) -> tuple[Path, str]:
     downloaded into `scratch`."""
     if not is_url(source):
         if "://" in source:
-            fail(f"data.url: {source}: unsupported scheme (use http(s)://, an archive path or a folder)")
+            raise UserError(f"data.url: {source}: unsupported scheme (use http(s)://, an archive path or a folder)")
         path = Path(source).expanduser()
         if not path.is_file():
             kind = what_is(path)
-            fail(f"data.url: {source}: {kind}" + ("" if kind == "no such file or folder" else
-                                                 ", not an archive or a folder"))
+            raise UserError(f"data.url: {source}: {kind}" + ("" if kind == "no such file or folder" else
+                                                            ", not an archive or a folder"))
         return path, str(path)
     name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlsplit(source).path)) or "download"
     mirror = os.environ.get(MIRROR_ENV)
@@ -178,7 +178,7 @@ def unpack(archive: Path, target: Path, max_mb: float, label: str) -> list[dict]
     Returns {"path", "reason"} for each member skipped (devices, FIFOs, links to no file)."""
     kind = archive_kind(archive)
     if kind is None:
-        fail(f"{label}: not a zip or tar archive")
+        raise UserError(f"{label}: not a zip or tar archive")
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
@@ -189,12 +189,13 @@ def unpack(archive: Path, target: Path, max_mb: float, label: str) -> list[dict]
     except CORRUPT_ERRORS as err:
         if disk_full(err):  # the disk, not the archive: run_main names it
             raise
-        fail(f"{label}: truncated or corrupt archive ({' '.join(str(err).split()) or type(err).__name__})")
+        said = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"{label}: truncated or corrupt archive ({said})") from None
 
 
 def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> _Member:
     if info.flag_bits & 0x1:
-        fail(f"{label}: member {info.filename!r} is encrypted")
+        raise UserError(f"{label}: member {info.filename!r} is encrypted")
     if info.is_dir():
         return _Member(info.filename, "dir", info)
     if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symlink (Info-ZIP): its data is the target
@@ -228,7 +229,8 @@ def _parts(name: str, label: str) -> list[str]:
     name = name.replace("\\", "/")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in parts:
-        fail(f"{label}: member {name!r} would unpack outside {RAW_DIR} (absolute path or '..'); refusing the archive")
+        raise UserError(f"{label}: member {name!r} would unpack outside {RAW_DIR} (absolute path or '..'); "
+                        f"refusing the archive")
     return parts
 
 
@@ -264,7 +266,7 @@ def _plan(members: list[_Member], target: Path, limit: _Limit, label: str,
         parts = _parts(member.name, label)
         by_name["/".join(parts)] = member
         if member.kind == "link" and not member.link:
-            fail(f"{label}: link {member.name!r} points outside the archive; refusing the archive")
+            raise UserError(f"{label}: link {member.name!r} points outside the archive; refusing the archive")
         if not parts or any(part.startswith(".") or part == "__MACOSX" for part in parts):
             continue
         if member.kind == "other":
@@ -272,8 +274,8 @@ def _plan(members: list[_Member], target: Path, limit: _Limit, label: str,
             continue
         declared += member.size
         if declared > limit.max_bytes:
-            fail(f"{label}: member {member.name!r} takes the declared unpacked size past {limit.text}; "
-                 "refusing a possible archive bomb")
+            raise UserError(f"{label}: member {member.name!r} takes the declared unpacked size past {limit.text}; "
+                            "refusing a possible archive bomb")
         wanted.append((member, target.joinpath(*parts)))
     return by_name, wanted
 
@@ -295,8 +297,8 @@ def _write(wanted: list[tuple[_Member, Path]], by_name: dict[str, _Member],
             while chunk := data.read(CHUNK):
                 written += len(chunk)  # the bytes really written: a header may understate its size
                 if written > limit.max_bytes:
-                    fail(f"{label}: member {member.name!r} takes the unpacked size past {limit.text} "
-                         "(more than its header declares); refusing a possible archive bomb")
+                    raise UserError(f"{label}: member {member.name!r} takes the unpacked size past {limit.text} "
+                                    "(more than its header declares); refusing a possible archive bomb")
                 try:
                     out.write(chunk)
                 except OSError as err:  # name the file: a disk-full error carries none

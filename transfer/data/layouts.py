@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError, printable
 
 TRAIN_FOLDERS = ("train", "training")  # in order of preference, compared in lower case
 VAL_FOLDERS = ("val", "valid", "validation", "test")
@@ -46,10 +46,10 @@ def inner_dataset(root: Path, warnings: list[str]) -> Path | None:
         return subs[0] if subfolders(subs[0]) else None
     holding = [sub for sub in subs if split_folders(dataset_root(sub, []))]
     if len(holding) > 1:
-        fail(f"{root}: {holding[0].name}/ and {holding[1].name}/ both hold a train/val split; "
-             "point data.url at one of them")
+        raise UserError(f"{root}: {printable(holding[0].name)}/ and {printable(holding[1].name)}/ both hold a "
+                        "train/val split; point data.url at one of them")
     if holding:
-        warnings.append(f"{root}: using {holding[0].name}/, which holds the train/val split; ignoring "
+        warnings.append(f"{root}: using {printable(holding[0].name)}/, which holds the train/val split; ignoring "
                         + ", ".join(f"{sub.name}/" for sub in subs if sub != holding[0]))
     return holding[0] if holding else None
 
@@ -63,12 +63,13 @@ def resolve_layout(root: Path, layout: str) -> str:
             return "prefix" if names and all(PREFIXED.fullmatch(name) for name in names) else "random"
         layout = "imagefolder"  # half of one (no val/) is a mistake to report, not a random layout
     if layout == "imagefolder" and not (set(splits) & set(TRAIN_FOLDERS) and set(splits) & set(VAL_FOLDERS)):
-        fail(f"{root}: the imagefolder layout needs a train/ (or training/) folder and a val/, valid/, validation/ "
-             f"or test/ folder (found: {', '.join(names) or 'no folders'})")
+        raise UserError(f"{root}: the imagefolder layout needs a train/ (or training/) folder and a val/, "
+                        f"valid/, validation/ or test/ folder (found: {', '.join(names) or 'no folders'})")
     if layout == "prefix":
         for name in names:
             if not PREFIXED.fullmatch(name):
-                fail(f"{root / name}: the prefix layout needs class folders named <number>-<name>, like 000-one")
+                raise UserError(f"{root / name}: the prefix layout needs class folders named <number>-<name>, "
+                                "like 000-one")
     return layout
 
 
@@ -77,7 +78,7 @@ def split_folders(root: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in (p.name for p in subfolders(root) if p.name.lower() in (*TRAIN_FOLDERS, *VAL_FOLDERS)):
         if name.lower() in found:
-            fail(f"{root}: {found[name.lower()]}/ and {name}/ name the same split; keep one")
+            raise UserError(f"{root}: {found[name.lower()]}/ and {name}/ name the same split; keep one")
         found[name.lower()] = name
     return found
 
@@ -88,16 +89,17 @@ def read_class_names(setting: str | None, root: Path, raw: Path) -> tuple[dict[s
         return {}, None
     path = next((base / setting for base in (root, raw) if (base / setting).is_file()), None)
     if path is None:
-        fail(f"data.class_names: {setting}: no such file in {root} or {raw}")
+        raise UserError(f"data.class_names: {setting}: no such file in {root} or {raw}")
     if raw.resolve() not in path.resolve().parents:  # only a file in data/raw is a dep of split
-        fail(f"data.class_names: {setting}: lies outside the dataset ({path.resolve()}), where a change to it "
-             f"would go unnoticed; put it in the dataset folder and name it relative to that")
+        raise UserError(f"data.class_names: {setting}: lies outside the dataset ({path.resolve()}), where a "
+                        "change to it would go unnoticed; put it in the dataset folder and name it relative to that")
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        fail(f"data.class_names: {path}: not valid JSON ({err})")
+        raise UserError(f"data.class_names: {path}: not valid JSON ({err})") from None
     if not isinstance(mapping, dict):
-        fail(f"data.class_names: {path}: must be a JSON object mapping class folder names or numbers to names")
+        raise UserError(f"data.class_names: {path}: must be a JSON object mapping class folder names or numbers "
+                        f"to names")
     return {str(key): str(value) for key, value in mapping.items()}, path
 
 
@@ -137,18 +139,21 @@ def class_folders(root: Path, layout: str, warnings: list[str]) -> tuple[list[st
         folders = [p.name for p in subfolders(sources["train"])]
         for part in sources.keys() - {"train"}:
             for extra in sorted({p.name for p in subfolders(sources[part])} - set(folders)):
-                fail(f"{sources[part] / extra}: class missing from {sources['train']}")
+                raise UserError(f"{printable(sources[part] / extra)}: class missing from {sources['train']}")
     else:
         sources = {"all": root}
         folders = [p.name for p in subfolders(root)]
     if len(folders) < 2:
-        fail(f"{root}: found {len(folders)} class folder(s) ({', '.join(folders) or 'none'}); need at least two")
+        raise UserError(f"{root}: found {len(folders)} class folder(s) "
+                        f"({', '.join(map(printable, folders)) or 'none'}); "
+                        "need at least two")
     if layout == "prefix":
         by_number: dict[int, str] = {}
         for folder in folders:
             number = int(PREFIXED.fullmatch(folder).group(1))
             if number in by_number:
-                fail(f"{root}: class folders {by_number[number]} and {folder} have the same number {number}")
+                raise UserError(f"{root}: class folders {printable(by_number[number])} and {printable(folder)} "
+                                f"have the same number {number}")
             by_number[number] = folder
         folders = [by_number[number] for number in sorted(by_number)]
     return folders, sources

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError, printable
 from transfer.core.paths import CLASSES_JSON, DATA_METRICS, RAW_SKIPPED, split_csv
 from transfer.core.stage import log
 from transfer.data.decode import UnreadableImage, open_rgb
@@ -108,14 +108,16 @@ def _named_classes(folders: list[str], layout: str, mapping: dict[str, str], map
         name = mapped_name(folder, mapping)
         if name is None:
             if mapping_path:
-                warnings.append(f"data.class_names: {mapping_path} has no name for {folder}; using the folder name")
+                warnings.append(f"data.class_names: {mapping_path} has no name for {printable(folder)}; "
+                                "using the folder name")
             name = PREFIXED.fullmatch(folder).group(2) if layout == "prefix" else folder
         classes.append({"index": index, "folder": folder, "name": name})
     by_name: dict[str, str] = {}
     for c in classes:  # one name for two classes would merge them in every metric and plot
         if c["name"] in by_name:
-            fail(f"data.class_names: classes {by_name[c['name']]} and {c['folder']} both show as {c['name']!r}"
-                 + (f" in {mapping_path}" if mapping_path else "") + "; give each class its own name")
+            raise UserError(f"data.class_names: classes {printable(by_name[c['name']])} and {printable(c['folder'])} "
+                            f"both show as {c['name']!r}"
+                            + (f" in {mapping_path}" if mapping_path else "") + "; give each class its own name")
         by_name[c["name"]] = c["folder"]
     return classes
 
@@ -147,7 +149,7 @@ def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mappin
         reason, checked.digests[relative], small = _check_image(path)
         checked.found[label] += 1
         if reason:
-            log(f"skipped {relative}: {reason}")
+            log(f"skipped {printable(relative)}: {reason}")
             checked.skipped.append({"path": relative, "reason": reason})
         else:
             checked.usable[part][label].append(relative)
@@ -203,11 +205,11 @@ def _check_coverage(root: Path, folders: list[str], found: list[int], parts: dic
     for label, folder in enumerate(folders):
         if label not in labels["train"]:
             where = "training images" if label in labels["val"] | labels["test"] else "images"
-            fail(f"{root}: class {folder} has no usable {where} (of {found[label]} files)")
+            raise UserError(f"{root}: class {printable(folder)} has no usable {where} (of {found[label]} files)")
         if label not in labels["val"]:
-            warnings.append(f"class {folder} has no validation images")
+            warnings.append(f"class {printable(folder)} has no validation images")
         if parts["test"] and label not in labels["test"]:
-            warnings.append(f"class {folder} has no test images")
+            warnings.append(f"class {printable(folder)} has no test images")
 
 
 def _duplicates(train: Rows, other: Rows, part: str, digests: dict[str, str | None]) -> list[dict]:
@@ -220,7 +222,7 @@ def _duplicates(train: Rows, other: Rows, part: str, digests: dict[str, str | No
 def make_split(raw: Path, data: dict) -> DatasetSplit:
     """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
     if not raw.is_dir():
-        fail(f"{raw}: missing; run the download stage first (dvc repro)")
+        raise UserError(f"{raw}: missing; run the download stage first (dvc repro)")
     warnings: list[str] = []
     root = dataset_root(raw, warnings)
     layout = resolve_layout(root, data["layout"])
@@ -263,7 +265,7 @@ def download_skipped(raw: Path) -> list[dict]:
     try:
         return json.loads(record.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        fail(f"{record}: not valid JSON ({err}); re-run dvc repro --force download")
+        raise UserError(f"{record}: not valid JSON ({err}); re-run dvc repro --force download") from None
 
 
 def write_split(split: DatasetSplit, folder: Path) -> None:

@@ -12,11 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transfer.core.errors import fail
+from transfer.core.errors import UserError, plural
 
 WORKSPACE = "workspace"  # the name DVC gives the working tree in its diff tables
 DEFAULT_BASES = ("main", "origin/main")
 MAX_CHARS = 65_536  # what a GitHub pull-request comment holds
+# A longer line (a param whose value is a huge string) is cut, so that the cap on the whole text does not
+# drop its section and every one after it.
+MAX_LINE_CHARS = 2_000
 LOAD_FAILURE = re.compile(  # DVC's two warnings (it exits 0) that it could not read a revision's files
     r"failed to load (?:some )?(\w+) (?:in revision '([^']*)', (.+)|for following revisions: (.+))")
 
@@ -35,7 +38,7 @@ def dvc(*args: str, revs: list[str]) -> str:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args, *after], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit {proc.returncode}"]
-        fail(f"dvc {' '.join(args)}: {lines[-1].strip()}")
+        raise UserError(f"dvc {' '.join(args)}: {lines[-1].strip()}")
     check_read(proc.stderr, revs)
     return proc.stdout
 
@@ -47,15 +50,15 @@ def check_read(stderr: str, revs: list[str]) -> None:
     for what, rev, why, listed in LOAD_FAILURE.findall(stderr):  # the warnings, with reasons, come first
         for name in [rev] if rev else re.findall(r"'([^']*)'", listed):
             if name in asked:
-                fail(f"{name}: DVC cannot read its {what}" + (f" ({why.strip()})" if why else "")
-                     + "; fix the revision's dvc.yaml or files")
+                raise UserError(f"{name}: DVC cannot read its {what}" + (f" ({why.strip()})" if why else "")
+                                + "; fix the revision's dvc.yaml or files")
 
 
 def check_repository() -> None:
     if git("rev-parse", "--show-toplevel") is None:
-        fail(f"{os.getcwd()}: not inside a git repository")
+        raise UserError(f"{os.getcwd()}: not inside a git repository")
     if subprocess.run([sys.executable, "-m", "dvc", "root"], capture_output=True).returncode != 0:
-        fail(f"{os.getcwd()}: not inside a DVC repository (no .dvc/ found; `dvc init` makes one)")
+        raise UserError(f"{os.getcwd()}: not inside a DVC repository (no .dvc/ found; `dvc init` makes one)")
 
 
 def check_revision(rev: str) -> str:
@@ -63,12 +66,13 @@ def check_revision(rev: str) -> str:
     or else its commit. `workspace`, DVC's name for the working tree, is refused: git would read a tag of
     that name, DVC the working tree."""
     if rev.startswith("-"):  # git and dvc would read it as an option (--output=<file> writes a file)
-        fail(f"{rev!r}: starts with '-': not a revision")
+        raise UserError(f"{rev!r}: starts with '-': not a revision")
     if rev == WORKSPACE:
-        fail(f"{rev!r}: DVC reads this name as the working tree, not a revision; name the commit (or refs/tags/{rev})")
+        raise UserError(f"{rev!r}: DVC reads this name as the working tree, not a revision; name the commit (or "
+                        f"refs/tags/{rev})")
     commit = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
     if commit is None:
-        fail(f"{rev!r}: no such git revision")
+        raise UserError(f"{rev!r}: no such git revision")
     full = git("rev-parse", "--symbolic-full-name", rev) or ""  # no --end-of-options: here git prints it
     return full if full.startswith("refs/") and "\n" not in full else commit
 
@@ -80,7 +84,7 @@ def default_base() -> str:
             base = git("merge-base", name, "HEAD")
             if base is not None:
                 return base[:12]
-    fail(f"no BASE given and no {' or '.join(DEFAULT_BASES)} branch to start from: name the base revision")
+    raise UserError(f"no BASE given and no {' or '.join(DEFAULT_BASES)} branch to start from: name the base revision")
 
 
 # ---------------------------------------------------------------------------------------------- params, metrics
@@ -105,10 +109,6 @@ def accuracy_changes(metrics: dict) -> list[str]:
         old, new = (f"{v:.3f}" if isinstance(v, (int, float)) else "none" for v in (row.get("old"), row.get("new")))
         changes.append(f"{name} {old} -> {new}")
     return changes
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def summary_line(base: str, head: str, params: int, metrics: dict, plots: int) -> str:
@@ -186,7 +186,8 @@ def draw_lines(name: str, item: dict, base: str, head: str, path: Path) -> bool:
         try:
             lines.setdefault(key, []).append((float(value[x_field]), float(value[y_field])))
         except (KeyError, TypeError, ValueError):  # a word in a committed CSV
-            fail(f"{name}: at {value.get('rev')}: {x_field} or {y_field} is not a number in {value}")
+            raise UserError(f"{name}: at {value.get('rev')}: {x_field} or {y_field} is not a number "
+                            f"in {value}") from None
     colours = {series: f"C{i}" for i, series in enumerate(sorted({str(series) for series, _ in lines}))}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for (series, rev), points in sorted(lines.items(), key=lambda item: (str(item[0][0]), item[0][1] != base)):
@@ -205,7 +206,7 @@ def plot_markdown(name: str, items: list[dict], base: str, head: str, files: Pat
     """One changed plot: its images at both revisions side by side, a drawing of its lines, or its name."""
     top = Path(git("rev-parse", "--show-toplevel") or ".").resolve()  # DVC reads through a workspace link
     if head == WORKSPACE and top not in Path(os.path.realpath(top / name)).parents:
-        fail(f"{name}: a link out of the project; the report copies no file from outside it")
+        raise UserError(f"{name}: a link out of the project; the report copies no file from outside it")
     images = {item["revisions"][0]: Path(item["url"]) for item in items if item["type"] == "image"}
     if images:
         cells = []
@@ -234,7 +235,10 @@ def plots_section(revs: list[str], base: str, head: str, files: Path, link: str)
 
 
 def capped(text: str, base: str, head: str) -> str:
-    """`text` whole when a pull-request comment holds it, else cut at a line, with a line saying so."""
+    """`text` whole when a pull-request comment holds it, else cut at a line, with a line saying so; a line
+    over MAX_LINE_CHARS is cut first, its section kept."""
+    text = "\n".join(line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS - 1] + "…"
+                     for line in text.split("\n"))
     if len(text) <= MAX_CHARS:
         return text
     note = (f"\n\n**Cut here**: {len(text):,} characters are more than a pull-request comment holds "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer.core.errors import UserError, fail
+from transfer.core.errors import UserError
 from transfer.core.files import read_json
 from transfer.core.paths import live_tsv, mode_details, mode_metrics, predictions_csv
 
@@ -80,12 +80,14 @@ def parse_predictions(data: bytes, where: str) -> Table:
     try:
         rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     except (UnicodeDecodeError, csv.Error) as err:
-        fail(f"{where}: not a predictions CSV ({err})")
+        raise UserError(f"{where}: not a predictions CSV ({err})") from None
     table: Table = {}
     for row in rows:
         if not all(isinstance(row.get(key), str) for key in ("path", "actual", "predicted")) or row["path"] in table:
-            fail(f"{where}: expected columns path, actual, predicted and one row per image")
+            raise UserError(f"{where}: expected columns path, actual, predicted and one row per image")
         table[row["path"]] = row["actual"] == row["predicted"]
+    if not table:  # else the report would call it a new split: no image in common with any other
+        raise UserError(f"{where}: empty (no predictions); re-run dvc repro evaluate")
     return table
 
 

@@ -11,9 +11,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from transfer.core.errors import fail
-from transfer.core.files import kind_of
-from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, plural, summary_line
+from transfer.core.errors import UserError, plural
+from transfer.core.files import kind_of, what_is
+from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, summary_line
 from transfer.evaluation.mode_results import Table, parse_predictions
 from transfer.evaluation.stats import format_p, holm, paired, wilson_interval
 
@@ -31,7 +31,10 @@ def workspace_predictions() -> dict[str, Table]:
     folder = top / PREDICTIONS
     for path in (folder.parent, folder):
         if path.is_symlink():
-            fail(f"{path.relative_to(top)}: a link; the report reads no predictions through it")
+            raise UserError(f"{path.relative_to(top)}: a link; the report reads no predictions through it")
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UserError(f"{PREDICTIONS}: {what_is(folder)}, where evaluate writes a folder; remove it and "
+                        f"re-run dvc repro")
     if not folder.is_dir():
         return {}
     tables = {}
@@ -41,9 +44,9 @@ def workspace_predictions() -> dict[str, Table]:
             continue
         name = f"{PREDICTIONS}/{path.name}"
         if path.is_symlink() or not path.is_file():
-            fail(f"{name}: a link or not a file; the report reads no predictions through it")
+            raise UserError(f"{name}: a link or not a file; the report reads no predictions through it")
         if path.stat().st_size > MAX_CSV_BYTES:
-            fail(f"{name}: over {MAX_CSV_BYTES:,} bytes; not read")
+            raise UserError(f"{name}: over {MAX_CSV_BYTES:,} bytes; not read")
         tables[match.group(1)] = parse_predictions(path.read_bytes(), name)
     return tables
 
@@ -60,12 +63,12 @@ def committed_predictions(rev: str) -> dict[str, Table]:
         if match is None:
             continue
         if kind == "120000" or not size.isdigit():
-            fail(f"{path} at {rev}: a link or not a file; the report reads no predictions through it")
+            raise UserError(f"{path} at {rev}: a link or not a file; the report reads no predictions through it")
         if int(size) > MAX_CSV_BYTES:
-            fail(f"{path} at {rev}: over {MAX_CSV_BYTES:,} bytes; not read")
+            raise UserError(f"{path} at {rev}: over {MAX_CSV_BYTES:,} bytes; not read")
         proc = subprocess.run(["git", "show", "--end-of-options", f"{rev}:{path}"], capture_output=True)
         if proc.returncode != 0:
-            fail(f"{path} at {rev}: git cannot read it")
+            raise UserError(f"{path} at {rev}: git cannot read it")
         tables[match.group(1)] = parse_predictions(proc.stdout, f"{path} at {rev}")
     return tables
 
@@ -169,8 +172,8 @@ def check_output(output: Path, files: bool = True) -> None:
     for path in (*folders, *([files_dir(output)] if files else []), output):
         what = _unfit(path, path == output)
         if what:
-            fail(f"{path}: is {what}; the report writes a new or regular file, through no link, into folders "
-                 "(name another -o)")
+            raise UserError(f"{path}: is {what}; the report writes a new or regular file, through no link, into "
+                            "folders (name another -o)")
 
 
 def _unfit(path: Path, is_file: bool) -> str | None:

@@ -17,7 +17,7 @@ import math
 import re
 import statistics
 
-from transfer.evaluation.dvc_diff import plural
+from transfer.core.errors import plural
 
 CONFIDENCE = 0.95
 QUEUE = "dvc exp run --queue -S 'train.seed=range(0,3)'` then `dvc queue start"

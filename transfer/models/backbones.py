@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.core.errors import UserError
+from transfer.core.errors import UserError, shown
 from transfer.core.param_checks import MIN_IMAGE_SIZE, Checker
 from transfer.models import timm_models
 
@@ -76,7 +76,7 @@ def family(arch: str) -> Family:
     for candidate in FAMILIES:
         if candidate.owns(arch):
             return candidate
-    raise UserError(f"model.arch: unknown backbone {timm_models.shown(arch)} (known: {', '.join(known_archs())}, "
+    raise UserError(f"model.arch: unknown backbone {shown(arch)} (known: {', '.join(known_archs())}, "
                     f"or timm/<any timm model>)")
 
 
@@ -98,7 +98,7 @@ def check_arch(c: Checker, arch: str, key: str, sizes: list[tuple[str, int]]) ->
     if not any(candidate.owns(arch) for candidate in FAMILIES):
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        c.bad(key, f"unknown backbone {timm_models.shown(arch)} ({hint}known: {', '.join(known)})")
+        c.bad(key, f"unknown backbone {shown(arch)} ({hint}known: {', '.join(known)})")
         return
     low, only = backbone_sizes(arch)
     for size_key, size in sizes:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
-from transfer.core.errors import UserError, first_line
+from transfer.core.errors import UserError, cut, first_line, name_count, printable, shown
 from transfer.core.files import atomic_path
 from transfer.core.param_checks import INTERPOLATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from transfer.models.backbones import TransferNet, build_model
 from transfer.models.folding import fold_batchnorm
-from transfer.models.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline checkpoint 1"
 # What inference needs besides the weights; evaluate and export also read the training record.
@@ -93,10 +92,10 @@ def check_belongs(meta: dict, path: str | Path, mode: str, classes: list[dict]) 
         raise UserError(f"{path}: a model of mode {meta.get('mode')!r}, not {mode!r}; re-run dvc repro train@{mode}")
     folders = [c["folder"] for c in classes]
     if meta["classes"] != folders:
-        def shown(names):
-            return ", ".join(map(str, names[:4])) + (", ..." if len(names) > 4 else "")
-        raise UserError(f"{path}: trained on the classes {shown(meta['classes'])}, but data/split has "
-                        f"{shown(folders)}; re-run dvc repro train@{mode}")
+        def listed(names):
+            return ", ".join(map(printable, names[:4])) + (", ..." if len(names) > 4 else "")
+        raise UserError(f"{path}: trained on the classes {listed(meta['classes'])}, but data/split has "
+                        f"{listed(folders)}; re-run dvc repro train@{mode}")
 
 
 def unpickler_said(err: pickle.UnpicklingError) -> str:
@@ -180,10 +179,6 @@ def class_count_problems(meta: dict) -> list[str]:
     if len(meta["class_names"]) != len(meta["classes"]):
         return [f"class_names: {name_count(len(meta['class_names']))} for the {len(meta['classes'])} classes"]
     return []
-
-
-def name_count(count: int) -> str:
-    return f"{count} name" if count == 1 else f"{count} names"
 
 
 def _whole(value) -> bool:

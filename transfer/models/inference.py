@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transfer.core.errors import UserError
+from transfer.core.errors import UserError, printable
+from transfer.core.files import what_is
 
 # Folders are searched for these; a file named on the command line is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -22,12 +23,15 @@ def image_files(paths: list[str]) -> list[Path]:
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
-                raise UserError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise UserError(f"{printable(path)}: no image files in this folder "
+                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise UserError(f"{path}: no such file or folder")
+            what = what_is(path)
+            wanted = "" if what == "no such file or folder" else ", not an image file or a folder"
+            raise UserError(f"{printable(path)}: {what}{wanted}")
     return files
 
 

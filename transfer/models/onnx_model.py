@@ -15,15 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.core.errors import UserError, first_line
+from transfer.core.errors import UserError, cut, first_line, name_count, shown
 from transfer.models.checkpoints import (
     CALIBRATION_DEFAULTS,
     CHANNELS,
     class_count_problems,
     meta_problems,
-    name_count,
 )
-from transfer.models.timm_models import cut, shown
 
 FORMAT = "transfer-pipeline onnx 1"
 OPSET = 17

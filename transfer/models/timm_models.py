@@ -14,25 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.core.errors import UserError, first_line
+from transfer.core.errors import UserError, first_line, shown
 
 PREFIX = "timm/"
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
-# A value from a file or params longer than this is cut in a message: a hostile file's 100,000-character
-# name would otherwise fill the terminal.
-SHOWN_CHARS = 80
 SHOWN_TAGS = 8  # of a timm model's pretrained tags, in the message for one it lacks
-
-
-def cut(text: str) -> str:
-    """`text` for a one-line message, cut to SHOWN_CHARS with an ellipsis. (Here, not in transfer.core,
-    only because this is the lowest module the model-file checks share.)"""
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
-
-
-def shown(value) -> str:
-    """A value from a file or params as a message shows it: its repr, cut."""
-    return cut(repr(value))
 
 
 def is_timm(arch: str) -> bool:
