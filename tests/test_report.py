@@ -369,29 +369,65 @@ def test_seeds_without_experiments_is_one_line():
         assert line.startswith("No finished experiments") and "dvc exp run --queue -S 'train.seed=range(0,3)'" in line
 
 
-def test_seeds_reads_the_experiments_dvc_ran(tmp_path):
-    """A real `dvc exp run -S train.seed=N` of a stage that writes metrics/frozen.json from the seed."""
+MAKE_PY = """\
+import json, os, yaml
+seed = yaml.safe_load(open('params.yaml'))['train']['seed']
+for folder in ('metrics', 'plots/predictions', 'results/details'):
+    os.makedirs(folder, exist_ok=True)
+json.dump({'accuracy': 0.9 + seed / 100, 'train_seconds': 3 - seed}, open('metrics/frozen.json', 'w'))
+rows = ''.join(f'{i}.jpg,a,{"a" if i < 5 + 2 * seed else "b"}\\n' for i in range(10))
+open('plots/predictions/frozen.csv', 'w').write('path,actual,predicted\\n' + rows)
+json.dump({'arch': 'tiny'}, open('results/details/frozen.json', 'w'))
+"""
+EXP_DVC_YAML = """\
+stages:
+  evaluate:
+    cmd: {python} make.py
+    deps: [make.py]
+    params: [train.seed]
+    metrics:
+      - metrics/frozen.json:
+          cache: false
+    outs:
+      - plots/predictions/frozen.csv:
+          cache: false
+      - results/details/frozen.json:
+          cache: false
+"""
+
+
+def test_seeds_and_verdict_read_the_experiments_dvc_ran(tmp_path):
+    """A real `dvc exp run -S train.seed=N` of a stage that writes metrics/frozen.json, its predictions
+    (right on the first 5 + 2 * seed of 10 images) and details from the seed. --seeds: the seeds' spread;
+    --verdict --all-experiments: HEAD and each experiment a candidate (at most 4 images apart of 10: all
+    tied), the cheapest (3 - seed train seconds) recommended."""
     project = Project(tmp_path / "repo")
     project.path.mkdir()
     for args in (("init", "-q"), ("config", "user.email", "t@t"), ("config", "user.name", "t")):
         project.git(*args)
     project.dvc("init", "-q")
     (project.path / "params.yaml").write_text("train:\n  seed: 0\n")
-    (project.path / "make.py").write_text(
-        "import json, os, yaml\nseed = yaml.safe_load(open('params.yaml'))['train']['seed']\n"
-        "os.makedirs('metrics', exist_ok=True)\n"
-        "json.dump({'accuracy': 0.9 + seed / 100}, open('metrics/frozen.json', 'w'))\n")
-    (project.path / "dvc.yaml").write_text(
-        f"stages:\n  evaluate:\n    cmd: {sys.executable} make.py\n    deps: [make.py]\n"
-        "    params: [train.seed]\n    metrics:\n      - metrics/frozen.json:\n          cache: false\n")
+    (project.path / "make.py").write_text(MAKE_PY)
+    (project.path / "dvc.yaml").write_text(EXP_DVC_YAML.format(python=sys.executable))
     project.dvc("repro", "-q")
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "base")
     assert run_report(project.path, "--seeds").stdout.startswith("No finished experiments")
     for seed in range(3):
-        project.dvc("exp", "run", "-q", "-S", f"train.seed={seed}")
+        project.dvc("exp", "run", "-q", "-n", f"s{seed}", "-S", f"train.seed={seed}")
     proc = run_report(project.path, "--seeds", "--json", str(tmp_path / "seeds.json"))
     assert proc.returncode == 0, proc.stderr
     frozen = json.loads((tmp_path / "seeds.json").read_text())["modes"]["frozen"]
     assert (frozen["seeds"], frozen["mean"], frozen["std"]) == (3, pytest.approx(0.91), pytest.approx(0.01))
     assert "frozen: 3 seeds, mean accuracy 0.9100, std 0.0100" in proc.stdout, proc.stdout
+
+    proc = run_report(project.path, "--verdict", "--all-experiments", "--json", str(tmp_path / "verdict.json"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "verdict.json").read_text())
+    seeds = {f"s{seed}:frozen": 5 + 2 * seed for seed in range(3)}
+    assert {label: row["correct"] for label, row in result["accuracy"].items() if label in seeds} == seeds
+    assert len(result["accuracy"]) == 4 and set(result["tied"]) == set(result["accuracy"]), result
+    assert result["recommended"] == "s2:frozen" and result["cost"] == "train_seconds"
+    exps = json.loads(project.dvc("exp", "show", "--json").stdout)[1]["experiments"]
+    assert {exp["name"]: exp["revs"][0]["rev"] for exp in exps} == {
+        name: commit for name, commit in result["revisions"].items() if name in ("s0", "s1", "s2")}
