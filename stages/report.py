@@ -5,6 +5,7 @@ the real `dvc params diff`, `dvc metrics diff` and `dvc plots diff`.
 
     python -m stages.report [BASE] [HEAD] [-o report.md] [--json review.json]
     python -m stages.report --seeds [--json seeds.json]
+    python -m stages.report --verdict REV [REV ...] [--all-experiments] [--json verdict.json]
 
 BASE defaults to the merge base of `main` (or `origin/main`) with HEAD; HEAD defaults to the workspace.
 Changed images are written beside the report, in `<report stem>_files/`, and linked relatively; --json
@@ -15,6 +16,11 @@ Not a DVC stage: it reads git-tracked metrics, predictions and plots only, so it
 `dvc exp run --queue -S 'train.seed=range(0,3)'`, run them with `dvc queue start`, then
 `python -m stages.report --seeds` prints the number of seeds, the mean accuracy, its standard deviation
 and the 95% interval of the mean (Student t), read from `dvc exp show --json`.
+
+--verdict: compare's paired verdict across revisions or DVC experiments (by name, or --all-experiments:
+HEAD and each of its finished experiments): each `<revision>:<mode>` a candidate, all on the same
+reporting images; prints the tied, the recommended (the cheapest: by latency_ms when the backbones
+differ, else by train seconds) and the worse ones (--json FILE: as data).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from pathlib import Path
 from transfer.core.errors import UserError
 from transfer.core.files import atomic_path, write_json, write_text
 from transfer.core.stage import run_main
+from transfer.evaluation.cross_verdict import cross_verdict, resolve, verdict_markdown
 from transfer.evaluation.dvc_diff import MAX_CHARS, check_repository, check_revision, default_base, dvc
 from transfer.evaluation.review import build_report, check_output, files_dir
 from transfer.evaluation.seeds import seeds_text, summarize
@@ -40,9 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("base", nargs="?", help="the revision before the change (default: merge base with main)")
     parser.add_argument("head", nargs="?", help="the revision after it (default: the workspace)")
     parser.add_argument("-o", "--output", default="report.md", help="the Markdown file (default: report.md)")
-    parser.add_argument("--json", metavar="FILE", help="also write the review (or with --seeds, the seeds) as JSON")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the review (or with --seeds, the seeds; with --verdict, the verdict) as JSON")
     parser.add_argument("--seeds", action="store_true",
                         help="print each mode's accuracy over the seeds run as DVC experiments, not the report")
+    parser.add_argument("--verdict", nargs="*", metavar="REV",
+                        help="print one paired verdict over every mode of these revisions or DVC experiments")
+    parser.add_argument("--all-experiments", action="store_true",
+                        help="with --verdict: HEAD and every finished experiment of it too")
     return parser.parse_args(argv)
 
 
@@ -56,10 +68,28 @@ def seeds_main(args: argparse.Namespace) -> None:
     print(seeds_text(summary))
 
 
+def verdict_main(args: argparse.Namespace) -> None:
+    if args.base or args.head or args.seeds:
+        fail("--verdict names its revisions after it: --verdict REV [REV ...] (no BASE HEAD, no --seeds)")
+    if not args.verdict and not args.all_experiments:
+        fail("--verdict: name the revisions or experiments to compare, or add --all-experiments")
+    revisions, notes = resolve(args.verdict, args.all_experiments)
+    if args.json:
+        check_output(Path(args.json), files=False)
+    data = cross_verdict(revisions, notes)
+    if args.json:
+        write_json(args.json, data)
+    print(verdict_markdown(data), end="")
+
+
 @run_main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_repository()
+    if args.verdict is not None:
+        return verdict_main(args)
+    if args.all_experiments:
+        fail("--all-experiments goes with --verdict")
     if args.seeds:
         return seeds_main(args)
     base = check_revision(args.base) if args.base else default_base()

@@ -214,6 +214,102 @@ def test_review_reads_the_workspace_and_refuses_a_linked_predictions_file(review
     assert not (tmp_path / "again.md").exists()
 
 
+# ---------------------------------------------------------------------------------------------- --verdict
+
+IMAGES = [f"val/{'ants' if i % 2 else 'bees'}/img_{i:03d}.jpg" for i in range(100)]
+TWO_MODES = "modes:\n  frozen: {}\n  finetune: {}\n"
+
+
+def candidate_files(mode: str, rights: list[bool], arch: str, seconds: float, latency: float,
+                    paths: list[str] = IMAGES) -> dict[str, str]:
+    """What evaluate@<mode> commits: its predictions, metrics (train seconds, latency) and details (arch)."""
+    return {f"plots/predictions/{mode}.csv": predictions(rights, paths),
+            f"metrics/{mode}.json": json.dumps({"accuracy": sum(rights) / len(rights), "train_seconds": seconds,
+                                                "latency_ms": latency}),
+            f"results/details/{mode}.json": json.dumps({"mode": mode, "arch": arch})}
+
+
+@pytest.fixture(scope="module")
+def verdict_repo(tmp_path_factory) -> Project:
+    """Hand-written candidates on 100 images, no training. `base` (lite0): frozen right on the first 80
+    (10 s to train, 5 ms per image), finetune on the first 90 (40 s, 5 ms). `lite1` (from base): frozen on
+    the first 92 (20 s, 9 ms), finetune's files removed though params.yaml names it. `lite0-lr` (from
+    base): frozen on the first 90 (5 s, 7 ms), finetune removed. `other` (from base): frozen on images
+    whose 4th differs."""
+    project = init_repo(tmp_path_factory.mktemp("verdict") / "repo")
+    lite0 = "efficientnet_lite0"
+    commit_tagged(project, "base", {"dvc.yaml": REVIEW_DVC_YAML, "params.yaml": TWO_MODES,
+                                    **candidate_files("frozen", accuracy_of(80, 100), lite0, 10, 5),
+                                    **candidate_files("finetune", accuracy_of(90, 100), lite0, 40, 5)})
+    finetune = ["plots/predictions/finetune.csv", "metrics/finetune.json", "results/details/finetune.json"]
+    for tag, files in (("lite1", candidate_files("frozen", accuracy_of(92, 100), "efficientnet_lite1", 20, 9)),
+                       ("lite0-lr", candidate_files("frozen", accuracy_of(90, 100), lite0, 5, 7))):
+        commit_tagged(project, tag, files)
+        project.git("rm", "-q", *finetune)
+        project.git("commit", "-q", "--amend", "--no-edit")
+        project.git("tag", "-f", tag)
+    other = [*IMAGES[:3], "val/ants/another.jpg", *IMAGES[4:]]
+    commit_tagged(project, "other", candidate_files("frozen", accuracy_of(80, 100), lite0, 10, 5, paths=other))
+    project.git("checkout", "-q", "base")
+    return project
+
+
+def test_verdict_across_revisions_by_hand(verdict_repo, tmp_path):
+    """Hand values: base:frozen against lite1:frozen: 12 images only lite1 gets right, p = 2/2^12, Holm x3;
+    against base:finetune: 10, p = 2/2^10, Holm x2; finetune against lite1:frozen: 2, p = 2/2^2 = 0.5. So
+    base:frozen is worse, beaten by lite1:frozen; the other two are tied, and as their backbones differ and
+    each has a latency, the recommended is base:finetune (5 ms), not lite1:frozen (9 ms, though 20 s to
+    train against 40 s). lite1's finetune has no predictions: left out, with a line."""
+    data = tmp_path / "verdict.json"
+    proc = run_report(verdict_repo.path, "--verdict", "base", "lite1", "--json", str(data))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[4:] == [
+        "- Tied: lite1:frozen (92/100, 9 ms), base:finetune (90/100, 5 ms).",
+        "- Recommended: base:finetune (efficientnet_lite0), 5 ms against 9 ms.",
+        "- Worse: base:frozen (80/100), beaten by lite1:frozen (92/100), p = 0.0015 (Holm).",
+        "- lite1:finetune: left out, no plots/predictions/finetune.csv there."], proc.stdout
+    assert "3 candidates of base, lite1 on the same 100 images" in proc.stdout and "backbones differ" in proc.stdout
+    result = json.loads(data.read_text())
+    assert (result["cost"], result["tied"], result["recommended"]) == (
+        "latency_ms", ["lite1:frozen", "base:finetune"], "base:finetune")
+    [worse] = result["worse"]
+    assert (worse["mode"], worse["beaten_by"]) == ("base:frozen", "lite1:frozen")
+    assert worse["p_holm"] == pytest.approx(3 * 2 / 2**12, rel=1e-12)
+    pairs = {(pair["a"], pair["b"]): pair["p"] for pair in result["pairs"]}
+    assert pairs == pytest.approx({("base:finetune", "base:frozen"): 2 / 2**10,
+                                   ("base:finetune", "lite1:frozen"): 0.5, ("base:frozen", "lite1:frozen"): 2 / 2**12})
+    tags = {name: verdict_repo.git("rev-parse", f"{name}^{{commit}}").stdout.strip() for name in ("base", "lite1")}
+    assert result["revisions"] == tags  # each name resolved once, to its commit
+    assert result["accuracy"]["lite1:frozen"]["arch"] == "efficientnet_lite1"
+
+
+def test_verdict_on_one_backbone_chooses_by_train_seconds(verdict_repo, tmp_path):
+    """base:finetune and lite0-lr:frozen are both right on the first 90 images (p = 1), base:frozen beaten by
+    both; one backbone, so the cheaper to train (5 s against 40 s) is recommended though it runs slower."""
+    data = tmp_path / "verdict.json"
+    proc = run_report(verdict_repo.path, "--verdict", "base", "lite0-lr", "--json", str(data))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(data.read_text())
+    assert (result["cost"], result["tied"], result["recommended"]) == (
+        "train_seconds", ["base:finetune", "lite0-lr:frozen"], "lite0-lr:frozen")
+    assert "- Recommended: lite0-lr:frozen (efficientnet_lite0), 5 s against 40 s." in proc.stdout.splitlines()
+
+
+def test_verdict_refuses_other_images_and_bad_names_in_one_line(verdict_repo, tmp_path):
+    data = tmp_path / "verdict.json"
+    proc = run_report(verdict_repo.path, "--verdict", "base", "other", "--json", str(data))
+    assert proc.returncode == 2, proc
+    assert proc.stderr.splitlines() == [
+        "report: error: other:frozen: not on the images of base:finetune: row 4 of plots/predictions/frozen.csv "
+        "is 'val/ants/another.jpg' there, 'val/ants/img_003.jpg' in base:finetune (100 against 100 images); "
+        "a paired verdict needs the same reporting split"], proc.stderr
+    assert not data.exists() and proc.stdout == ""
+    for name, message in (("workspace", "DVC reads this name as the working tree"),
+                          ("no-such", "no such git revision or finished DVC experiment")):
+        proc = run_report(verdict_repo.path, "--verdict", "base", name)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------- --seeds
 
 def exp_entry(name: str, seed: int, accuracies: dict[str, float], state: str = "success", lr: float = 0.1) -> dict:
@@ -273,29 +369,65 @@ def test_seeds_without_experiments_is_one_line():
         assert line.startswith("No finished experiments") and "dvc exp run --queue -S 'train.seed=range(0,3)'" in line
 
 
-def test_seeds_reads_the_experiments_dvc_ran(tmp_path):
-    """A real `dvc exp run -S train.seed=N` of a stage that writes metrics/frozen.json from the seed."""
+MAKE_PY = """\
+import json, os, yaml
+seed = yaml.safe_load(open('params.yaml'))['train']['seed']
+for folder in ('metrics', 'plots/predictions', 'results/details'):
+    os.makedirs(folder, exist_ok=True)
+json.dump({'accuracy': 0.9 + seed / 100, 'train_seconds': 3 - seed}, open('metrics/frozen.json', 'w'))
+rows = ''.join(f'{i}.jpg,a,{"a" if i < 5 + 2 * seed else "b"}\\n' for i in range(10))
+open('plots/predictions/frozen.csv', 'w').write('path,actual,predicted\\n' + rows)
+json.dump({'arch': 'tiny'}, open('results/details/frozen.json', 'w'))
+"""
+EXP_DVC_YAML = """\
+stages:
+  evaluate:
+    cmd: {python} make.py
+    deps: [make.py]
+    params: [train.seed]
+    metrics:
+      - metrics/frozen.json:
+          cache: false
+    outs:
+      - plots/predictions/frozen.csv:
+          cache: false
+      - results/details/frozen.json:
+          cache: false
+"""
+
+
+def test_seeds_and_verdict_read_the_experiments_dvc_ran(tmp_path):
+    """A real `dvc exp run -S train.seed=N` of a stage that writes metrics/frozen.json, its predictions
+    (right on the first 5 + 2 * seed of 10 images) and details from the seed. --seeds: the seeds' spread;
+    --verdict --all-experiments: HEAD and each experiment a candidate (at most 4 images apart of 10: all
+    tied), the cheapest (3 - seed train seconds) recommended."""
     project = Project(tmp_path / "repo")
     project.path.mkdir()
     for args in (("init", "-q"), ("config", "user.email", "t@t"), ("config", "user.name", "t")):
         project.git(*args)
     project.dvc("init", "-q")
     (project.path / "params.yaml").write_text("train:\n  seed: 0\n")
-    (project.path / "make.py").write_text(
-        "import json, os, yaml\nseed = yaml.safe_load(open('params.yaml'))['train']['seed']\n"
-        "os.makedirs('metrics', exist_ok=True)\n"
-        "json.dump({'accuracy': 0.9 + seed / 100}, open('metrics/frozen.json', 'w'))\n")
-    (project.path / "dvc.yaml").write_text(
-        f"stages:\n  evaluate:\n    cmd: {sys.executable} make.py\n    deps: [make.py]\n"
-        "    params: [train.seed]\n    metrics:\n      - metrics/frozen.json:\n          cache: false\n")
+    (project.path / "make.py").write_text(MAKE_PY)
+    (project.path / "dvc.yaml").write_text(EXP_DVC_YAML.format(python=sys.executable))
     project.dvc("repro", "-q")
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "base")
     assert run_report(project.path, "--seeds").stdout.startswith("No finished experiments")
     for seed in range(3):
-        project.dvc("exp", "run", "-q", "-S", f"train.seed={seed}")
+        project.dvc("exp", "run", "-q", "-n", f"s{seed}", "-S", f"train.seed={seed}")
     proc = run_report(project.path, "--seeds", "--json", str(tmp_path / "seeds.json"))
     assert proc.returncode == 0, proc.stderr
     frozen = json.loads((tmp_path / "seeds.json").read_text())["modes"]["frozen"]
     assert (frozen["seeds"], frozen["mean"], frozen["std"]) == (3, pytest.approx(0.91), pytest.approx(0.01))
     assert "frozen: 3 seeds, mean accuracy 0.9100, std 0.0100" in proc.stdout, proc.stdout
+
+    proc = run_report(project.path, "--verdict", "--all-experiments", "--json", str(tmp_path / "verdict.json"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "verdict.json").read_text())
+    seeds = {f"s{seed}:frozen": 5 + 2 * seed for seed in range(3)}
+    assert {label: row["correct"] for label, row in result["accuracy"].items() if label in seeds} == seeds
+    assert len(result["accuracy"]) == 4 and set(result["tied"]) == set(result["accuracy"]), result
+    assert result["recommended"] == "s2:frozen" and result["cost"] == "train_seconds"
+    exps = json.loads(project.dvc("exp", "show", "--json").stdout)[1]["experiments"]
+    assert {exp["name"]: exp["revs"][0]["rev"] for exp in exps} == {
+        name: commit for name, commit in result["revisions"].items() if name in ("s0", "s1", "s2")}
