@@ -70,9 +70,9 @@ def seeds_main(args: argparse.Namespace) -> None:
 
 def verdict_main(args: argparse.Namespace) -> None:
     if args.base or args.head or args.seeds:
-        fail("--verdict names its revisions after it: --verdict REV [REV ...] (no BASE HEAD, no --seeds)")
+        raise UserError("--verdict names its revisions after it: --verdict REV [REV ...] (no BASE HEAD, no --seeds)")
     if not args.verdict and not args.all_experiments:
-        fail("--verdict: name the revisions or experiments to compare, or add --all-experiments")
+        raise UserError("--verdict: name the revisions or experiments to compare, or add --all-experiments")
     revisions, notes = resolve(args.verdict, args.all_experiments)
     if args.json:
         check_output(Path(args.json), files=False)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.verdict is not None:
         return verdict_main(args)
     if args.all_experiments:
-        fail("--all-experiments goes with --verdict")
+        raise UserError("--all-experiments goes with --verdict")
     if args.seeds:
         return seeds_main(args)
     base = check_revision(args.base) if args.base else default_base()

@@ -17,9 +17,8 @@ import math
 import re
 import subprocess
 
-import yaml
-
-from transfer.core.errors import fail
+from transfer.core.errors import UserError
+from transfer.core.params import parse_yaml
 from transfer.core.paths import mode_details, mode_metrics, predictions_csv
 from transfer.evaluation.dvc_diff import WORKSPACE, check_revision, dvc, git, plural
 from transfer.evaluation.review import MAX_CSV_BYTES, committed_predictions
@@ -71,9 +70,9 @@ def resolve(names: list[str], all_experiments: bool) -> tuple[list[tuple[str, st
             continue
         _, finished, pending = experiments
         if name in pending:
-            fail(f"{name!r}: a DVC experiment not finished ({pending[name]}); `dvc queue status` shows it")
+            raise UserError(f"{name!r}: a DVC experiment not finished ({pending[name]}); `dvc queue status` shows it")
         if name not in finished or commit_of(finished[name]) is None:
-            fail(f"{name!r}: no such git revision or finished DVC experiment")
+            raise UserError(f"{name!r}: no such git revision or finished DVC experiment")
         named.append((name, finished[name]))
     notes = []
     if all_experiments:
@@ -104,9 +103,9 @@ def committed_file(commit: str, name: str, path: str) -> bytes | None:
     if found != path:
         return None
     if info.split()[0] == "120000" or not info.split()[-1].isdigit():
-        fail(f"{path} at {name}: a link or not a file; not read")
+        raise UserError(f"{path} at {name}: a link or not a file; not read")
     if int(info.split()[-1]) > MAX_CSV_BYTES:
-        fail(f"{path} at {name}: over {MAX_CSV_BYTES:,} bytes; not read")
+        raise UserError(f"{path} at {name}: over {MAX_CSV_BYTES:,} bytes; not read")
     return subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, check=True).stdout
 
 
@@ -117,9 +116,9 @@ def committed_json(commit: str, name: str, path: str) -> dict | None:
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        fail(f"{path} at {name}: not JSON ({str(err).splitlines()[0][:120]})")
+        raise UserError(f"{path} at {name}: not JSON ({str(err).splitlines()[0][:120]})") from None
     if not isinstance(value, dict):
-        fail(f"{path} at {name}: expected a JSON object")
+        raise UserError(f"{path} at {name}: expected a JSON object")
     return value
 
 
@@ -128,7 +127,7 @@ def cost(metrics: dict, key: str, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        fail(f"{where}: {key} must be a number >= 0, got {str(value)[:40]!r}")
+        raise UserError(f"{where}: {key} must be a number >= 0, got {str(value)[:40]!r}")
     return float(value)
 
 
@@ -136,9 +135,10 @@ def planned_modes(commit: str, name: str) -> list[str]:
     """The modes params.yaml names at `commit` (none when it has no `modes:` table)."""
     data = committed_file(commit, name, PARAMS)
     try:
-        params = yaml.safe_load(data or b"") or {}
-    except yaml.YAMLError as err:
-        fail(f"{PARAMS} at {name}: not YAML ({str(err).splitlines()[0]})")
+        text = (data or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{PARAMS} at {name}: not UTF-8 text") from None
+    params = parse_yaml(text, f"{PARAMS} at {name}") or {}  # as DVC and the stages read it
     modes = params.get("modes") if isinstance(params, dict) else None
     return [str(mode) for mode in modes] if isinstance(modes, dict) else []
 
@@ -176,9 +176,10 @@ def check_same_images(found: dict[str, dict]) -> None:
             continue
         row = next((i for i, (a, b) in enumerate(zip(paths, theirs)) if a != b), min(len(paths), len(theirs)))
         seen = [repr(side[row]) if row < len(side) else "no image" for side in (paths, theirs)]
-        fail(f"{label}: not on the images of {first}: row {row + 1} of {predictions_csv(found[label]['mode'])} is "
-             f"{seen[1]} there, {seen[0]} in {first} ({len(theirs)} against {len(paths)} images); "
-             "a paired verdict needs the same reporting split")
+        where = predictions_csv(found[label]["mode"])
+        raise UserError(f"{label}: not on the images of {first}: row {row + 1} of {where} is {seen[1]} there, "
+                        f"{seen[0]} in {first} ({len(theirs)} against {len(paths)} images); "
+                        "a paired verdict needs the same reporting split")
 
 
 def cost_key(found: dict[str, dict]) -> str:
@@ -193,7 +194,7 @@ def cross_verdict(revisions: list[tuple[str, str]], notes: list[str]) -> dict:
     """The verdict's data over every candidate of `revisions` ([(name, commit)])."""
     found, skipped = candidates(revisions)
     if len(found) < 2:
-        fail(f"{plural(len(found), 'candidate')} with committed predictions and train seconds in "
+        raise UserError(f"{plural(len(found), 'candidate')} with committed predictions and train seconds in "
              f"{', '.join(name for name, _ in revisions) or 'no revision'}: nothing to compare"
              + (f" ({skipped[0]})" if skipped else ""))
     check_same_images(found)
