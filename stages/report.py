@@ -32,10 +32,10 @@ from pathlib import Path
 from transfer.core.errors import UserError
 from transfer.core.files import atomic_path, write_json, write_text
 from transfer.core.stage import run_main
-from transfer.evaluation.cross_verdict import cross_verdict, resolve, verdict_markdown
-from transfer.evaluation.dvc_diff import MAX_CHARS, check_repository, check_revision, default_base, dvc
-from transfer.evaluation.review import build_report, check_output, files_dir
-from transfer.evaluation.seeds import seeds_text, summarize
+from transfer.review.cross_verdict import cross_verdict, resolve, verdict_markdown
+from transfer.review.dvc_diff import MAX_CHARS, check_repository, check_revision, default_base, dvc
+from transfer.review.report import build_report, check_output, files_dir
+from transfer.review.seeds import seeds_text, summarize
 
 __all__ = ["MAX_CHARS", "files_dir", "main", "parse_args"]  # MAX_CHARS, files_dir: what the tests read here
 

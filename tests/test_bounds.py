@@ -145,7 +145,7 @@ def test_seeds_leave_out_a_nan_or_infinite_accuracy_and_a_seed_that_is_no_number
     """metrics/<mode>.json of an experiment may hold NaN or Infinity (json reads both) and params.yaml a
     list as train.seed: neither is a seed's accuracy (they ended in a traceback)."""
     from tests.test_report import exp_document, exp_entry
-    from transfer.evaluation.seeds import seeds_text, summarize
+    from transfer.review.seeds import seeds_text, summarize
 
     document = exp_document([exp_entry("nan", 1, {"frozen": float("nan")}),
                              exp_entry("inf", 2, {"frozen": float("inf")}),

@@ -18,10 +18,10 @@ from transfer.core.params import mode_key
 from transfer.core.paths import PARAMS_FILE, PUBLISH_DIR
 from transfer.core.tree_guard import check_data_paths
 from transfer.data.layouts import class_folders
-from transfer.evaluation.dvc_diff import MAX_CHARS, capped
 from transfer.evaluation.mode_results import parse_predictions
-from transfer.evaluation.review import PREDICTIONS, workspace_predictions
 from transfer.models.inference import image_files
+from transfer.review.dvc_diff import MAX_CHARS, capped
+from transfer.review.report import PREDICTIONS, workspace_predictions
 
 FORGED = "ants\nsplit: error: forged line\x1b[2J"
 

@@ -15,8 +15,8 @@ import yaml
 
 from stages.report import files_dir, parse_args
 from tests.conftest import ROOT, Project, commit_tagged, env_with_venv, init_repo
-from transfer.evaluation.seeds import seeds_text, summarize, t_quantile
 from transfer.evaluation.stats import wilson_interval
+from transfer.review.seeds import seeds_text, summarize, t_quantile
 
 WORKFLOW = ROOT / ".github" / "workflows" / "report.yml"
 OLD_LR, NEW_LR = 0.1, 0.001

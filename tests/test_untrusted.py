@@ -24,7 +24,7 @@ from transfer.core import params
 from transfer.core.errors import UserError
 from transfer.core.paths import PARAMS_FILE, RAW_DIR, RAW_SKIPPED
 from transfer.data import archives
-from transfer.evaluation.dvc_diff import WORKSPACE, check_revision
+from transfer.review.dvc_diff import WORKSPACE, check_revision
 
 SCRIPT = ROOT / "scripts" / "exp_on_machine.sh"
 SECRET = b"outside the dataset: never copied, never read\n"

@@ -20,9 +20,9 @@ import subprocess
 from transfer.core.errors import UserError
 from transfer.core.params import parse_yaml
 from transfer.core.paths import mode_details, mode_metrics, predictions_csv
-from transfer.evaluation.dvc_diff import WORKSPACE, check_revision, dvc, git, plural
-from transfer.evaluation.review import MAX_CSV_BYTES, committed_predictions
 from transfer.evaluation.stats import format_p, verdict
+from transfer.review.dvc_diff import WORKSPACE, check_revision, dvc, git, plural
+from transfer.review.report import MAX_CSV_BYTES, committed_predictions
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 PARAMS = "params.yaml"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from transfer.core.errors import UserError, plural
 from transfer.core.files import kind_of, what_is
-from transfer.evaluation.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, summary_line
 from transfer.evaluation.mode_results import Table, parse_predictions
 from transfer.evaluation.stats import format_p, holm, paired, wilson_interval
+from transfer.review.dvc_diff import WORKSPACE, capped, diff_section, git, plots_section, summary_line
 
 PREDICTIONS = "plots/predictions"
 MODE_FILE = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*)\.csv")
