@@ -39,8 +39,7 @@ DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fra
              "class_names", "exclude", "watch", "group_duplicates"}
 EXPORT_KEYS = {"calibration_images", "target_accuracy"}
 COMPARE_KEYS = {"cost"}
-# compare.cost: what "cheapest" means among the tied candidates (transfer.evaluation.choice.COSTS, kept
-# here without importing the evaluation package)
+# compare.cost: what "cheapest" means among the tied candidates (transfer.evaluation.choice reads it)
 COMPARE_COSTS = ("auto", "train_seconds", "latency_ms", "params")
 AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
               "outlier_neighbors", "outlier_mads"}
