@@ -2,6 +2,8 @@
 (per-class scores, confusion matrix, model size, calibration), per-image predictions (a DVC confusion
 plot; and val's, for export's unsure threshold), a grid of the misclassified images, one of the first
 images of each class, and the reliability diagram and risk-coverage curve (transfer.evaluation.calibration).
+It also times the model on this machine (transfer.models.cost.model_cost): `latency_ms` (batch 1) and
+`params` join the headline numbers, and the rest with the machine goes to the details under `inference_cost`.
 
 All of them are of the split that reports: test when the dataset has one (val chose the kept epoch,
 so its scores are optimistic), else val; `evaluated_on` says which, and with a test set the val
@@ -14,7 +16,7 @@ import torch
 
 from transfer.core import params as params_module
 from transfer.core import publish
-from transfer.core.devices import bf16_inference, pick_device
+from transfer.core.devices import bf16_inference, inference_batch, pick_device
 from transfer.core.files import save_figure, write_json
 from transfer.core.paths import (
     calibration_png,
@@ -33,8 +35,20 @@ from transfer.evaluation.calibration_figures import calibration_figure
 from transfer.evaluation.grids import error_grid, sample_grid
 from transfer.evaluation.scores import headline_scores, mode_files, predict_logits, predictions_text, reporting_split
 from transfer.models.checkpoints import check_belongs, load_checkpoint
+from transfer.models.cost import machine, model_cost
 
 PARAMS = ("train.device", "train.inference_dtype", "modes.{mode}")  # as dvc.yaml's evaluate stage declares them
+
+
+def inference_cost(mode: str, model, meta: dict, device: torch.device, bf16: bool) -> dict:
+    """The mode's cost to run on this machine: its timings (CPU on one thread, or the GPU evaluation
+    runs on), its parameters, its model file's size and the machine named."""
+    measured = model_cost(model, meta["preprocess"]["image_size"], device, inference_batch(device), bf16)
+    where = machine()
+    if device.type == "cuda":
+        where["gpu"] = torch.cuda.get_device_name(device)
+    return {**measured, "params": meta["total_params"],
+            "model_file_megabytes": round(model_file(mode).stat().st_size / 1e6, 3), "machine": where}
 
 
 @run_main
@@ -63,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     temperature = calibration["temperature"]
     metrics.update(calibrated_ece=calibration["after"]["ece"], temperature=temperature)
     details["calibration"] = calibration
+    cost = inference_cost(mode, model, meta, device, bf16)
+    metrics.update(latency_ms=cost["latency_batch_1"]["median_ms"], params=cost["params"])
+    details["inference_cost"] = cost
     shown = calibrated(logits, temperature)  # the confidence a user of the published model sees
     written = (predictions_csv(mode), val_predictions_csv(mode), errors_png(mode), samples_png(mode),
                calibration_png(mode), mode_details(mode), mode_metrics(mode))
@@ -81,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json(staged(mode_details(mode)), details)
         write_json(staged(mode_metrics(mode)), metrics)
     log(f"evaluate@{mode}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-        f"ECE {calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f} (temperature {temperature:.3f})")
+        f"ECE {calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f} (temperature {temperature:.3f}), "
+        f"{metrics['latency_ms']:.1f} ms an image at batch 1 on {cost['device']}")
 
 
 if __name__ == "__main__":

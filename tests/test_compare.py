@@ -11,20 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
+import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, copy_code, env_with_venv
-from transfer.evaluation.comparison_figures import confusion_figures, plot_error_curves
+from stages import compare as compare_stage
+from tests.conftest import ROOT, copy_code, env_with_venv, run_in_process
+from transfer.evaluation.choice import COST_NAMES, SAVINGS
+from transfer.evaluation.comparison_figures import confusion_figures, plot_accuracy_cost, plot_error_curves
 from transfer.evaluation.limits import NO_TEST_SPLIT
 from transfer.evaluation.mode_results import load_mode
 from transfer.evaluation.stats import wilson_interval
+from transfer.models.cost import model_cost
 
 MODES = ["frozen", "finetune", "freeze_unfreeze"]
 RUNS = {"frozen": (0.85, 4), "finetune": (0.9, 5), "freeze_unfreeze": (0.95, 6)}  # mode: (accuracy, epochs)
 SUMMARY_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "epochs", "train_seconds",
-                "trainable_params", "total_params"}
-FIGURES = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/confusion/all_modes.png"]
+                "latency_ms", "params", "trainable_params", "total_params"}
+FIGURES = ["plots/compare/val_error.png", "plots/compare/accuracy_time.png", "plots/compare/accuracy_cost.png",
+           "plots/compare/confusion/all_modes.png"]
 OUTPUTS = [*FIGURES, "plots/compare/val_acc.csv", "plots/compare/train_loss.csv",
            "results/summary.json", "results/summary.md"]
 
@@ -38,7 +44,8 @@ DATA_METRICS = {"layout": "imagefolder", "classes": 2, "train": {"total": 40, "p
 def fake_metrics(mode: str, accuracy: float, epochs: int) -> dict:
     """A metrics/<mode>.json as evaluate@<mode> writes it: the headline numbers only."""
     return {"accuracy": accuracy, "balanced_accuracy": accuracy - 0.01, "macro_f1": accuracy - 0.02, "loss": 0.3,
-            "best_epoch": epochs - 1, "train_seconds": 12.5 * epochs, "train_peak_memory_mib": 900.0}
+            "best_epoch": epochs - 1, "train_seconds": 12.5 * epochs, "train_peak_memory_mib": 900.0,
+            "latency_ms": 4.0 + 0.1 * epochs, "params": 3_400_000}
 
 
 def fake_details(mode: str, accuracy: float, epochs: int) -> dict:
@@ -138,7 +145,7 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
             img.verify()  # a complete, valid PNG
             assert img.format == "PNG"
     assert sorted(p.name for p in (compare_dir / "plots" / "compare").iterdir()) == \
-        ["accuracy_time.png", "confusion", "train_loss.csv", "val_acc.csv", "val_error.png"]
+        ["accuracy_cost.png", "accuracy_time.png", "confusion", "train_loss.csv", "val_acc.csv", "val_error.png"]
     assert [p.name for p in (compare_dir / "plots" / "compare" / "confusion").iterdir()] == ["all_modes.png"]
 
     summary = json.loads((compare_dir / "results" / "summary.json").read_text())
@@ -149,6 +156,7 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
         # evaluated_on: these metrics files predate it, so they are of val
         right = round(20 * accuracy)
         assert summary["modes"][mode] == {**{key: written[key] for key in SUMMARY_KEYS}, "evaluated_on": "val",
+                                          "arch": "efficientnet_lite0", "image_size": None,
                                           "correct": right, "images": 20,
                                           "accuracy_ci": list(wilson_interval(right, 20))}, mode
     # 17, 18 and 19 of the same 20 images: no pair differs significantly, so the cheapest is recommended
@@ -157,8 +165,10 @@ def test_compare_writes_figures_and_summary(compare_dir: Path):
     assert verdict["recommended"] == min(RUNS, key=lambda mode: RUNS[mode][1]) == "frozen"
 
     table = (compare_dir / "results" / "summary.md").read_text().splitlines()
-    assert table[0].startswith("frozen, finetune and freeze_unfreeze are tied (17/20, 18/20 and 19/20, ")
-    assert "frozen is the cheapest (50 s against 62 s and 75 s)" in table[0]
+    assert table[0].startswith("frozen, finetune and freeze_unfreeze are tied on val (17/20, 18/20 and 19/20, ")
+    # one backbone: compare.cost auto means train time, as the summary says
+    assert verdict["cost"] == "train_seconds" and verdict["selected_on"] == "val"
+    assert "frozen is the cheapest by train time (50 s against 62 s and 75 s)" in table[0]
     rows = [line for line in table if line.startswith("|")]
     assert rows[0].startswith("| mode | verdict | val accuracy (95% interval) |")
     assert [row.split("|")[1].strip() for row in rows[2:]] == MODES
@@ -295,3 +305,139 @@ def test_confusion_matrices_of_100_classes_are_normalised_one_image_per_mode(com
         expected = np.array([[value / sum(row) for value in row] for row in matrices[mode]])
         assert drawn.shape == (100, 100) and np.allclose(drawn, expected), mode
         assert np.allclose(drawn.sum(axis=1), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- backbones
+
+TINY_BACKBONES = {"small": "test_efficientnet", "large": "test_resnet"}  # timm's tiny test networks
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    """Each tiny random-init backbone's cost to run, measured as evaluate measures it (32 px, batch 16)."""
+    found = {}
+    for mode, name in TINY_BACKBONES.items():
+        model = timm.create_model(name, pretrained=False, num_classes=2)
+        cost = model_cost(model, 32, torch.device("cpu"), 16)
+        found[mode] = {"arch": f"timm/{name}", "latency_ms": cost["latency_batch_1"]["median_ms"],
+                       "params": sum(p.numel() for p in model.parameters()), "image_size": 32}
+    return found
+
+
+def candidates_dir(root: Path, rows: dict[str, dict], images: int, test: bool = False, cost: str = "auto") -> Path:
+    """A compare project of the candidates `rows` ({mode: arch, latency_ms, params, image_size, train_seconds,
+    val_right and, with a test split, test_right}) on `images` images a split, their files as evaluate writes them."""
+    root.mkdir(parents=True, exist_ok=True)
+    copy_code(root)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["modes"] = {mode: {**params["modes"]["frozen"], "arch": row["arch"]} for mode, row in rows.items()}
+    params["compare"] = {"cost": cost}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    half = {"ants": images // 2, "bees": images - images // 2}
+    data = {**DATA_METRICS, "val": {"total": images, "per_class": half},
+            "test": {"total": images if test else 0, "per_class": half if test else {"ants": 0, "bees": 0}}}
+    for mode, row in rows.items():
+        write_run(root, mode, 0.9, 4)
+        metrics = json.loads((root / f"metrics/{mode}.json").read_text())
+        metrics.update(latency_ms=row["latency_ms"], params=row["params"], train_seconds=row["train_seconds"],
+                       accuracy=row["test_right" if test else "val_right"] / images)
+        details = json.loads((root / f"results/details/{mode}.json").read_text())
+        details.update(arch=row["arch"], inference_cost={"image_size": row["image_size"]})
+        write_predictions(root / "plots" / "predictions" / f"{mode}.csv", row["test_right" if test else "val_right"],
+                          images)
+        if test:
+            metrics.update(evaluated_on="test", val={"correct": row["val_right"], "images": images})
+            write_predictions(root / "results" / "val_predictions" / f"{mode}.csv", row["val_right"], images)
+        (root / f"metrics/{mode}.json").write_text(json.dumps(metrics))
+        (root / f"results/details/{mode}.json").write_text(json.dumps(details))
+    (root / "metrics" / "data.json").write_text(json.dumps(data))
+    return root
+
+
+def compare_in(root: Path, monkeypatch) -> tuple[dict, str]:
+    """compare run in-process in `root`: (results/summary.json, results/summary.md up to its table)."""
+    monkeypatch.chdir(root)
+    assert run_in_process(compare_stage.main) == 0
+    opening = (root / "results" / "summary.md").read_text().split("\n| mode |")[0]
+    return json.loads((root / "results" / "summary.json").read_text()), opening
+
+
+@pytest.mark.parametrize("cost", ["auto", "latency_ms", "params", "train_seconds"])
+def test_two_backbones_tied_the_cheapest_by_compare_cost_is_recommended(tmp_path, monkeypatch, measured, cost):
+    """52/60 against 50/60 (p = 0.5): tied, so the cheaper by compare.cost is recommended; auto means the
+    latency, the backbones differing. The train-cheaper is the slower to run, so each measure picks its own."""
+    slow = max(measured, key=lambda mode: measured[mode]["latency_ms"])
+    rows = {mode: {**row, "val_right": 52 if mode == slow else 50, "train_seconds": 10.0 if mode == slow else 90.0}
+            for mode, row in measured.items()}
+    summary, opening = compare_in(candidates_dir(tmp_path / "p", rows, 60, cost=cost), monkeypatch)
+    verdict = summary["verdict"]
+    measure = "latency_ms" if cost == "auto" else cost
+    expected = min(rows, key=lambda mode: rows[mode][measure])
+    assert verdict["cost"] == measure and sorted(verdict["tied"]) == sorted(rows)
+    assert verdict["recommended"] == expected
+    assert f"{expected} is the cheapest by {COST_NAMES[measure]}" in opening, opening
+    if expected != slow:  # the pick gives up the most accurate: what it saves and what it costs, with the interval
+        ratio = rows[slow][measure] / rows[expected][measure]
+        assert f"Against the most accurate on val, {slow} (52/60), {expected} is {ratio:.1f}x {SAVINGS[measure]}" \
+            in opening, opening
+        assert "paired bootstrap interval" in opening
+        assert summary["verdict"]["price"]["difference"] == pytest.approx(-2 / 60)
+
+
+def test_two_backbones_not_tied_the_better_is_recommended_however_costly(tmp_path, monkeypatch, measured):
+    """58/60 against 30/60: the more accurate is recommended though it is the slower; the figure marks it
+    (filled) and the worse (hollow) on a log-scaled cost axis."""
+    slow = max(measured, key=lambda mode: measured[mode]["latency_ms"])
+    rows = {mode: {**row, "val_right": 58 if mode == slow else 30, "train_seconds": 50.0}
+            for mode, row in measured.items()}
+    summary, opening = compare_in(candidates_dir(tmp_path / "p", rows, 60), monkeypatch)
+    assert summary["verdict"]["recommended"] == slow and summary["verdict"]["tied"] == [slow]
+    assert [worse["mode"] for worse in summary["verdict"]["worse"]] == [mode for mode in rows if mode != slow]
+    assert f"{slow} is significantly better on val than every other mode" in opening
+    axes = plot_accuracy_cost(summary).axes[0]
+    assert axes.get_xscale() == "log"
+    filled = {text.get_text(): len(points.get_facecolors()) > 0 and points.get_facecolors()[0][3] > 0
+              for points, text in zip(axes.collections[1::2], axes.texts)}
+    assert filled == {mode: mode == slow for mode in rows}
+
+
+def test_modes_of_one_backbone_break_a_tie_by_val_accuracy_before_train_time(tmp_path, monkeypatch, measured):
+    """Two modes of one network cost the same to run (their latencies differ by noise alone): the more
+    accurate on val is recommended though it trained longer and measured a little slower."""
+    small = min(measured, key=lambda mode: measured[mode]["latency_ms"])
+    base = measured[small]
+    rows = {"quick": {**base, "val_right": 50, "train_seconds": 10.0},
+            "careful": {**base, "latency_ms": base["latency_ms"] * 1.05, "val_right": 52, "train_seconds": 90.0},
+            "other": {**measured[max(measured, key=lambda mode: measured[mode]["latency_ms"])], "val_right": 52,
+                      "train_seconds": 5.0}}
+    if rows["other"]["arch"] == base["arch"]:
+        pytest.skip("the two tiny backbones measured alike")
+    summary, opening = compare_in(candidates_dir(tmp_path / "p", rows, 60), monkeypatch)
+    assert summary["verdict"]["recommended"] == "careful"
+    assert summary["verdict"]["costs"]["careful"] == summary["verdict"]["costs"]["quick"] == base["latency_ms"]
+    assert "quick costs the same to run, so the more accurate on val, then the faster to train" in opening
+
+
+def test_with_a_test_split_the_choice_is_made_on_val_and_test_only_reports(tmp_path, monkeypatch, measured):
+    """Val ties the two (52/60 against 50/60), test does not (the slower 58/60 against 30/60): the cheaper
+    is recommended from val, test's paired tests are reported beside it, and the verdict says val was too
+    small to separate them, and what the pick gives up on test with its interval."""
+    slow = max(measured, key=lambda mode: measured[mode]["latency_ms"])
+    fast = next(mode for mode in measured if mode != slow)
+    rows = {mode: {**row, "val_right": 52 if mode == slow else 50, "test_right": 58 if mode == slow else 30,
+                   "train_seconds": 50.0} for mode, row in measured.items()}
+    summary, opening = compare_in(candidates_dir(tmp_path / "p", rows, 60, test=True), monkeypatch)
+    verdict = summary["verdict"]
+    assert (verdict["selected_on"], summary["reporting"]) == ("val", "test")
+    assert verdict["recommended"] == fast and sorted(verdict["tied"]) == sorted(rows)
+    assert [worse["mode"] for worse in verdict["on_test"]["worse"]] == [fast]
+    assert summary["modes"][fast]["correct"] == 30 and verdict["selection_correct"][fast] == 50
+    assert f"Val is too small to separate {fast} from the better" in opening, opening
+    price = verdict["price"]
+    assert (price["most_accurate"], price["split"]) == (slow, "test")
+    assert price["difference"] == pytest.approx(-28 / 60)
+    low, high = price["difference_ci"]
+    assert low < price["difference"] < high < 0
+    assert f"Against the most accurate on test, {slow} (58/60)" in opening
+    assert f"{100 * 28 / 60:.1f} points less accurate" in opening
+    assert f"On test (which only reports) {fast} is worse than {slow} (30/60 against 58/60, " in opening

@@ -153,6 +153,8 @@ SINGLE = [
     ({"export__target_accuracy": 1.5}, "export.target_accuracy", "must be <= 1, got 1.5"),
     ({"export__target_accuracy": 0}, "export.target_accuracy", "must be > 0, got 0"),
     ({"export__target_accuracy": "high"}, "export.target_accuracy", "must be a number, got 'high'"),
+    # what "cheapest" means among the tied candidates
+    ({"compare__cost": "accuracy"}, "compare.cost", "unknown value 'accuracy' (known: auto, train_seconds, latency_ms"),
 ]
 
 

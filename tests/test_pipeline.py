@@ -416,7 +416,7 @@ def test_metrics_show_lists_each_number_once_and_a_one_mode_diff_fits_a_screen(f
         scores = files[f"metrics/{mode}.json"]["data"]
         # scalars: numbers, and the name of the split they are of (val here: the dataset has no test set)
         assert scores.pop("evaluated_on") == "val"
-        assert len(scores) <= 13 and all(isinstance(v, (int, float)) for v in scores.values()), scores
+        assert len(scores) <= 14 and all(isinstance(v, (int, float)) for v in scores.values()), scores
         scores["evaluated_on"] = "val"
         assert scores == read_json(project.path / f"metrics/{mode}.json")
 

@@ -226,10 +226,10 @@ def test_equal_seconds_prefer_the_more_accurate_then_the_name():
     assert (single["tied"], single["recommended"], single["pairs"]) == (["only"], "only", [])
 
 
-def test_verdict_rejects_different_images_and_missing_times():
+def test_verdict_rejects_different_images_and_missing_costs():
     with pytest.raises(ValueError, match="same images"):
         verdict({"a": [True, False], "b": [True]}, {"a": 1.0, "b": 1.0})
-    with pytest.raises(ValueError, match="no time"):
+    with pytest.raises(ValueError, match="no cost"):
         verdict({"a": [True], "b": [True]}, {"a": 1.0})
     with pytest.raises(ValueError):
         verdict({}, {})

@@ -66,6 +66,13 @@ def test_test_folder_reports_and_never_moves_the_kept_epoch(tmp_path):
     assert "| test accuracy (95% interval) |" in summary_md and "| val accuracy (selection) |" in summary_md
     assert "Val (selection) and test (reporting)" in summary_md  # agree or disagree, said before the table
     assert read(project, SUMMARY_JSON)["selection"]["modes"][MODE]["val_correct"] == before["val"]["correct"]
+    # chosen on val (whose predictions it read), reported on test
+    assert read(project, SUMMARY_JSON)["verdict"]["selection_correct"][MODE] == before["val"]["correct"]
+    # the cost to run, timed by evaluate on this machine: headline scalars, the rest in the details
+    cost = read(project, mode_details(MODE))["inference_cost"]
+    assert before["latency_ms"] == cost["latency_batch_1"]["median_ms"] > 0 and cost["latency_batch_1"]["runs"] >= 50
+    assert before["params"] == cost["params"] == read(project, mode_details(MODE))["total_params"]
+    assert cost["machine"]["threads"] == 1 and cost["model_file_megabytes"] > 0
     # the temperature is fit on val and scored on test, which it never saw: no cross-fitting
     calibration = read(project, mode_details(MODE))["calibration"]
     assert (calibration["fitted_on"], calibration["scored_on"]) == ("val", "test")

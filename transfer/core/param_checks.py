@@ -38,6 +38,9 @@ ENCODINGS = ("png", "jpeg")
 DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
              "class_names", "exclude", "watch", "group_duplicates"}
 EXPORT_KEYS = {"calibration_images", "target_accuracy"}
+COMPARE_KEYS = {"cost"}
+# compare.cost: what "cheapest" means among the tied candidates (transfer.evaluation.choice reads it)
+COMPARE_COSTS = ("auto", "train_seconds", "latency_ms", "params")
 AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
               "outlier_neighbors", "outlier_mads"}
 
@@ -212,6 +215,11 @@ def check_export(c: Checker, export: Any) -> None:
     if "target_accuracy" not in export:
         c.bad("export.target_accuracy", "missing (null: off)")
     c.number(export, "export", "target_accuracy", low=0, high=1, low_open=True, optional=True)
+
+
+def check_compare(c: Checker, compare: Any) -> None:
+    compare = c.section(compare, "compare", COMPARE_KEYS)
+    c.choice(compare, "compare", "cost", COMPARE_COSTS)
 
 
 def check_pack(c: Checker, pack: Any) -> None:

@@ -15,6 +15,7 @@ from transfer.core.param_checks import (
     TRAIN_KEYS,
     Checker,
     check_audit,
+    check_compare,
     check_data,
     check_export,
     check_mode,
@@ -24,7 +25,7 @@ from transfer.core.param_checks import (
 from transfer.core.paths import PARAMS_FILE
 
 AUTO_MODE = "auto"  # `mode: auto`: export publishes the mode compare recommends
-SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes", "export"}
+SECTIONS = {"mode", "data", "pack", "audit", "model", "train", "modes", "export", "compare"}
 
 MAX_EXPANDED_VALUES = 100_000  # a params.yaml is a few hundred; aliases nested a few deep reach billions
 
@@ -81,6 +82,7 @@ def check(params: Any, arch_check: Callable[[Checker, str, str, list], None] | N
     check_pack(c, top.get("pack"))
     check_audit(c, top.get("audit"))
     check_export(c, top.get("export"))
+    check_compare(c, top.get("compare"))
     model = c.section(top.get("model"), "model", {"arch"})
     train = c.section(top.get("train"), "train", TRAIN_KEYS)
     check_train(c, train, "train", partial=False)

@@ -41,6 +41,8 @@ PUBLISH_DIR = Path(".publish")  # staging folders of the stages publishing their
 COMPARE_PLOTS_DIR = Path("plots/compare")
 COMPARE_ERROR_PNG = COMPARE_PLOTS_DIR / "val_error.png"
 COMPARE_ACCURACY_TIME_PNG = COMPARE_PLOTS_DIR / "accuracy_time.png"
+# Every candidate's accuracy (with its interval) against its cost to run or train (compare.cost), tied ones marked.
+COMPARE_ACCURACY_COST_PNG = COMPARE_PLOTS_DIR / "accuracy_cost.png"
 # One image of every mode's matrix, or one image per mode when the classes are many (see compare).
 COMPARE_CONFUSION_DIR = COMPARE_PLOTS_DIR / "confusion"
 # The data of dvc.yaml's all-modes charts: rows of (epoch, mode, value), every mode in one file.

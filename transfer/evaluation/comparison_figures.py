@@ -1,5 +1,6 @@
 """The comparison figures: every mode's error curves, accuracy with its interval beside train time,
-and the confusion matrices normalised per actual class."""
+accuracy against cost (compare.cost) with the tied candidates marked, and the confusion matrices
+normalised per actual class."""
 from __future__ import annotations
 
 from matplotlib.ticker import MaxNLocator
@@ -61,6 +62,36 @@ def plot_accuracy_time(summary: dict[str, dict]) -> Figure:
     for ax in (acc_ax, time_ax):
         ax.set_xlabel("mode")
         ax.tick_params(axis="x", labelrotation=20 if len(modes) > 3 else 0, labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+COST_AXIS = {"train_seconds": "train time (s)", "latency_ms": "ms an image at batch 1", "params": "parameters"}
+
+
+def plot_accuracy_cost(summary: dict) -> Figure:
+    """Every candidate's reporting accuracy with its 95% interval against its cost (log scale): filled
+    where the selection split ties it with the best, a star on the recommended one, hollow where worse."""
+    rows, verdict = summary["modes"], summary["verdict"]
+    measure, costs = verdict["cost"], verdict["costs"]
+    fig = Figure(figsize=(7.5, 5), dpi=DPI)
+    ax = fig.subplots()
+    for index, (mode, row) in enumerate(rows.items()):
+        x, y = max(costs[mode], 1e-9), row["correct"] / row["images"]  # the count its interval is of
+        low, high = row["accuracy_ci"]
+        color = f"C{index % 10}"
+        ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="none", ecolor=color, capsize=5, alpha=0.7)
+        tied = mode in verdict["tied"]
+        marker = "*" if mode == verdict["recommended"] else "o"
+        ax.scatter([x], [y], s=180 if marker == "*" else 60, marker=marker, zorder=3, edgecolors=color,
+                   facecolors=color if tied else "none", label=f"{mode} ({'tied' if tied else 'worse'})")
+        ax.annotate(mode, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{COST_AXIS[measure]} (log scale)")
+    ax.set_ylabel(f"{summary['reporting']} accuracy (95% interval)")
+    ax.set_title(f"Accuracy against cost; filled: tied on {verdict['selected_on']}, star: recommended")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

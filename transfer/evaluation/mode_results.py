@@ -1,21 +1,23 @@
 """Each mode's evaluation as compare reads it: its metrics and details (evaluate@<mode>), its
 per-epoch curves (train@<mode>'s DVCLive logs) and its right and wrong on every reporting image
-(plots/predictions/<mode>.csv). A missing or malformed file is one line naming it."""
+(plots/predictions/<mode>.csv) and, where test reports, on every val image (results/val_predictions/<mode>.csv:
+the selection split the choice is made on). A missing or malformed file is one line naming it."""
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from transfer.core.errors import UserError
 from transfer.core.files import read_json
-from transfer.core.paths import live_tsv, mode_details, mode_metrics, predictions_csv
+from transfer.core.paths import live_tsv, mode_details, mode_metrics, predictions_csv, val_predictions_csv
 
 # What the summary copies from each metrics/<mode>.json and results/details/<mode>.json; the details'
 # confusion matrix is drawn too.
-METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "train_seconds")
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "best_epoch", "train_seconds", "latency_ms", "params")
 DETAIL_KEYS = ("epochs", "trainable_params", "total_params")
 SUMMARY_KEYS = METRIC_KEYS + DETAIL_KEYS
 Table = dict[str, bool]  # {image path: predicted right}
@@ -69,8 +71,13 @@ def load_mode(mode: str) -> dict:
     check_confusion(mode_details(mode), details["confusion_matrix"])
     # The train curves only add lines; a log without them still compares on val.
     train_acc, train_loss = (curve_path(mode, "train", metric) for metric in ("acc", "loss"))
+    val_predictions = None  # without a test split the reporting predictions are val's
+    if metrics.get("evaluated_on") == "test":
+        if not val_predictions_csv(mode).exists():
+            raise UserError(f"{val_predictions_csv(mode)}: missing; re-run evaluate@{mode} (dvc repro)")
+        val_predictions = read_predictions(val_predictions_csv(mode))
     return {"metrics": metrics, "details": details, "val_acc": read_curve(curve_path(mode, "val")),
-            "predictions": read_predictions(predictions_csv(mode)),
+            "predictions": read_predictions(predictions_csv(mode)), "val_predictions": val_predictions,
             "train_acc": read_curve(train_acc) if train_acc.exists() else None,
             "train_loss": read_curve(train_loss) if train_loss.exists() else None}
 
@@ -96,17 +103,19 @@ def read_predictions(path: Path) -> Table:
     return parse_predictions(path.read_bytes(), str(path))
 
 
-def paired_correct(runs: dict[str, dict]) -> dict[str, list[bool]]:
-    """Each mode's right/wrong on the same images in the same order; the modes must have predicted the
-    same images (they do when they were evaluated on the same split)."""
+def paired_correct(runs: dict[str, dict], key: str = "predictions",
+                   where: Callable[[str], Path] = predictions_csv) -> dict[str, list[bool]]:
+    """Each mode's right/wrong on the same images in the same order (run[key]: the reporting images, or
+    val's with "val_predictions", read from `where(mode)`); the modes must have predicted the same images
+    (they do when they were evaluated on the same split)."""
     first_mode = next(iter(runs))
-    first = runs[first_mode]["predictions"]
+    first = runs[first_mode][key]
     for mode, run in runs.items():
-        if set(run["predictions"]) != set(first):
-            raise UserError(f"{predictions_csv(mode)}: not the same images as {predictions_csv(first_mode)}; "
+        if set(run[key]) != set(first):
+            raise UserError(f"{where(mode)}: not the same images as {where(first_mode)}; "
                             "re-run the evaluate stages on one split (dvc repro)")
     order = sorted(first)
-    return {mode: [run["predictions"][path] for path in order] for mode, run in runs.items()}
+    return {mode: [run[key][path] for path in order] for mode, run in runs.items()}
 
 
 def missing_inputs(modes: list[str]) -> list[Path]:

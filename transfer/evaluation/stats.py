@@ -121,20 +121,20 @@ def _beaters(pairs: list[dict]) -> dict[str, list[tuple[float, str]]]:
     return beaten
 
 
-def verdict(modes: dict[str, Sequence[bool]], seconds: dict[str, float], alpha: float = 0.05) -> dict:
+def verdict(modes: dict[str, Sequence[bool]], cost: dict[str, float | tuple], alpha: float = 0.05) -> dict:
     """Which modes can be told apart on these images, and which to use.
 
     modes: each mode's right/wrong per image, the same images in the same order for every mode.
     Every pair is tested (McNemar exact, Holm-corrected over all pairs); a mode is beaten when another
     mode gets significantly more images right. `tied`: the modes nobody beats, by accuracy then name;
-    `recommended`: the cheapest of them by seconds (then the more accurate, then name), since paying
-    more buys no difference the data can show; `worse`: the others, each with the mode that beats it
-    at the smallest adjusted p; `pairs`: every test.
+    `recommended`: the cheapest of them by `cost` (seconds, or any sortable key; then the more
+    accurate, then name), since paying more buys no difference the data can show; `worse`: the others,
+    each with the mode that beats it at the smallest adjusted p; `pairs`: every test.
     """
     scores = _accuracies(modes)
-    missing = [name for name in modes if name not in seconds]
+    missing = [name for name in modes if name not in cost]
     if missing:
-        raise ValueError(f"no time for modes {missing}")
+        raise ValueError(f"no cost for modes {missing}")
     pairs = _pairs(modes, alpha)
     beaten = _beaters(pairs)
 
@@ -142,7 +142,7 @@ def verdict(modes: dict[str, Sequence[bool]], seconds: dict[str, float], alpha: 
         return -scores[name]["correct"], name
 
     tied = sorted((name for name in modes if name not in beaten), key=by_accuracy)
-    recommended = min(tied, key=lambda name: (seconds[name], *by_accuracy(name)))
+    recommended = min(tied, key=lambda name: (cost[name], *by_accuracy(name)))
     worse = []
     for name in sorted(beaten, key=by_accuracy):
         p_holm, by = min(beaten[name], key=lambda item: (item[0], *by_accuracy(item[1])))
@@ -198,6 +198,16 @@ def bootstrap_interval(actual: Sequence[int], predicted: Sequence[int], metric: 
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return float(low), float(high)
+
+
+def paired_difference_interval(correct_a: Sequence[bool], correct_b: Sequence[bool],
+                               confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of accuracy(A) - accuracy(B) on the same images: the percentile bootstrap over images
+    (bootstrap_interval), each resample keeping an image's two answers together, so that the images
+    both get right or both get wrong narrow it as they do McNemar's test."""
+    a = np.asarray(correct_a, dtype=int)
+    b = np.asarray(correct_b, dtype=int)
+    return bootstrap_interval(a, b, lambda x, y: float(x.mean() - y.mean()), confidence=confidence)
 
 
 def _per_class(actual: np.ndarray, predicted: np.ndarray, classes: int | None) -> tuple:

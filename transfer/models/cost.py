@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfer.core.devices import memory_format, to_device
+
 THREADS = 1  # intra-op threads of every timing: one core's figure varies least with what else the machine runs
 LATENCY_RUNS = 50  # timed runs at batch 1, after WARMUP_RUNS untimed ones
 WARMUP_RUNS = 5
@@ -101,6 +103,43 @@ def file_cost(name: Path, path: Path, run: Runner, image: np.ndarray, batch: np.
     return {"file": name.as_posix(), "megabytes": round(path.stat().st_size / 1e6, 3),
             "latency_batch_1": latency_summary(times),
             f"images_per_second_batch_{len(batch)}": round(throughput(run, batch), 1)}
+
+
+def device_runner(model: torch.nn.Module, device: torch.device, bf16: bool = False) -> Runner:
+    """A forward pass of the PyTorch model on `device` (under bf16 autocast when `bf16`), in the layout
+    evaluation uses; on a GPU it waits for the result, so that a timing holds the whole pass."""
+    fmt = memory_format(device)
+    model = model.eval().to(memory_format=fmt)
+
+    def run(x: np.ndarray):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(to_device(torch.from_numpy(x), device, fmt))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+    return run
+
+
+def model_cost(model: torch.nn.Module, image_size: int, device: torch.device, batch: int,
+               bf16: bool = False, runs: int = LATENCY_RUNS) -> dict:
+    """What one image costs the model on `device`: milliseconds at batch 1 (median of `runs` passes after
+    WARMUP_RUNS untimed ones) and per image at a batch of `batch` (the median pass over its size). On a
+    CPU on THREADS threads in float32 (as a deployed model runs), torch's thread count restored after;
+    on a GPU in the dtype evaluation uses (`bf16`)."""
+    on_cpu = device.type == "cpu"
+    threads = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(THREADS)
+    try:
+        run = device_runner(model, device, bf16 and not on_cpu)
+        image = np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
+        times = latency(run, image, runs)
+        per_second = throughput(run, np.repeat(image, batch, axis=0))
+    finally:
+        torch.set_num_threads(threads)
+    return {"latency_batch_1": {**latency_summary(times), "threads": THREADS if on_cpu else None},
+            "batch": batch, "ms_per_image_at_batch": round(1000 / per_second, 3), "image_size": image_size,
+            "device": str(device), "dtype": "bfloat16" if bf16 and not on_cpu else "float32"}
 
 
 def machine() -> dict:
