@@ -118,7 +118,7 @@ def sgd_head(model, source, settings, feats: dict, seed: int, changes: dict | No
     from transfer.training.loop import Stepper, train_one_epoch
     from transfer.training.losses import make_criterion
     from transfer.training.optim import make_optimizer, make_scheduler
-    from transfer.training.runs import new_model
+    from transfer.training.run import new_model
 
     phase = dataclasses.replace(source.run.phase, seed=seed, **(changes or {}))
     source = copy.copy(source)

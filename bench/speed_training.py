@@ -123,7 +123,7 @@ def pipeline(mode: str, epochs: int) -> dict:
     from transfer.core.settings import mode_settings
     from transfer.data.loaders import read_classes, store_splits
     from transfer.training.loop import ResumeState
-    from transfer.training.runs import run_training
+    from transfer.training.run import run_training
 
     params = params_module.load()
     settings = mode_settings(params, mode)
@@ -254,7 +254,7 @@ def inference_dtype(args) -> None:
     from transfer.core.settings import mode_settings
     from transfer.data.loaders import read_classes, store_splits
     from transfer.training.loop import ResumeState
-    from transfer.training.runs import run_training
+    from transfer.training.run import run_training
 
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"native bf16: {cpu_has_bf16()}", flush=True)

@@ -11,7 +11,7 @@ reporting split: transfer.evaluation.unsure) and
 plots/model/val_predictions.png (a copy of evaluate@<mode>'s plots/samples/<mode>.png: the model's
 predictions on the first val images of each class), and for deployment models/int8/model.int8.onnx (the
 ONNX file quantized to int8, published only when a paired test on the reporting split finds it not
-significantly worse and measurably faster: transfer.models.deployment) with results/deploy.json and
+significantly worse and measurably faster: transfer.evaluation.deployment) with results/deploy.json and
 results/deploy.md (each published file's size, latency and throughput here, the int8 verdict). It reads
 only that mode's files and the images, so switching `mode` re-trains nothing."""
 from __future__ import annotations
@@ -41,7 +41,7 @@ from transfer.core.paths import (
     val_predictions_csv,
 )
 from transfer.core.stage import log, run_main
-from transfer.models import deployment
+from transfer.evaluation import deployment
 from transfer.models.checkpoints import save_calibrated
 
 PARAMS = ("mode", "export.calibration_images", "export.target_accuracy")  # as dvc.yaml's export stage declares them

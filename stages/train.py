@@ -28,10 +28,11 @@ from transfer.core.settings import ModeSettings, mode_settings
 from transfer.core.stage import log, run_main
 from transfer.data.loaders import read_classes
 from transfer.models.backbones import check_arch, count_params
-from transfer.models.checkpoints import save_checkpoint
+from transfer.models.checkpoints import checkpoint_meta, save_checkpoint
 from transfer.training.distributed import LAUNCHED, check_nproc, launch, start, stop
-from transfer.training.loop import ResumeState
-from transfer.training.runs import LiveLog, SharedResume, augmented_batch_grid, checkpoint_meta, run_training
+from transfer.training.live_log import LiveLog, augmented_batch_grid
+from transfer.training.loop import ResumeState, SharedResume
+from transfer.training.run import run_training
 
 PARAMS = ("model", "train", "modes.{mode}")  # as dvc.yaml's train stage declares them
 

@@ -19,7 +19,7 @@ from transfer.core.settings import mode_settings
 from transfer.models.backbones import body_blocks, build_model, check_arch
 from transfer.training.loop import ResumeState
 from transfer.training.optim import make_optimizer
-from transfer.training.runs import run_training
+from transfer.training.run import run_training
 
 TUTORIAL = ["resnet18", "alexnet", "vgg16", "squeezenet1_0", "densenet161", "inception_v3", "googlenet",
             "shufflenet_v2_x1_0", "mobilenet_v2", "resnext50_32x4d", "wide_resnet50_2", "mnasnet1_0"]

@@ -151,3 +151,22 @@ def test_docs_and_docstrings_name_only_modules_and_files_that_exist():
         stale += [f"{rel}: {m}" for m in NAMED_PATH.findall(text)
                   if "<" not in m and "/." not in m and not (ROOT / m.rstrip(".")).exists()]
     assert stale == []
+
+
+LAYERS = ("core", "data", "models", "training", "evaluation", "review")  # each may import those before it
+
+
+def test_each_subpackage_imports_only_the_layers_below_it():
+    """transfer/'s subpackages are layers: core, data, models, training, evaluation, review; a module
+    imports its own layer and those before it, never one after it."""
+    upward = []
+    for path in sorted((ROOT / "transfer").rglob("*.py")):
+        parts = path.relative_to(ROOT / "transfer").parts
+        if len(parts) < 2:
+            continue
+        own = LAYERS.index(parts[0])
+        for name in sorted(project_imports(path)):
+            layer = name.split(".")[1] if name.startswith("transfer.") and name.count(".") else None
+            if layer in LAYERS and LAYERS.index(layer) > own:
+                upward.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert upward == []

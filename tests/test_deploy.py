@@ -16,13 +16,13 @@ from stages import predict as predict_stage
 from tests.conftest import run_in_process
 from tests.imagegen import make_image, write_class_folders
 from transfer.data.loaders import eval_transform, working_preprocess
+from transfer.evaluation.deployment import ALPHA, report, table, verdict, verdict_line
 from transfer.evaluation.stats import mcnemar_exact
 from transfer.models.backbones import build_model
 from transfer.models.cost import LATENCY_RUNS, THREADS, THROUGHPUT_BATCH
-from transfer.models.deployment import report, table
 from transfer.models.folding import fold_batchnorm
 from transfer.models.onnx_model import OnnxClassifier, export
-from transfer.models.quantization import ALPHA, quantize, verdict, verdict_line
+from transfer.models.quantization import quantize
 
 CLASSES = ["ants", "bees", "wasps"]
 IMAGES = 40

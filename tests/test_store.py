@@ -330,7 +330,7 @@ def test_training_from_the_store_equals_training_from_memory(workdir, tmp_path, 
     decoded into memory from data/raw, whether the store's images are held in memory or streamed."""
     from transfer.data.loaders import TrainData, decode_all
     from transfer.training.loop import ResumeState
-    from transfer.training.runs import run_training
+    from transfer.training.run import run_training
 
     assert run_pack(short_side=37, jpeg_draft=False) == 0
     settings = tiny_settings(mode, budget_mb)

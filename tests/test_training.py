@@ -53,7 +53,7 @@ def tiny_data(preprocess: dict, n_train: int = 20, n_val: int = 8) -> TrainData:
 def train(mode: str, tmp_path: Path, hook=None, **overrides):
     """Train a mode of the real params.yaml at tiny sizes: (model, its weights before, FitResult).
     `hook(model)` may register forward hooks on the model before it trains."""
-    from transfer.training.runs import run_training
+    from transfer.training.run import run_training
 
     s = settings_for(mode, **overrides)
     before = {}
@@ -147,7 +147,7 @@ def test_cached_prefix_computes_the_same_network():
 
 def test_scratch_starts_from_weights_unlike_the_pretrained_ones():
     """scratch: random init, not ImageNet's; the same seed gives the same init, another seed another."""
-    from transfer.training.runs import new_model
+    from transfer.training.run import new_model
 
     scratch = settings_for("scratch")
     a = new_model(scratch, 2)[0].state_dict()
@@ -461,7 +461,7 @@ def test_features_over_the_budget_go_to_bfloat16_then_to_disk_and_train_the_same
 def stalled(mode: str, tmp_path: Path, on_epoch=None, **overrides):
     """A run that stopped improving: its rate so small that val accuracy never moves (patience 2)."""
     from transfer.training.loop import fit
-    from transfer.training.runs import new_model
+    from transfer.training.run import new_model
 
     s = settings_for(mode, **{"lr": 1e-9, "epochs": 8, "patience": 2, "stop_on": "val_acc", **overrides})
     model, preprocess = new_model(s, 2)

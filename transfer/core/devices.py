@@ -2,6 +2,7 @@
 without gradients, loader workers, and the CPU allocator's behaviour."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -104,3 +105,13 @@ def worker_count(setting, device: torch.device) -> int:
         return setting
     # On a small CPU the model needs every core and in-memory crops are cheap: load in-process.
     return min(8, CPU_THREADS) if device.type == "cuda" else (0 if CPU_THREADS <= 4 else 2)
+
+
+def peak_memory_mib() -> float | None:
+    """This process's peak resident memory so far (max RSS) in MiB: decoding, model and training."""
+    try:
+        import resource
+    except ImportError:  # Windows: no getrusage
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)

@@ -135,7 +135,7 @@ def suspects_figure(data: AuditData, found: Findings, shown: int):
     from matplotlib.figure import Figure
     from torchvision.transforms.v2.functional import to_pil_image
 
-    from transfer.evaluation.figures import WRONG_COLOR, image_grid
+    from transfer.core.figures import WRONG_COLOR, image_grid
 
     la = found.labels
     colors = [WRONG_COLOR if sure else "tab:orange" for sure in la.confident[:shown]]

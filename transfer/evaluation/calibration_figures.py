@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from transfer.core.figures import DPI, Figure
 from transfer.evaluation.calibration import BINS, per_image, reliability
-from transfer.evaluation.figures import DPI, Figure
 from transfer.evaluation.unsure import risk_coverage
 
 

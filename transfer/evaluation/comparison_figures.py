@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from matplotlib.ticker import MaxNLocator
 
-from transfer.evaluation.figures import ANNOTATE_MAX_CLASSES, DPI, TICK_LABELS_MAX_CLASSES, Figure
+from transfer.core.figures import ANNOTATE_MAX_CLASSES, DPI, TICK_LABELS_MAX_CLASSES, Figure
 
 # Up to this many classes every mode's matrix fits side by side in one image; beyond, one image each.
 COMBINED_MAX_CLASSES = 10

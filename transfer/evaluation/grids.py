@@ -17,7 +17,7 @@ def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: li
                split: str = "val", model: torch.nn.Module | None = None, preprocess: dict | None = None):
     """The misclassified images, most confident first; given the model and its preprocessing, the
     crops it saw, each overlaid with the class activation map of the class it predicted."""
-    from transfer.evaluation.figures import WRONG_COLOR, image_grid
+    from transfer.core.figures import WRONG_COLOR, image_grid
 
     predicted = probs.argmax(1).tolist()
     wrong = [i for i, (p, y) in enumerate(zip(predicted, labels)) if p != y]
@@ -76,7 +76,7 @@ def sample_grid(images: Images, labels: list[int], probs: torch.Tensor, names: l
                 split: str = "val"):
     """The model's predictions on the first images of each class in turn, right green, wrong red
     (export publishes the published mode's copy as plots/model/val_predictions.png)."""
-    from transfer.evaluation.figures import RIGHT_COLOR, WRONG_COLOR, image_grid
+    from transfer.core.figures import RIGHT_COLOR, WRONG_COLOR, image_grid
 
     picks = round_robin(labels, len(names), SAMPLES_SHOWN)
     predicted = probs.argmax(1).tolist()

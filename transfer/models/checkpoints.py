@@ -10,19 +10,22 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from transfer.core.devices import peak_memory_mib
 from transfer.core.errors import UserError, cut, first_line, name_count, printable, shown
 from transfer.core.files import atomic_path
 from transfer.core.param_checks import INTERPOLATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from transfer.core.settings import ModeSettings
 from transfer.models.backbones import TransferNet, build_model
 from transfer.models.folding import fold_batchnorm
 
 FORMAT = "transfer-pipeline checkpoint 1"
 # What inference needs besides the weights; evaluate and export also read the training record.
 REQUIRED = {"arch": str, "classes": list, "class_names": list, "preprocess": dict}
-# Every field save_checkpoint writes (transfer.training.runs.checkpoint_meta, stages/train.py's and export's).
+# Every field save_checkpoint writes (checkpoint_meta below, stages/train.py's and export's).
 KNOWN_KEYS = {"format", "state_dict", "mode", "world_size", *REQUIRED, "best_epoch", "val_accuracy", "epochs",
               "train_seconds", "trainable_params", "total_params", "history", "settings", "stopped_epoch",
               "peak_memory_mib", "temperature", "min_confidence"}
@@ -237,3 +240,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model.to(device).eval()
     fold_batchnorm(model, meta["preprocess"]["image_size"])  # inference: every BatchNorm on running statistics
     return model, meta
+
+
+def checkpoint_meta(mode: str, settings: ModeSettings, classes: list[dict], preprocess: dict, result: Any,
+                    total_params: int) -> dict:
+    """What models/modes/<mode>.pt holds besides the weights, from a run's settings and its result
+    (transfer.training.loop.FitResult): plain data only."""
+    return {"arch": settings.arch, "mode": mode, "classes": [c["folder"] for c in classes],
+            "class_names": [c["name"] for c in classes], "preprocess": preprocess, "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_accuracy, "epochs": len(result.history),
+            "train_seconds": result.train_seconds, "trainable_params": result.trainable_params,
+            "total_params": total_params, "history": result.history, "settings": settings.as_dict(),
+            # early stopping on: the epoch the run ended at (stopped early, or at its last epoch)
+            "stopped_epoch": (result.stopped_epoch or result.history[-1]["epoch"]) if settings.patience else None,
+            "peak_memory_mib": peak_memory_mib()}

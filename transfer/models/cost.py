@@ -3,7 +3,7 @@ and its throughput at a batch of 32, each timed after a warm-up, and the machine
 threads) so that a reader knows which machine the numbers are of.
 
 Timings vary from run to run (other processes, frequency scaling): they go to a report, and any
-decision taken on them (int8's "measurably faster", transfer.models.quantization) rests on runs of the
+decision taken on them (int8's "measurably faster", transfer.evaluation.deployment) rests on runs of the
 two models interleaved and paired, never on two separate series."""
 from __future__ import annotations
 

@@ -77,6 +77,13 @@ class ResumeState:
                         "result": asdict(result)}, tmp)
 
 
+class SharedResume(ResumeState):
+    """The resumable state as the processes besides rank 0 see it: they resume from it; rank 0 alone saves it."""
+
+    def save(self, *args) -> None:
+        pass
+
+
 class Stepper:
     """One optimisation step per batch of any source on the module it trains; with `clip_grad_norm`,
     the gradient of all its trainable parameters together is scaled down to at most that norm."""

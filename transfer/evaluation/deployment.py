@@ -1,10 +1,10 @@
-"""What export publishes beside the float model for deployment: the int8 ONNX file when the paired gate
-keeps it (transfer.models.quantization), and what each published file costs on this machine
+"""What export publishes beside the float model for deployment: the int8 ONNX file (quantized by
+transfer.models.quantization) when the paired gate keeps it, and what each published file costs on this machine
 (transfer.models.cost) with the accuracy of float and int8 on the reporting split, as
 results/deploy.json and a short table, results/deploy.md."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +14,20 @@ from transfer.core.files import write_json
 from transfer.core.paths import DEPLOY_JSON, DEPLOY_MD, EXPORTED_INT8, EXPORTED_INT8_DIR, EXPORTED_MODEL, EXPORTED_ONNX
 from transfer.core.publish import SCRATCH
 from transfer.data.loaders import StoreImages, eval_batches, read_split
-from transfer.evaluation.stats import format_p
+from transfer.evaluation.stats import format_p, mcnemar_exact, paired, wilson_interval
 from transfer.models.cost import THROUGHPUT_BATCH, file_cost, machine, onnx_runner, paired_latency, torch_runner
 from transfer.models.onnx_model import OnnxClassifier
-from transfer.models.quantization import quantize, verdict, verdict_line
+from transfer.models.quantization import quantize
 
 CALIBRATION_BATCH = 16
+ALPHA = 0.05
+# The gate keeps the int8 file only when a paired comparison with the float file on the same images allows:
+# - not significantly worse: exact McNemar on the images only one of the two gets right; refused when
+#   the float file gets more of them right and p < ALPHA;
+# - measurably faster: the two files timed at batch 1 in interleaved pairs (transfer.models.cost);
+#   kept when int8's median is lower AND int8 is faster in more pairs than not, significantly so by the
+#   sign test (the exact binomial test of faster against slower pairs, which is McNemar's exact test).
+#   Pairs make it hold on a noisy machine: a busy moment slows both runs of a pair, not one series.
 
 
 def calibration_batches(count: int, preprocess: dict) -> Iterator[np.ndarray]:
@@ -137,3 +145,49 @@ def finish(staged: Callable[[Path], Path], result: dict, split: str, candidate: 
     write_json(staged(DEPLOY_JSON), result)
     staged(DEPLOY_MD).write_text(table(result), encoding="utf-8")
     return result["int8"]["line"]
+
+
+def accuracy(correct: Sequence[bool]) -> dict:
+    """Images right of all, the accuracy and its 95% Wilson interval."""
+    right, total = int(sum(correct)), len(correct)
+    low, high = wilson_interval(right, total)
+    return {"correct": right, "total": total, "accuracy": right / total if total else 0.0, "low": low, "high": high}
+
+
+def verdict(float_correct: Sequence[bool], int8_correct: Sequence[bool],
+            float_seconds: Sequence[float], int8_seconds: Sequence[float], alpha: float = ALPHA) -> dict:
+    """The gate: int8 against float on the same images (right or wrong each) and in the same paired
+    timings (seconds each); kept only when not significantly worse and measurably faster."""
+    test = paired(int8_correct, float_correct)  # only_a: int8 alone right; only_b: float alone right
+    worse = test["only_b"] > test["only_a"] and test["p"] < alpha
+    faster_pairs = sum(i < f for f, i in zip(float_seconds, int8_seconds, strict=True))
+    slower_pairs = sum(i > f for f, i in zip(float_seconds, int8_seconds, strict=True))
+    sign_p = mcnemar_exact(faster_pairs, slower_pairs)
+    float_median, int8_median = float(np.median(float_seconds)), float(np.median(int8_seconds))
+    faster = int8_median < float_median and faster_pairs > slower_pairs and sign_p < alpha
+    return {"kept": bool(faster and not worse), "not_significantly_worse": not worse, "measurably_faster": bool(faster),
+            "alpha": alpha,
+            "accuracy": {"float": accuracy(float_correct), "int8": accuracy(int8_correct),
+                         "only_float_right": test["only_b"], "only_int8_right": test["only_a"], "p": test["p"]},
+            "latency_pairs": {"pairs": len(float_seconds), "int8_faster": faster_pairs, "int8_slower": slower_pairs,
+                              "sign_test_p": sign_p, "float_median_ms": round(float_median * 1000, 3),
+                              "int8_median_ms": round(int8_median * 1000, 3)}}
+
+
+def verdict_line(result: dict) -> str:
+    """One line: kept, or which rule failed, with the numbers."""
+    acc, speed = result["accuracy"], result["latency_pairs"]
+    accuracy_text = (f"{acc['int8']['correct']} vs {acc['float']['correct']} of {acc['float']['total']} right "
+                     f"(only int8 {acc['only_int8_right']}, only float {acc['only_float_right']}, McNemar "
+                     f"{format_p(acc['p'])})")
+    speed_text = (f"median {speed['int8_median_ms']:.2f} vs {speed['float_median_ms']:.2f} ms at batch 1, "
+                  f"faster in {speed['int8_faster']} of {speed['pairs']} paired runs (sign test "
+                  f"{format_p(speed['sign_test_p'])})")
+    if result["kept"]:
+        return f"int8 kept: not significantly worse, {accuracy_text}; measurably faster, {speed_text}"
+    failed = []
+    if not result["not_significantly_worse"]:
+        failed.append(f"significantly worse than float, {accuracy_text}")
+    if not result["measurably_faster"]:
+        failed.append(f"not measurably faster, {speed_text}")
+    return "int8 not kept: " + "; ".join(failed)
