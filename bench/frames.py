@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from bench import ROOT
+from transfer.core import params as params_module
+from transfer.core.settings import SplitSettings, section
 from transfer.data.splitting import make_split
 from transfer.evaluation import stats
 
@@ -68,7 +69,8 @@ def scenes_split(rows) -> int:
 
 
 def frames_check(seed: int) -> None:
-    data = {**yaml.safe_load((ROOT / "params.yaml").read_text())["data"], "layout": "random", "test_fraction": 0}
+    params = params_module.load(ROOT / "params.yaml")
+    data = {**params["data"], "layout": "random", "test_fraction": 0}
     with tempfile.TemporaryDirectory() as tmp:
         raw, new = Path(tmp) / "raw", Path(tmp) / "new"
         write_scenes(raw, seed)
@@ -79,7 +81,7 @@ def frames_check(seed: int) -> None:
               f"test: {len(test_paths)} frames of new scenes")
         test_right = {}
         for grouped in (False, True):
-            split = make_split(raw, {**data, "group_duplicates": grouped})
+            split = make_split(raw, section({"data": {**data, "group_duplicates": grouped}}, "data", SplitSettings))
             train_x = features(raw, [p for p, _ in split.train])
             train_y = [label for _, label in split.train]
             val_right = int((nearest_neighbour(train_x, train_y, features(raw, [p for p, _ in split.val]))

@@ -11,6 +11,7 @@ Every image of data/store (train, val and test) goes once through the frozen Ima
 Acting on it: list paths under data.exclude in params.yaml and split leaves them out (docs/audit.md)."""
 from __future__ import annotations
 
+from transfer.audit.findings import audit_data, audit_metrics, find_all, suspects_figure, write_tables
 from transfer.core import params, publish
 from transfer.core.devices import pick_device
 from transfer.core.files import save_figure, write_json
@@ -21,8 +22,8 @@ from transfer.core.paths import (
     NEAR_DUPLICATES_CSV,
     OUTLIERS_CSV,
 )
+from transfer.core.settings import AuditSettings, section
 from transfer.core.stage import log, run_main
-from transfer.evaluation.audit import audit_data, audit_metrics, find_all, suspects_figure, write_tables
 from transfer.models.backbones import check_arch
 
 PARAMS = ("audit",)
@@ -32,14 +33,14 @@ OUTPUTS = (LABEL_ISSUES_CSV, NEAR_DUPLICATES_CSV, OUTLIERS_CSV, AUDIT_METRICS, A
 @run_main
 def main() -> None:
     declared = params.declared(params.load(arch_check=check_arch), PARAMS)
-    settings = declared["audit"]
-    data = audit_data(settings["arch"], settings["image_size"], pick_device(settings["device"], "audit.device"))
+    settings = section(declared, "audit", AuditSettings)
+    data = audit_data(settings.arch, settings.image_size, pick_device(settings.device, "audit.device"))
     found = find_all(data, settings)
     metrics = audit_metrics(data, found)
     with publish.outputs("audit", OUTPUTS) as staged:
         write_tables(data, found, staged(LABEL_ISSUES_CSV), staged(NEAR_DUPLICATES_CSV), staged(OUTLIERS_CSV))
         write_json(staged(AUDIT_METRICS), metrics)
-        save_figure(suspects_figure(data, found, settings["suspects_shown"]), staged(AUDIT_SUSPECTS_PNG))
+        save_figure(suspects_figure(data, found, settings.suspects_shown), staged(AUDIT_SUSPECTS_PNG))
     skipped = metrics["label_audit"]["skipped"]
     log(f"audit: {metrics['images']} images: {metrics['label_issues']} suspect labels (of "
         f"{metrics['label_disagreements']} misclassified out of sample)"

@@ -39,6 +39,7 @@ from transfer.core.paths import (
     SUMMARY_JSON,
     SUMMARY_MD,
 )
+from transfer.core.settings import CompareSettings, section
 from transfer.core.stage import log, run_main
 from transfer.evaluation.comparison_figures import (
     confusion_figures,
@@ -66,7 +67,7 @@ def main() -> None:
         raise UserError(f"{missing[0]}: missing{more}; run the train and evaluate stages first (dvc repro)")
     # Every input is read and checked before anything is written: a bad input leaves no partial output.
     runs = {mode: load_mode(mode) for mode in modes}
-    summary = summarize(runs, read_split_counts(DATA_METRICS), params["compare"]["cost"])
+    summary = summarize(runs, read_split_counts(DATA_METRICS), section(params, "compare", CompareSettings).cost)
 
     with publish.outputs("compare", (COMPARE_PLOTS_DIR, SUMMARY_MD, SUMMARY_JSON)) as staged:
         plots = staged(COMPARE_PLOTS_DIR)  # the whole folder at once: no stale figure of a removed mode

@@ -16,6 +16,7 @@ from pathlib import Path
 from transfer.core import params, publish
 from transfer.core.errors import UserError, disk_full, printable
 from transfer.core.paths import RAW_DIR, RAW_SKIPPED
+from transfer.core.settings import SourceSettings, section
 from transfer.core.stage import log, run_main
 from transfer.data.archives import fetch, file_sha256, is_url, link_leaving, unpack
 
@@ -100,10 +101,11 @@ def copy_folder(source: Path, target: Path, max_mb: float) -> list[dict]:
 
 @run_main
 def main() -> None:
-    data = params.declared(params.load(), PARAMS)["data"]
-    source, expected = data["url"], data["sha256"]
-    if unwatched(source, data["watch"]):
-        log(unwatched(source, data["watch"]))
+    data = section(params.declared(params.load(), PARAMS), "data", SourceSettings)
+    source = data.url
+    expected = data.sha256
+    if unwatched(source, data.watch):
+        log(unwatched(source, data.watch))
     folder = None if is_url(source) else Path(source).expanduser()
     is_folder = folder is not None and folder.is_dir()
     if is_folder:
@@ -114,14 +116,14 @@ def main() -> None:
     with publish.outputs("download", (RAW_DIR,)) as staged:
         raw = staged(RAW_DIR)
         if is_folder:
-            skipped = copy_folder(folder, raw, data["max_unpacked_mb"])
+            skipped = copy_folder(folder, raw, data.max_unpacked_mb)
         else:
             archive, label = fetch(source, staged(publish.SCRATCH))
             if expected:
                 actual = file_sha256(archive)
                 if actual != expected.lower():
                     raise UserError(f"data.sha256: {label}: expected {expected.lower()}, got {actual}")
-            skipped = unpack(archive, raw, data["max_unpacked_mb"], label)
+            skipped = unpack(archive, raw, data.max_unpacked_mb, label)
         record = raw / RAW_SKIPPED.name
         record.unlink(missing_ok=True)  # a source's own file of that name is no record of this run
         if skipped:  # hidden, so no layout sees it; split reports it

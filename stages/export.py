@@ -40,6 +40,7 @@ from transfer.core.paths import (
     samples_png,
     val_predictions_csv,
 )
+from transfer.core.settings import ExportSettings, section
 from transfer.core.stage import log, run_main
 from transfer.evaluation import deployment
 from transfer.models.checkpoints import save_calibrated
@@ -113,6 +114,7 @@ def recommended_mode() -> str:
 @run_main
 def main() -> None:
     params = params_module.declared(params_module.load(), PARAMS)
+    export = section(params, "export", ExportSettings)
     mode = params["mode"] if params["mode"] != params_module.AUTO_MODE else recommended_mode()
     source = model_file(mode)
     samples = samples_png(mode)
@@ -124,7 +126,7 @@ def main() -> None:
                 **read_field(mode_metrics(mode), mode, HEADLINE_KEYS)}
     # Which split the scores are of: test where the dataset has one (val chose the kept epoch).
     headline["evaluated_on"] = read_json(mode_metrics(mode)).get("evaluated_on", "val")
-    calibration, unsure = calibration_of(mode, params["export"]["target_accuracy"], headline["evaluated_on"])
+    calibration, unsure = calibration_of(mode, export.target_accuracy, headline["evaluated_on"])
     if unsure is not None:
         headline["unsure"] = {key: unsure[key] for key in UNSURE_KEYS}
 
@@ -139,7 +141,7 @@ def main() -> None:
         write_json(staged(HEADLINE_JSON), headline)
         save_calibrated(source, staged(EXPORTED_MODEL), calibration)
         # the int8 file is quantized from the float ONNX file, temperature and metadata included
-        int8_report = deployment.publish(staged, staged(EXPORTED_MODEL), params["export"]["calibration_images"])
+        int8_report = deployment.publish(staged, staged(EXPORTED_MODEL), export.calibration_images)
     log(f"export: {mode} -> {EXPORTED_MODEL} "
         f"({headline['evaluated_on']} accuracy {headline['accuracy']:.4f}, macro F1 {headline['macro_f1']:.4f}, "
         f"temperature {calibration['temperature']:.3f}); {onnx_report}")

@@ -9,6 +9,7 @@ import time
 
 from transfer.core import params, publish
 from transfer.core.paths import STORE_DIR
+from transfer.core.settings import PackSettings, section
 from transfer.core.stage import log, run_main
 from transfer.data.packing import pack_store
 
@@ -18,7 +19,7 @@ PARAMS = ("pack.short_side", "pack.interpolation", "pack.encoding", "pack.jpeg_q
 
 @run_main
 def main() -> None:
-    settings = params.declared(params.load(), PARAMS)["pack"]
+    settings = section(params.declared(params.load(), PARAMS), "pack", PackSettings)
     started = time.perf_counter()
     with publish.outputs("pack", (STORE_DIR,)) as staged:
         folder = staged(STORE_DIR)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from transfer.core import params, publish
 from transfer.core.files import write_json
 from transfer.core.paths import DATA_METRICS, RAW_DIR, SPLIT_DIR
+from transfer.core.settings import SplitSettings, section
 from transfer.core.stage import log, run_main
 from transfer.data.splitting import make_split, write_split
 
@@ -32,7 +33,7 @@ PARAMS = ("data.layout", "data.val_every", "data.val_fraction", "data.test_fract
 
 @run_main
 def main() -> None:
-    data = params.declared(params.load(), PARAMS)["data"]
+    data = section(params.declared(params.load(), PARAMS), "data", SplitSettings)
     split = make_split(RAW_DIR, data)
     with publish.outputs("split", (SPLIT_DIR, DATA_METRICS)) as staged:
         write_split(split, staged(SPLIT_DIR))

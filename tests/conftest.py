@@ -230,3 +230,11 @@ def a_phase(**values):
 
     params = params_module.load(ROOT / "params.yaml")
     return dataclasses.replace(mode_settings(params, next(iter(params["modes"]))).phases[0], **values)
+
+
+def split_settings(**changes):
+    """What stage split reads of the shipped params.yaml's data section, with `changes` set over it."""
+    from transfer.core.settings import SplitSettings, section
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    return section({"data": {**params["data"], **changes}}, "data", SplitSettings)

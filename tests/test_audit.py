@@ -20,14 +20,14 @@ import yaml
 from PIL import Image
 
 from tests.conftest import HYMENOPTERA_ZIP, make_project
-from transfer.data.hashing import MAX_BUCKET, candidate_pairs
-from transfer.data.suspects import (
+from transfer.audit.suspects import (
     dhash,
     flagged_outliers,
     label_issues,
     near_duplicates,
     outlier_scores,
 )
+from transfer.data.hashing import MAX_BUCKET, candidate_pairs
 
 MOVED_PER_CLASS = 5
 

@@ -72,13 +72,14 @@ def test_an_image_too_large_once_resized_is_refused_before_resizing(model_files,
 
 def test_pack_names_an_image_too_large_once_resized(tmp_path, monkeypatch):
     from transfer.core.errors import UserError
+    from transfer.core.settings import PackSettings
     from transfer.data.packing import encoded_image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
     thin = tmp_path / "thin.png"
     Image.new("RGB", (20_000, 1)).save(thin)
-    settings = {"short_side": 256, "jpeg_draft": True, "interpolation": "bicubic", "encoding": "png",
-                "jpeg_quality": 90}
+    settings = PackSettings(short_side=256, jpeg_draft=True, interpolation="bicubic", encoding="png", jpeg_quality=90,
+                            shard_mb=256)
     with pytest.raises(UserError, match=f"^{thin}: 20000x1 px: at a short side of 256 px .*data.exclude$"):
         encoded_image(Path(thin), settings)
 

@@ -18,15 +18,13 @@ import torch
 import yaml
 
 from stages import download, evaluate, split, train
-from tests.conftest import ROOT, TINY_TRAIN, copy_code, env_with_venv, run_in_process
+from tests.conftest import ROOT, TINY_TRAIN, copy_code, env_with_venv, run_in_process, split_settings
 from tests.imagegen import make_image, pack, write_class_folders
 from transfer.core.errors import UserError
 from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, SPLIT_DIR, STORE_DIR, model_file
 from transfer.data import splitting
 from transfer.models.backbones import build_model
 from transfer.models.checkpoints import save_checkpoint
-
-DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
 
 
 @pytest.fixture
@@ -125,7 +123,7 @@ def test_files_outside_the_class_folders_are_in_data_json(layout, tmp_path):
     (raw / "photos" / "names.json").write_text(json.dumps({"cats": "Cat", "ants": "Ant"}))  # the mapping: used
     for name in loose:
         (raw / name).write_bytes(make_image(0, 5).tobytes() if name.endswith("jpg") else b"a note")
-    result = splitting.make_split(raw, {**DATA, "class_names": "names.json"})
+    result = splitting.make_split(raw, split_settings(class_names="names.json"))
     assert result.metrics()["unused_files"] == {"count": len(loose), "paths": sorted(loose)}
     assert f"{len(loose)} files outside the class folders are not used, e.g. {sorted(loose)[0]}" in \
         result.warnings[-1]
@@ -139,11 +137,11 @@ def test_two_classes_shown_under_one_name_are_refused(tmp_path):
     (raw / "names.json").write_text(json.dumps({"fist": "hand", "palm": "hand"}))
     with pytest.raises(UserError, match=r"^data.class_names: classes fist and palm both show as 'hand' in "
                                         r".*names.json; give each class its own name$"):
-        splitting.make_split(raw, {**DATA, "class_names": "names.json"})
+        splitting.make_split(raw, split_settings(class_names="names.json"))
     prefixed = tmp_path / "prefixed"
     write_class_folders(prefixed, {"000-hand": 5, "001-hand": 5})
     with pytest.raises(UserError, match="classes 000-hand and 001-hand both show as 'hand'; give each"):
-        splitting.make_split(prefixed, DATA)
+        splitting.make_split(prefixed, split_settings())
 
 
 @pytest.mark.parametrize("where", ["../names.json", "absolute"])
@@ -155,7 +153,7 @@ def test_a_class_names_file_outside_the_dataset_is_refused(where, tmp_path):
     outside.write_text(json.dumps({"cats": "Cat"}))
     setting = str(outside) if where == "absolute" else where
     with pytest.raises(UserError, match=r"^data.class_names: .*names.json: lies outside the dataset"):
-        splitting.make_split(raw, {**DATA, "class_names": setting})
+        splitting.make_split(raw, split_settings(class_names=setting))
 
 
 # --- one line, non-zero exit, nothing half-written ----------------------------------------------------

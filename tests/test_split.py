@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from stages import download, split
-from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process
+from tests.conftest import HYMENOPTERA_ZIP, MIRROR_ENV, ROOT, run_in_process, split_settings
 from tests.imagegen import make_image, write_class_folders
 from transfer.core.errors import UserError
 from transfer.core.paths import DATA_METRICS, PARAMS_FILE, RAW_DIR, TRAIN_CSV, VAL_CSV
@@ -22,11 +21,9 @@ from transfer.data import splitting
 from transfer.data.decode import UnreadableImage, open_rgb
 from transfer.data.grouping import keep_together
 
-DATA = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["data"]
-
 
 def make_split(raw: Path, **data) -> splitting.DatasetSplit:
-    return splitting.make_split(raw, {**DATA, **data})
+    return splitting.make_split(raw, split_settings(**data))
 
 
 def per_class(rows: list[tuple[str, int]]) -> dict[int, int]:

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from stages import pack
-from tests.conftest import ROOT, make_project, run_in_process
+from tests.conftest import ROOT, make_project, run_in_process, split_settings
 from tests.imagegen import make_image, tree_bytes, write_class_folders
 from transfer.core import params as params_module
 from transfer.core.errors import UserError
@@ -44,8 +44,7 @@ def workdir(tmp_path: Path, tiny_dataset: Path, monkeypatch) -> Path:
     shutil.copytree(tiny_dataset, root / RAW_DIR)
     monkeypatch.chdir(root)
     set_pack()
-    data = yaml.safe_load(Path("params.yaml").read_text())["data"]
-    splitting.write_split(splitting.make_split(RAW_DIR, data), SPLIT_DIR)
+    splitting.write_split(splitting.make_split(RAW_DIR, split_settings()), SPLIT_DIR)
     return root
 
 
@@ -104,8 +103,7 @@ def test_a_test_set_is_packed_too_and_deterministically(workdir):
     same bytes; without one, the test split is empty and has no shard (above)."""
     write_class_folders(RAW_DIR / "test", {"ants": 2, "bees": 3}, seed=2)
     shutil.rmtree(SPLIT_DIR)
-    data = yaml.safe_load(Path("params.yaml").read_text())["data"]
-    splitting.write_split(splitting.make_split(RAW_DIR, data), SPLIT_DIR)
+    splitting.write_split(splitting.make_split(RAW_DIR, split_settings()), SPLIT_DIR)
     assert run_pack(shard_mb=0.01) == 0
     store, rows = ImageStore("test"), read_split("test")
     assert len(rows.paths) == 5 and store.paths == rows.paths and store.labels == rows.labels == [0, 0, 1, 1, 1]

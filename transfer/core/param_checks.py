@@ -9,7 +9,18 @@ import urllib.parse
 from typing import Any
 
 from transfer.core.files import system_folder, what_is
-from transfer.core.settings import AUGMENT_KEYS, MODE_KEYS, PHASE_KEYS, PHASE_SHORTHAND, TRAIN_KEYS
+from transfer.core.settings import (
+    AUDIT_KEYS,
+    AUGMENT_KEYS,
+    COMPARE_KEYS,
+    DATA_KEYS,
+    EXPORT_KEYS,
+    MODE_KEYS,
+    PACK_KEYS,
+    PHASE_KEYS,
+    PHASE_SHORTHAND,
+    TRAIN_KEYS,
+)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
@@ -31,18 +42,11 @@ MAX_SEED = 2**32 - 1  # seeds are combined with the epoch number into a 64-bit t
 MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 RESERVED_MODE_NAMES = {"model", "data"}  # models/model.pt is the exported model, metrics/data.json split's
 
-PACK_KEYS = {"short_side", "interpolation", "encoding", "jpeg_quality", "jpeg_draft", "shard_mb"}
 # torchvision's InterpolationMode values (checked here without importing torchvision)
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENCODINGS = ("png", "jpeg")
-DATA_KEYS = {"url", "sha256", "max_unpacked_mb", "layout", "val_every", "val_fraction", "test_fraction", "split_seed",
-             "class_names", "exclude", "watch", "group_duplicates"}
-EXPORT_KEYS = {"calibration_images", "target_accuracy"}
-COMPARE_KEYS = {"cost"}
 # compare.cost: what "cheapest" means among the tied candidates (transfer.evaluation.choice reads it)
 COMPARE_COSTS = ("auto", "train_seconds", "latency_ms", "params")
-AUDIT_KEYS = {"arch", "device", "image_size", "folds", "seed", "suspects_shown", "duplicate_similarity",
-              "outlier_neighbors", "outlier_mads"}
 
 
 class Checker:

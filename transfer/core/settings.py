@@ -1,9 +1,10 @@
-"""What a training run reads, as typed, frozen settings: the one place that says what a mode row, each
+"""params.yaml as typed, frozen settings: the one place that says what each section, a mode row, each
 of its phases and its augmentations hold, with their types.
 
-`mode_settings(params, mode)` builds them once from params.yaml after transfer.core.params has checked
-it (every key known, every value in range, each problem one line naming the key), so code reads
-attributes (`phase.lr`), never string keys. The key sets the checker accepts are these classes' fields."""
+`mode_settings(params, mode)` and `section(params, name, cls)` build them once from params.yaml after
+transfer.core.params has checked it (every key known, every value in range, each problem one line
+naming the key), so code reads attributes (`phase.lr`, `pack.short_side`), never string keys. The key
+sets the checker accepts are these classes' fields."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,11 +86,88 @@ class ModeSettings(Phase):
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SourceSettings:
+    """data.* that stage download reads: where the dataset comes from."""
+
+    url: str  # http(s) URL, archive or folder
+    watch: str  # what DVC hashes to see the data change
+    sha256: str | None
+    max_unpacked_mb: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSettings:
+    """data.* that stage split reads: how the images are cut into train, val and test."""
+
+    layout: str
+    val_every: int
+    val_fraction: float
+    test_fraction: float
+    split_seed: int
+    class_names: str | None
+    exclude: list[str]
+    group_duplicates: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackSettings:
+    """pack.*: how every image is decoded once into data/store."""
+
+    short_side: int
+    interpolation: str
+    encoding: str
+    jpeg_quality: int
+    jpeg_draft: bool
+    shard_mb: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSettings:
+    """audit.*: the data audit's backbone and its three finders' settings."""
+
+    arch: str
+    device: str
+    image_size: int | None
+    folds: int
+    seed: int
+    suspects_shown: int
+    duplicate_similarity: float
+    outlier_neighbors: int
+    outlier_mads: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings:
+    """export.*: the int8 file's calibration and the published model's unsure threshold."""
+
+    calibration_images: int
+    target_accuracy: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareSettings:
+    """compare.*: what "cheapest" means among the tied candidates."""
+
+    cost: str
+
+
+def section(params: dict, name: str, cls):
+    """The fields of `cls` in params[name] (checked, as transfer.core.params.declared gives a stage) as a
+    `cls`: data.* holds two, the download's (SourceSettings) and the split's (SplitSettings)."""
+    return cls(**{key: params[name][key] for key in field_names(cls)})
+
+
 def field_names(cls) -> set[str]:
     return {field.name for field in dataclasses.fields(cls)}
 
 
 TRAIN_KEYS = field_names(TrainSettings)
+DATA_KEYS = field_names(SourceSettings) | field_names(SplitSettings)
+PACK_KEYS = field_names(PackSettings)
+AUDIT_KEYS = field_names(AuditSettings)
+EXPORT_KEYS = field_names(ExportSettings)
+COMPARE_KEYS = field_names(CompareSettings)
 AUGMENT_KEYS = field_names(Augment)
 # What one phase of a mode may set: what trains, and any `train` key that may change between phases
 # (early stopping is the row's: it counts in the last phase; where the run happens is the whole run's).

@@ -8,7 +8,7 @@ usually 0-2 bits off). Only pairs within a bucket are candidates. A bucket large
 (flat or very similar thumbnails) is sorted by the full hash and each image paired with the MAX_BUCKET
 images after it only, so the candidates are at most 4 x N x MAX_BUCKET whatever the data, and about
 4 x N for ordinary photos. Split groups the images it finds this way (transfer.data.grouping); the
-audit confirms its candidates with features (transfer.data.suspects)."""
+audit confirms its candidates with features (transfer.audit.suspects)."""
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from transfer.core.errors import UserError
 from transfer.core.paths import RAW_DIR, SPLIT_DIR
+from transfer.core.settings import PackSettings
 from transfer.data import store
 from transfer.data.decode import UnreadableImage, open_rgb
 from transfer.data.loaders import read_classes, read_split, resize_short_side
@@ -20,19 +21,19 @@ from transfer.data.loaders import read_classes, read_split, resize_short_side
 IN_FLIGHT_PER_WORKER = 4  # images decoded ahead of the writer: enough to keep every core busy
 
 
-def encoded_image(path: Path, settings: dict) -> bytes:
+def encoded_image(path: Path, settings: PackSettings) -> bytes:
     """The source image at `path` as the store holds it: upright RGB, short side resized, encoded."""
     try:
-        image = open_rgb(path, settings["short_side"] if settings["jpeg_draft"] else None)
+        image = open_rgb(path, settings.short_side if settings.jpeg_draft else None)
     except UnreadableImage as err:
         if not path.exists():
             raise UserError(f"{path}: missing (data/raw and data/split disagree); re-run dvc repro split") from None
         raise UserError(f"{path}: unreadable image ({err}); re-run dvc repro split") from None
     try:
-        pixels = resize_short_side(image, settings["short_side"], settings["interpolation"])
+        pixels = resize_short_side(image, settings.short_side, settings.interpolation)
     except UnreadableImage as err:
         raise UserError(f"{path}: {err}; leave it out with data.exclude") from None
-    return store.encode(pixels, settings["encoding"], settings["jpeg_quality"])
+    return store.encode(pixels, settings.encoding, settings.jpeg_quality)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -51,10 +52,10 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def pack_split(name: str, settings: dict, folder: Path, raw: Path, split_dir: Path) -> dict:
+def pack_split(name: str, settings: PackSettings, folder: Path, raw: Path, split_dir: Path) -> dict:
     """Write one split's shards into `folder`; its entry of index.json."""
     split = read_split(name, split_dir)
-    writer = store.ShardWriter(folder, name, settings["encoding"], int(settings["shard_mb"] * 1024 * 1024))
+    writer = store.ShardWriter(folder, name, settings.encoding, int(settings.shard_mb * 1024 * 1024))
     images = ordered_map(lambda rel: encoded_image(raw / rel, settings), split.paths, os.cpu_count() or 1)
     for data in tqdm(images, total=len(split.paths), desc=f"packing {name}", unit="img", file=sys.stderr,
                      mininterval=1):
@@ -64,14 +65,14 @@ def pack_split(name: str, settings: dict, folder: Path, raw: Path, split_dir: Pa
             "paths": split.paths}
 
 
-def pack_store(settings: dict, folder: Path, raw: Path = RAW_DIR, split_dir: Path = SPLIT_DIR) -> dict:
+def pack_store(settings: PackSettings, folder: Path, raw: Path = RAW_DIR, split_dir: Path = SPLIT_DIR) -> dict:
     """Write the whole store into the new folder `folder`; the index it wrote."""
     digests = store.split_digests(split_dir)
     read_classes(split_dir)
     folder.mkdir(parents=True)
-    made = {key: settings[key] for key in ("short_side", "interpolation", "encoding", "jpeg_draft")}
-    if settings["encoding"] == "jpeg":  # recorded only where it shapes the bytes
-        made["jpeg_quality"] = settings["jpeg_quality"]
+    made = {key: getattr(settings, key) for key in ("short_side", "interpolation", "encoding", "jpeg_draft")}
+    if settings.encoding == "jpeg":  # recorded only where it shapes the bytes
+        made["jpeg_quality"] = settings.jpeg_quality
     splits = {name: pack_split(name, settings, folder, raw, split_dir) for name in store.SPLITS}
     if store.split_digests(split_dir) != digests:
         raise UserError(f"{split_dir}: changed while packing; re-run dvc repro pack")

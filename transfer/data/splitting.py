@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from transfer.core.errors import UserError, printable
 from transfer.core.paths import CLASSES_JSON, DATA_METRICS, RAW_SKIPPED, split_csv
+from transfer.core.settings import SplitSettings
 from transfer.core.stage import log
 from transfer.data.decode import UnreadableImage, open_rgb
 from transfer.data.grouping import keep_together, near_duplicate_groups
@@ -82,22 +83,22 @@ def _check_image(path: Path) -> tuple[str | None, str | None, bytes | None]:
     return None, hashlib.sha1(path.read_bytes()).hexdigest(), thumbnail(image)
 
 
-def _val_indices(count: int, folder: str, layout: str, data: dict) -> set[int]:
+def _val_indices(count: int, folder: str, layout: str, data: SplitSettings) -> set[int]:
     """Which of a class's `count` sorted images go to val when the split is made here."""
     if layout == "prefix":  # imgs[::k], as the hand-gesture tutorial splits
-        return set(range(0, count, data["val_every"])) if count > 1 else set()
+        return set(range(0, count, data.val_every)) if count > 1 else set()
     # Seeded per class, so adding or removing one class leaves the other classes' split unchanged.
-    rng = random.Random(f"{data['split_seed']}:{folder}")
-    n_val = min(count - 1, max(1, round(count * data["val_fraction"]))) if count > 1 else 0
+    rng = random.Random(f"{data.split_seed}:{folder}")
+    n_val = min(count - 1, max(1, round(count * data.val_fraction))) if count > 1 else 0
     return set(rng.sample(range(count), n_val))
 
 
-def _test_indices(count: int, folder: str, in_val: set[int], data: dict) -> set[int]:
+def _test_indices(count: int, folder: str, in_val: set[int], data: SplitSettings) -> set[int]:
     """Which of a class's images go to test: int(count * test_fraction + 0.5) of them (at most all but
     one of those val left), drawn from the rest by their own seeded stream, so val stays as without."""
     rest = [i for i in range(count) if i not in in_val]
-    n_test = min(len(rest) - 1, int(count * data["test_fraction"] + 0.5)) if rest else 0
-    return set(random.Random(f"{data['split_seed']}:test:{folder}").sample(rest, n_test))
+    n_test = min(len(rest) - 1, int(count * data.test_fraction + 0.5)) if rest else 0
+    return set(random.Random(f"{data.split_seed}:test:{folder}").sample(rest, n_test))
 
 
 def _named_classes(folders: list[str], layout: str, mapping: dict[str, str], mapping_path: Path | None,
@@ -157,7 +158,7 @@ def _check_files(raw: Path, sources: dict[str, Path], folders: list[str], mappin
     return checked
 
 
-def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout: str, data: dict
+def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout: str, data: SplitSettings
             ) -> dict[str, Rows]:
     """{"train", "val", "test"} rows sorted by label then path: as the folders give them, or split here."""
     parts: dict[str, Rows] = {part: [] for part in PARTS}
@@ -175,16 +176,16 @@ def _assign(usable: dict[str, dict[int, list[str]]], folders: list[str], layout:
     return parts
 
 
-def _group_parts(parts: dict[str, Rows], thumbnails: dict[str, bytes], layout: str, data: dict
+def _group_parts(parts: dict[str, Rows], thumbnails: dict[str, bytes], layout: str, data: SplitSettings
                  ) -> tuple[dict[str, Rows], dict]:
     """The parts with each group of near-duplicates wholly on one side (data.group_duplicates, in a split
     made here; the imagefolder layout's folders give theirs), and what metrics/data.json says of them."""
     rows = [(part, path, label) for part in PARTS for path, label in parts[part]]
     groups = near_duplicate_groups([thumbnails[path] for _, path, _ in rows])
     before = [part for part, _, _ in rows]
-    grouped = bool(data["group_duplicates"]) and layout != "imagefolder"
+    grouped = bool(data.group_duplicates) and layout != "imagefolder"
     after = keep_together(before, [label for *_, label in rows], groups.members, PARTS,
-                          f"{data['split_seed']}:groups") if grouped else before
+                          f"{data.split_seed}:groups") if grouped else before
     regrouped: dict[str, Rows] = {part: [] for part in PARTS}
     for part, (_, path, label) in zip(after, rows, strict=True):
         regrouped[part].append((path, label))
@@ -219,19 +220,19 @@ def _duplicates(train: Rows, other: Rows, part: str, digests: dict[str, str | No
             if digests[path] in first_in_train]
 
 
-def make_split(raw: Path, data: dict) -> DatasetSplit:
+def make_split(raw: Path, data: SplitSettings) -> DatasetSplit:
     """Everything the stage writes, from the dataset in `raw` and the params' `data` section."""
     if not raw.is_dir():
         raise UserError(f"{raw}: missing; run the download stage first (dvc repro)")
     warnings: list[str] = []
     root = dataset_root(raw, warnings)
-    layout = resolve_layout(root, data["layout"])
+    layout = resolve_layout(root, data.layout)
     folders, sources = class_folders(root, layout, warnings)
-    mapping, mapping_path = read_class_names(data["class_names"], root, raw)
+    mapping, mapping_path = read_class_names(data.class_names, root, raw)
     classes = _named_classes(folders, layout, mapping, mapping_path, warnings)
-    if layout == "imagefolder" and data["test_fraction"]:
+    if layout == "imagefolder" and data.test_fraction:
         warnings.append("data.test_fraction: ignored, the imagefolder layout's folders give the split")
-    exclude = frozenset(data.get("exclude") or ())
+    exclude = frozenset(data.exclude)
     checked = _check_files(raw, sources, folders, mapping_path, exclude)
     missing = sorted(exclude - set(checked.excluded))
     if missing:

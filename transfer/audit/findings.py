@@ -1,6 +1,6 @@
 """Stage audit's work: one pass of the frozen ImageNet backbone over every image of data/store (train,
 val and test, centre crop, no augmentation) for a feature vector and a thumbnail hash each, the
-findings of transfer.data.suspects on them, and the files that report them. Nothing in the data changes.
+findings of transfer.audit.suspects on them, and the files that report them. Nothing in the data changes.
 
 Memory: the features (N x the backbone's width, float32: 0.5 GB for 100,000 images at 1280) and the
 hashes; images are decoded a batch at a time and dropped."""
@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer.core.devices import inference_batch, memory_format, to_device
-from transfer.data.loaders import StoreImages, eval_transform_tensor, read_classes, read_split, working_preprocess
-from transfer.data.suspects import (
+from transfer.audit.suspects import (
     LabelAudit,
     dhash,
     flagged_outliers,
@@ -25,6 +23,9 @@ from transfer.data.suspects import (
     near_duplicates,
     outlier_scores,
 )
+from transfer.core.devices import inference_batch, memory_format, to_device
+from transfer.core.settings import AuditSettings
+from transfer.data.loaders import StoreImages, eval_transform_tensor, read_classes, read_split, working_preprocess
 
 SPLITS = ("train", "val", "test")
 
@@ -89,11 +90,11 @@ def audit_data(arch: str, image_size: int | None, device: torch.device) -> Audit
                      np.array(hashes, dtype=np.uint64), classes, preprocess)
 
 
-def find_all(data: AuditData, settings: dict) -> Findings:
-    labels = label_issues(data.features, data.labels, settings["folds"], settings["seed"])
-    duplicates = near_duplicates(data.hashes, data.features, settings["duplicate_similarity"])
-    scores = outlier_scores(data.features, settings["outlier_neighbors"], settings["seed"])
-    return Findings(labels, duplicates, flagged_outliers(scores, settings["outlier_mads"]), scores)
+def find_all(data: AuditData, settings: AuditSettings) -> Findings:
+    labels = label_issues(data.features, data.labels, settings.folds, settings.seed)
+    duplicates = near_duplicates(data.hashes, data.features, settings.duplicate_similarity)
+    scores = outlier_scores(data.features, settings.outlier_neighbors, settings.seed)
+    return Findings(labels, duplicates, flagged_outliers(scores, settings.outlier_mads), scores)
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:

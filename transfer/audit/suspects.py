@@ -1,6 +1,6 @@
 """The audit's findings from one feature vector and one thumbnail hash per image (stage `audit`):
 label issues (confident learning on out-of-sample probabilities), near-duplicates and outliers.
-Everything here works on arrays; transfer.evaluation.audit computes them from data/store and writes
+Everything here works on arrays; transfer.audit.findings computes them from data/store and writes
 the files.
 
 Near-duplicates in time linear in the images: every image has a 64-bit difference hash (dHash) of a
