@@ -170,3 +170,30 @@ def test_each_subpackage_imports_only_the_layers_below_it():
             if layer in LAYERS and LAYERS.index(layer) > own:
                 upward.append(f"{path.relative_to(ROOT)} imports {name}")
     assert upward == []
+
+
+def code_map_rows() -> list[str]:
+    """docs/code-map.md's table, from the code: each entry point of stages/, the library modules it
+    imports itself, and the params it declares (its PARAMS, as dvc.yaml's stage lists them)."""
+    rows = []
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        params = next((ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                       and any(getattr(t, "id", None) == "PARAMS" for t in node.targets)), ())
+        modules = sorted(name for name in project_imports(path)
+                         if name.startswith("transfer.") and module_file(name).name != "__init__.py")
+        core = [name.rsplit(".", 1)[1] for name in modules if name.startswith("transfer.core.")]
+        library = [name.removeprefix("transfer.") for name in modules if not name.startswith("transfer.core.")]
+        rows.append(f"| `{path.relative_to(ROOT).as_posix()}` | {', '.join(f'`{m}`' for m in library) or '-'} | "
+                    f"{', '.join(core)} | {', '.join(f'`{p}`' for p in params) or '-'} |")
+    return rows
+
+
+def test_the_code_map_is_the_code():
+    """docs/code-map.md lists every entry point with the library modules it imports and the params it
+    declares, exactly as the code has them (on a mismatch, the expected rows are printed)."""
+    text = (ROOT / "docs" / "code-map.md").read_text(encoding="utf-8")
+    documented = [line for line in text.splitlines() if line.startswith("| `stages/")]
+    assert documented == code_map_rows(), "\n".join(code_map_rows())

@@ -1,4 +1,4 @@
-"""Load params.yaml, check all of it before any work starts, and resolve a mode into its phases.
+"""Load params.yaml as DVC reads it, and check all of it before any work starts.
 
 Every problem is collected and reported at once, one line each, naming the key (transfer.core.param_checks): a
 typo in a key name is an error, not a silently ignored setting. A stage then reads only the params it

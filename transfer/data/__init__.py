@@ -1,1 +1,3 @@
-"""Datasets: fetching and unpacking, layouts, decoding, the image store, and the loaders that feed training."""
+"""Datasets. Entry points: `archives.fetch` / `unpack` (stage download), `splitting.make_split` (stage
+split: `layouts`, `decode`, near-duplicate `hashing` and `grouping`), `packing.pack_store` (stage pack,
+into the `store`), and `loaders` (the split's images and their transforms, for training and evaluation)."""
