@@ -31,7 +31,7 @@ def stop_epoch(values: list[float], patience: int | None, stop_on: str) -> int:
     last one when it never does."""
     count = SimpleNamespace(stop_best=None, stale_epochs=0, stopped_epoch=None)
     for epoch, value in enumerate(values, 1):
-        if stopping.update(count, {"epoch": epoch, stop_on: value}, {"patience": patience, "stop_on": stop_on}):
+        if stopping.update(count, {"epoch": epoch, stop_on: value}, patience, stop_on):
             return epoch
     return len(values)
 

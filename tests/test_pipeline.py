@@ -206,7 +206,7 @@ def test_each_mode_is_calibrated_on_val_and_its_confidences_are_the_calibrated_o
         metrics = read_json(project.path / f"metrics/{mode}.json")
         assert (calibration["fitted_on"], calibration["scored_on"]) == ("val", "val")
         assert calibration["scored_by"].startswith("cross-fitting")
-        assert metrics["temperature"] == calibration["temperature"] > 0
+        assert "temperature" not in metrics and calibration["temperature"] > 0  # details only: short metrics diff
         assert metrics["calibrated_ece"] == calibration["after"]["ece"]
         for when in ("before", "after"):
             low, high = calibration[when]["ece_ci"]

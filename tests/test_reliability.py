@@ -40,7 +40,8 @@ from transfer.core.paths import (
 MODE = "finetune"
 EPOCHS = 3
 # wall-clock and memory fields: never compared
-TIMING = {"train_seconds", "epoch_seconds", "seconds", "timestamp", "peak_memory_mib", "train_peak_memory_mib"}
+TIMING = {"train_seconds", "epoch_seconds", "seconds", "timestamp", "peak_memory_mib", "train_peak_memory_mib",
+          "latency_ms", "inference_cost"}  # wall-clock measurements: they differ from run to run
 INTERRUPTED = "train: interrupted; finished work is kept, the next run resumes"
 EPOCH_LINE = re.compile(r"^epoch +(\d+) ", re.MULTILINE)
 # The per-epoch series train writes with DVCLive (plots/metrics/<name>.tsv), besides epoch_seconds.

@@ -163,7 +163,7 @@ def fit(model: TransferNet, data: TrainData, settings: ModeSettings, device: tor
     def finished(row: dict, optimizer, scheduler) -> bool:
         """Record and save the epoch; whether the run stops after it."""
         record(result, model, row)
-        stop = row["epoch"] >= last_phase_first and early_stop(result, row, settings)
+        stop = row["epoch"] >= last_phase_first and early_stop(result, row, settings.patience, settings.stop_on)
         resume.save(row["epoch"], model, optimizer, scheduler, result)
         if on_epoch:
             on_epoch(row)

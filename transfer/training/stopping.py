@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from transfer.core.settings import ModeSettings
-
 
 def beats_kept(accuracy: float, loss: float, kept_accuracy: float, kept_loss: float) -> bool:
     """True when an epoch with this val accuracy and loss replaces the one kept so far."""
@@ -33,13 +31,14 @@ def kept_epoch(val_accuracy: Sequence[float], val_loss: Sequence[float]) -> int:
     return kept + 1
 
 
-def update(result: Any, row: dict, settings: ModeSettings) -> bool:
+def update(result: Any, row: dict, patience: int | None, stop_on: str) -> bool:
     """Count one finished epoch of the last phase into `result` (stop_best, stale_epochs); True when the
-    run stops after it (then result.stopped_epoch is that epoch)."""
-    patience = settings.patience
+    run stops after it (then result.stopped_epoch is that epoch): `patience` epochs without a better
+    `stop_on` (the mode's settings)."""
     if patience is None:
         return False
-    value, sign = row[settings.stop_on], -1.0 if settings.stop_on == "val_loss" else 1.0
+    value = row[stop_on]
+    sign = -1.0 if stop_on == "val_loss" else 1.0
     if result.stop_best is None or sign * value > sign * result.stop_best:
         result.stop_best, result.stale_epochs = value, 0
     else:
