@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     classes = read_classes()
     if settings.nproc > 1 and LAUNCHED not in os.environ:  # this stage again, as nproc processes
         check_nproc(settings.nproc, settings.device)
+        working_tree_key()  # made here once, so that the ranks only read it: rank 0 alone writes in the project
         launch("stages.train", [mode], settings.nproc)
         return
     strategy = start(settings.device)

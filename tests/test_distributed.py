@@ -99,7 +99,8 @@ def test_two_processes_train_the_weights_of_one(packed, two_processes, tmp_path)
 
 def test_only_rank_0_writes_files(two_processes):
     """Of the processes a 2-process train stage runs (torchrun's agent, ranks 0 and 1), rank 0 alone
-    writes in the project: the model, the live logs, the resumable state (DVC's own files aside)."""
+    writes in the project: the model, the live logs, the resumable state (DVC's and git's own folders
+    aside: the launcher makes the resume key in .git once, before the ranks start)."""
     project, audit = two_processes
     root = str(project.path.resolve())
     writers = {}
@@ -107,7 +108,7 @@ def test_only_rank_0_writes_files(two_processes):
         entry = json.loads(log.read_text())
         if "stages.train" in entry["argv"]:
             inside = [p for p in entry["written"] if p.startswith(root + "/") and "__pycache__" not in p
-                      and not p.startswith(root + "/.dvc/")]
+                      and not p.startswith((root + "/.dvc/", root + "/.git"))]  # the resume key: git's folder
             writers.setdefault(entry["rank"], []).extend(inside)
     assert set(writers) == {None, "0", "1"}, writers  # the agent and both ranks were audited, per mode
     assert writers[None] == [] and writers["1"] == [], writers
