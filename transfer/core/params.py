@@ -40,7 +40,7 @@ def parse_yaml(text: str, where: str) -> Any:
 
     reader = YAML(typ="safe")
     try:
-        if expanded_size(reader.compose(text), {}, set()) > MAX_EXPANDED_VALUES:
+        if expanded_size(reader.compose(text), {}, set(), where) > MAX_EXPANDED_VALUES:
             raise UserError(f"{where}: its aliases (*name) expand it past {MAX_EXPANDED_VALUES:,} values; "
                             "write the values out")
         return reader.load(text)
@@ -53,17 +53,17 @@ def parse_yaml(text: str, where: str) -> Any:
         raise UserError(f"{where}: holds a value that cannot be read ({said})") from None
 
 
-def expanded_size(node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+def expanded_size(node, sizes: dict[int, int], open_nodes: set[int], where: str) -> int:
     """How many values the composed YAML `node` holds once every alias is expanded, counted without
     expanding: an alias is the node it names, whose size is computed once."""
     if node is None or id(node) in sizes:
         return sizes.get(id(node), 0)
     if id(node) in open_nodes:
-        raise UserError("params.yaml: an alias (*name) inside the value it names; write the values out")
+        raise UserError(f"{where}: an alias (*name) inside the value it names; write the values out")
     open_nodes.add(id(node))
     children = node.value if isinstance(node.value, list) else []
     pairs = [item for child in children for item in (child if isinstance(child, tuple) else (child,))]
-    sizes[id(node)] = 1 + sum(expanded_size(child, sizes, open_nodes) for child in pairs)
+    sizes[id(node)] = 1 + sum(expanded_size(child, sizes, open_nodes, where) for child in pairs)
     open_nodes.discard(id(node))
     return sizes[id(node)]
 
