@@ -62,14 +62,14 @@ def set_key(params: dict, assignment: str) -> None:
 def suite_params(dataset: Path, modes: list[str], sets: list[str]) -> dict:
     """The repository's params set for `dataset`: only `modes`, data.url the dataset, --set applied."""
     params = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
+    params["data"]["url"] = params["data"]["watch"] = str(dataset)  # a local url is watched (params check)
+    for assignment in sets:  # first: a --set may add a row (modes.frozen_lite2={...}) that --modes names
+        set_key(params, assignment)
     unknown = [mode for mode in modes if mode not in params["modes"]]
     if unknown:
         raise SuiteError(f"--modes: unknown mode {unknown[0]} (known: {', '.join(params['modes'])})")
     params["modes"] = {mode: params["modes"][mode] for mode in modes}
     params["mode"] = modes[0]
-    params["data"]["url"] = params["data"]["watch"] = str(dataset)  # a local url is watched (params check)
-    for assignment in sets:
-        set_key(params, assignment)
     return params
 
 
