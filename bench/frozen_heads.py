@@ -55,14 +55,9 @@ def frozen_features(folder: Path):
     from transfer.core import params as params_module
     from transfer.core.devices import bf16_inference, memory_format
     from transfer.core.settings import mode_settings
-    from transfer.data.loaders import (
-        StoreImages,
-        eval_batches,
-        read_classes,
-        read_split,
-        store_splits,
-        working_preprocess,
-    )
+    from transfer.data.images import StoreImages, store_splits
+    from transfer.data.split_files import read_classes, read_split
+    from transfer.data.transforms import eval_batches, working_preprocess
     from transfer.models.backbones import build_model
     from transfer.training.phase_run import PhaseRun
     from transfer.training.sources import make_source

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer.data.loaders import working_preprocess
+from transfer.data.transforms import working_preprocess
 from transfer.evaluation.stats import format_p, mcnemar_exact
 from transfer.models.backbones import build_model
 from transfer.models.cost import THREADS, latency_summary, machine, onnx_runner, paired_latency

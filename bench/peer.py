@@ -33,7 +33,7 @@ import yaml
 
 from bench import ROOT
 from transfer.core.paths import PARAMS_FILE, RAW_DIR, SPLIT_DIR
-from transfer.data.loaders import read_classes, read_split
+from transfer.data.split_files import read_classes, read_split
 from transfer.evaluation.stats import format_p, paired, wilson_interval
 
 DEFAULT_EPOCHS = 5  # fine_tune(5): the user's call

@@ -22,7 +22,9 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str, str]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from transfer.data.loaders import StoreImages, eval_batches, read_split, working_preprocess
+    from transfer.data.images import StoreImages
+    from transfer.data.split_files import read_split
+    from transfer.data.transforms import eval_batches, working_preprocess
     from transfer.models.backbones import build_model
     from transfer.training.trainable import frozen_split
 

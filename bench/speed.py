@@ -174,14 +174,9 @@ def loader(args) -> None:
     from transfer.core import params as params_module
     from transfer.core.paths import PARAMS_FILE
     from transfer.core.settings import mode_settings
-    from transfer.data.loaders import (
-        TensorImages,
-        decode_all,
-        read_classes,
-        read_split,
-        train_transform,
-        working_preprocess,
-    )
+    from transfer.data.images import TensorImages, decode_all
+    from transfer.data.split_files import read_classes, read_split
+    from transfer.data.transforms import train_transform, working_preprocess
     from transfer.models.backbones import build_model
 
     settings = mode_settings(params_module.load(ROOT / PARAMS_FILE), args.mode)

@@ -30,7 +30,7 @@ def tutorial_loop(mode: str, epochs: int) -> dict:
     from torch import nn
 
     from transfer.core import params as params_module
-    from transfer.data.loaders import read_classes
+    from transfer.data.split_files import read_classes
     from transfer.models.backbones import build_model
 
     params = params_module.load()
@@ -71,7 +71,7 @@ def tutorial_loaders(pre: dict) -> dict:
 
     from transfer.core.paths import RAW_DIR
     from transfer.data.decode import open_rgb
-    from transfer.data.loaders import read_split
+    from transfer.data.split_files import read_split
 
     norm = transforms.Normalize(pre["mean"], pre["std"])
     tf = {"train": transforms.Compose([transforms.RandomResizedCrop(pre["image_size"]),
@@ -121,7 +121,8 @@ def pipeline(mode: str, epochs: int) -> dict:
     from transfer.core import params as params_module
     from transfer.core.devices import bf16_inference, pick_device, uses_bf16
     from transfer.core.settings import mode_settings
-    from transfer.data.loaders import read_classes, store_splits
+    from transfer.data.images import store_splits
+    from transfer.data.split_files import read_classes
     from transfer.training.loop import ResumeState
     from transfer.training.run import run_training
 
@@ -252,7 +253,8 @@ def inference_dtype(args) -> None:
     from transfer.core import params as params_module
     from transfer.core.devices import cpu_has_bf16
     from transfer.core.settings import mode_settings
-    from transfer.data.loaders import read_classes, store_splits
+    from transfer.data.images import store_splits
+    from transfer.data.split_files import read_classes
     from transfer.training.loop import ResumeState
     from transfer.training.run import run_training
 

@@ -29,7 +29,8 @@ from transfer.core.paths import (
     val_predictions_csv,
 )
 from transfer.core.stage import log, run_main
-from transfer.data.loaders import StoreImages, read_classes, read_split
+from transfer.data.images import StoreImages
+from transfer.data.split_files import read_classes, read_split
 from transfer.evaluation.calibration import calibrate, calibrated
 from transfer.evaluation.calibration_figures import calibration_figure
 from transfer.evaluation.grids import error_grid, sample_grid

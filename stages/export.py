@@ -64,7 +64,9 @@ def publish_onnx(source: Path, target: Path, calibration: dict) -> str:
     """The ONNX file of the checkpoint at `source` with the `calibration` fields (temperature, unsure
     threshold), written to `target` and checked against the checkpoint's calibrated probabilities on the
     val images: one line and no file where they differ."""
-    from transfer.data.loaders import StoreImages, eval_batches, read_split
+    from transfer.data.images import StoreImages
+    from transfer.data.split_files import read_split
+    from transfer.data.transforms import eval_batches
     from transfer.models.checkpoints import load_checkpoint
     from transfer.models.onnx_model import check_parity, export
 

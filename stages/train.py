@@ -26,7 +26,7 @@ from transfer.core.paths import (
 )
 from transfer.core.settings import ModeSettings, mode_settings
 from transfer.core.stage import log, run_main
-from transfer.data.loaders import read_classes
+from transfer.data.split_files import read_classes
 from transfer.models.backbones import check_arch, count_params
 from transfer.models.checkpoints import checkpoint_meta, save_checkpoint
 from transfer.training.distributed import LAUNCHED, check_nproc, launch, start, stop

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from transfer.data.loaders import working_preprocess
+from transfer.data.transforms import working_preprocess
 from transfer.evaluation.activation_maps import NoMaps, activation_maps, map_layer
 from transfer.evaluation.grids import error_grid
 from transfer.models.backbones import build_model

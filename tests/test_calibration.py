@@ -15,7 +15,7 @@ from stages import predict
 from tests.conftest import run_in_process
 from tests.imagegen import make_image
 from transfer.core.errors import UserError
-from transfer.data.loaders import eval_transform, working_preprocess
+from transfer.data.transforms import eval_transform, working_preprocess
 from transfer.evaluation.calibration import (
     BINS,
     calibrate,

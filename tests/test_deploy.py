@@ -15,7 +15,7 @@ import torch
 from stages import predict as predict_stage
 from tests.conftest import run_in_process
 from tests.imagegen import make_image, write_class_folders
-from transfer.data.loaders import eval_transform, working_preprocess
+from transfer.data.transforms import eval_transform, working_preprocess
 from transfer.evaluation.deployment import ALPHA, report, table, verdict, verdict_line
 from transfer.evaluation.stats import mcnemar_exact
 from transfer.models.backbones import build_model

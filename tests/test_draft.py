@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from transfer.data.decode import open_rgb
-from transfer.data.loaders import resize_short_side
+from transfer.data.images import resize_short_side
 
 # Draft-mode decoding of a large JPEG against a full decode, both resized to the same short side:
 # measured on photo() images of 600x520 to 2000x1500 (quality 92) at short sides 37 and 256, so at

@@ -23,7 +23,7 @@ from tests.imagegen import make_image
 from transfer.core.errors import SHOWN_CHARS, UserError, name_count
 from transfer.core.param_checks import INTERPOLATIONS, MIN_IMAGE_SIZE
 from transfer.core.params import check
-from transfer.data.loaders import working_preprocess
+from transfer.data.transforms import working_preprocess
 from transfer.models.backbones import build_model, check_arch
 from transfer.models.checkpoints import load_checkpoint, save_checkpoint
 from transfer.models.onnx_model import INPUT, OUTPUT, OnnxClassifier, export

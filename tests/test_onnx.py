@@ -15,7 +15,7 @@ from tests.conftest import ROOT, make_project
 from tests.imagegen import make_image, write_class_folders
 from transfer.core.errors import UserError
 from transfer.core.files import atomic_path
-from transfer.data.loaders import eval_transform, working_preprocess
+from transfer.data.transforms import eval_transform, working_preprocess
 from transfer.models.backbones import build_model
 from transfer.models.folding import fold_batchnorm
 from transfer.models.onnx_model import OnnxClassifier, check_parity, export

@@ -28,7 +28,7 @@ def test_the_peer_trains_on_the_pipelines_weights_and_predicts_the_reporting_row
     import torch
 
     from bench import peer
-    from transfer.data.loaders import read_classes, read_split
+    from transfer.data.split_files import read_classes, read_split
     from transfer.models.backbones import build_model
 
     project = make_project(tmp_path / "project", colours(tmp_path), modes=["frozen"])

@@ -26,7 +26,8 @@ from transfer.core.paths import RAW_DIR, SPLIT_DIR, STORE_DIR, STORE_INDEX
 from transfer.core.settings import mode_settings
 from transfer.data import splitting
 from transfer.data.decode import open_rgb
-from transfer.data.loaders import read_split, resize_short_side
+from transfer.data.images import resize_short_side
+from transfer.data.split_files import read_split
 from transfer.data.store import ImageStore, ShardWriter, encode, load_split, split_digests, write_index
 
 SHORT_SIDE = 36  # the tiny images are 48x40: every one is resized
@@ -60,7 +61,7 @@ def run_pack(**changes) -> int:
 
 
 def expected(rel: str, short_side: int = SHORT_SIDE) -> torch.Tensor:
-    """What training decodes in memory today (transfer.data.loaders.decode_all)."""
+    """What training decodes in memory today (transfer.data.images.decode_all)."""
     return resize_short_side(open_rgb(RAW_DIR / rel), short_side, "bicubic")
 
 
@@ -326,7 +327,7 @@ def tiny_settings(mode: str, budget_mb: float) -> dict:
 def test_training_from_the_store_equals_training_from_memory(workdir, tmp_path, mode, budget_mb):
     """Lossless store at the working size: the same weights and history, to the bit, as from images
     decoded into memory from data/raw, whether the store's images are held in memory or streamed."""
-    from transfer.data.loaders import TrainData, decode_all
+    from transfer.data.images import TrainData, decode_all
     from transfer.training.loop import ResumeState
     from transfer.training.run import run_training
 

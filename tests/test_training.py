@@ -15,7 +15,8 @@ from tests.conftest import HYMENOPTERA_ZIP, ROOT, a_phase, tiny_row
 from tests.imagegen import make_image
 from transfer.core import params as params_module
 from transfer.core.settings import Augment, ModeSettings, mode_settings
-from transfer.data.loaders import TrainData, eval_transform, resize_short_side, working_preprocess
+from transfer.data.images import TrainData, resize_short_side
+from transfer.data.transforms import eval_transform, working_preprocess
 from transfer.models.backbones import body_blocks, build_model
 from transfer.models.checkpoints import load_checkpoint, save_checkpoint
 from transfer.training.loop import ResumeState
@@ -235,7 +236,8 @@ def test_augmented_epoch_is_the_same_whatever_the_loader_workers():
     """Each image's crop comes from (seed, epoch, index): 0 workers, 2 persistent workers and a
     second pass all give the same batches, a new epoch gives new crops, and the global random stream
     (dropout) does not move."""
-    from transfer.data.loaders import TensorImages, train_transform
+    from transfer.data.images import TensorImages
+    from transfer.data.transforms import train_transform
     from transfer.training.image_batches import EpochSampler
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, False)[1], SIZE)
@@ -349,7 +351,7 @@ def test_folding_leaves_alone_what_it_cannot_rewrite_exactly():
 def test_training_crops_at_crop_size_and_validation_at_the_image_size(tmp_path):
     """augment.crop_size sets the size of the training crops alone: random and center crops come out
     at it, the val images stay at the image size, and a mode trains on them end to end."""
-    from transfer.data.loaders import train_transform
+    from transfer.data.transforms import train_transform
 
     pre = working_preprocess(build_model("efficientnet_lite0", 2, pretrained=False)[1], 64)
     image = resize_short_side(make_image(0, 1), pre["resize_size"], pre["interpolation"])

@@ -25,7 +25,9 @@ from transfer.audit.suspects import (
 )
 from transfer.core.devices import inference_batch, memory_format, to_device
 from transfer.core.settings import AuditSettings
-from transfer.data.loaders import StoreImages, eval_transform_tensor, read_classes, read_split, working_preprocess
+from transfer.data.images import StoreImages
+from transfer.data.split_files import read_classes, read_split
+from transfer.data.transforms import eval_transform_tensor, working_preprocess
 
 SPLITS = ("train", "val", "test")
 

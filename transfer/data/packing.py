@@ -16,7 +16,8 @@ from transfer.core.paths import RAW_DIR, SPLIT_DIR
 from transfer.core.settings import PackSettings
 from transfer.data import store
 from transfer.data.decode import UnreadableImage, open_rgb
-from transfer.data.loaders import read_classes, read_split, resize_short_side
+from transfer.data.images import resize_short_side
+from transfer.data.split_files import read_classes, read_split
 
 IN_FLIGHT_PER_WORKER = 4  # images decoded ahead of the writer: enough to keep every core busy
 

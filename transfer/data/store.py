@@ -11,7 +11,7 @@ member's bytes lie contiguous at a known offset, so a reader needs only a file s
 Members are written deterministically (sorted, mtime 0, owner 0/"", mode 0644, plain ustar headers
 without pax timestamps): the same data and params give byte-identical shards, so the same DVC hash.
 
-An image comes back as the uint8 CHW tensor transfer.data.loaders.decode_all makes at that short side:
+An image comes back as the uint8 CHW tensor transfer.data.images.decode_all makes at that short side:
 with png exactly the same pixels, with jpeg within its quality's loss."""
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ import torch
 from transfer.core.files import write_json
 from transfer.core.paths import DEPLOY_JSON, DEPLOY_MD, EXPORTED_INT8, EXPORTED_INT8_DIR, EXPORTED_MODEL, EXPORTED_ONNX
 from transfer.core.publish import SCRATCH
-from transfer.data.loaders import StoreImages, eval_batches, read_split
+from transfer.data.images import StoreImages
+from transfer.data.split_files import read_split
+from transfer.data.transforms import eval_batches
 from transfer.evaluation.stats import format_p, mcnemar_exact, paired, wilson_interval
 from transfer.models.cost import THROUGHPUT_BATCH, file_cost, machine, onnx_runner, paired_latency, torch_runner
 from transfer.models.onnx_model import OnnxClassifier

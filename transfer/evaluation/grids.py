@@ -7,7 +7,8 @@ import torch
 from torchvision.transforms.v2.functional import to_pil_image
 
 from transfer.core.stage import log
-from transfer.data.loaders import Images, crop_stack, normalized_batches
+from transfer.data.images import Images
+from transfer.data.transforms import crop_stack, normalized_batches
 
 MAX_ERRORS_SHOWN = 16
 SAMPLES_SHOWN = 16

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from transfer.core.devices import inference_batch, memory_format, to_device
-from transfer.data.loaders import Images, eval_batches, read_split
+from transfer.data.images import Images
+from transfer.data.split_files import read_split
+from transfer.data.transforms import eval_batches
 from transfer.evaluation import stats
 
 # plots/predictions/<mode>.csv and results/val_predictions/<mode>.csv: `confidence` is the calibrated one

@@ -42,7 +42,7 @@ def classify(model, meta: dict, files: list[Path], top_k: int, min_confidence: f
     import torch
 
     from transfer.data.decode import UnreadableImage, open_rgb
-    from transfer.data.loaders import eval_transform
+    from transfer.data.transforms import eval_transform
 
     transform = eval_transform(meta["preprocess"])
     names = meta["class_names"]

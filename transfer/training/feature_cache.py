@@ -16,7 +16,8 @@ from torch import nn
 from transfer.core.devices import inference_batch, to_device
 from transfer.core.files import check_no_links
 from transfer.core.paths import RESUME_DIR
-from transfer.data.loaders import Images, TensorImages, eval_batches, train_transform
+from transfer.data.images import Images, TensorImages
+from transfer.data.transforms import eval_batches, train_transform
 from transfer.training.phase_run import Batch, PhaseRun, drops_last, epoch_seed, steps
 
 

@@ -8,7 +8,8 @@ import torch
 
 from transfer.core.devices import inference_batch, to_device, worker_count
 from transfer.core.settings import Phase
-from transfer.data.loaders import TensorImages, TrainData, crop_stack, eval_batches, normalized_batches, train_transform
+from transfer.data.images import TensorImages, TrainData
+from transfer.data.transforms import crop_stack, eval_batches, normalized_batches, train_transform
 from transfer.models.backbones import TransferNet
 from transfer.training.phase_run import Batch, PhaseRun, drops_last, epoch_seed, steps
 

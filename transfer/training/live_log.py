@@ -6,7 +6,8 @@ import torch
 
 from transfer.core.paths import running_live_dir
 from transfer.core.settings import ModeSettings
-from transfer.data.loaders import TrainData, train_transform
+from transfer.data.images import TrainData
+from transfer.data.transforms import train_transform
 
 
 class LiveLog:

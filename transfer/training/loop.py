@@ -23,7 +23,7 @@ from transfer.core.devices import bf16_inference, memory_format, uses_bf16
 from transfer.core.files import atomic_path
 from transfer.core.settings import ModeSettings, Phase
 from transfer.core.stage import log
-from transfer.data.loaders import TrainData
+from transfer.data.images import TrainData
 from transfer.models.backbones import TransferNet
 from transfer.models.folding import fold_batchnorm
 from transfer.training.distributed import OneProcess, own_totals

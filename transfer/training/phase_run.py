@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from transfer.core.settings import Phase
-from transfer.data.loaders import TrainData
+from transfer.data.images import TrainData
 from transfer.training.distributed import OneProcess
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -7,7 +7,8 @@ import torch
 from transfer.core.devices import pick_device
 from transfer.core.settings import ModeSettings
 from transfer.core.stage import log
-from transfer.data.loaders import TrainData, store_splits, working_preprocess
+from transfer.data.images import TrainData, store_splits
+from transfer.data.transforms import working_preprocess
 from transfer.models.backbones import TransferNet, build_model
 from transfer.training.distributed import OneProcess
 from transfer.training.loop import FitResult, ResumeState, fit
