@@ -38,7 +38,8 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
 def _crop(image: Image.Image, fraction: float) -> Image.Image:
     """`fraction` of each side cut off, kept at the smaller size (a re-framed copy)."""
     w, h = image.size
-    dx, dy = int(w * fraction), int(h * fraction)
+    dx = int(w * fraction)
+    dy = int(h * fraction)
     return image.crop((dx, dy, w - dx, h - dy))
 
 

@@ -35,7 +35,9 @@ def scene_frames(label: int, rng: np.random.Generator) -> list[np.ndarray]:
     angle = np.pi * label / CLASSES
     y, x = np.mgrid[0:big, 0:big]
     picture = 0.8 * smooth + STRIPES * np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / 8)
-    frames, dx, dy = [], SHIFT, SHIFT
+    frames = []
+    dx = SHIFT
+    dy = SHIFT
     for _ in range(FRAMES):  # a slow pan: each frame at most a pixel from the last, each way
         dx, dy = (int(np.clip(d + rng.integers(-1, 2), 0, 2 * SHIFT)) for d in (dx, dy))
         frame = picture[dy:dy + SIZE, dx:dx + SIZE] + rng.normal(0, NOISE, (SIZE, SIZE))
@@ -72,11 +74,13 @@ def frames_check(seed: int) -> None:
     params = params_module.load(ROOT / "params.yaml")
     data = {**params["data"], "layout": "random", "test_fraction": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        raw, new = Path(tmp) / "raw", Path(tmp) / "new"
+        raw = Path(tmp) / "raw"
+        new = Path(tmp) / "new"
         write_scenes(raw, seed)
         write_scenes(new, seed + 1000)
         test_paths = sorted(p.relative_to(new).as_posix() for p in new.rglob("*.png"))
-        test_x, test_y = features(new, test_paths), np.array([int(p[5]) for p in test_paths])
+        test_x = features(new, test_paths)
+        test_y = np.array([int(p[5]) for p in test_paths])
         print(f"SYNTHETIC: {CLASSES} classes x {SCENES} scenes x {FRAMES} frames, seed {seed}; "
               f"test: {len(test_paths)} frames of new scenes")
         test_right = {}

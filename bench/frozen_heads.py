@@ -88,14 +88,16 @@ def frozen_features(folder: Path):
 def standardised(feats: dict) -> dict:
     train = feats["train"][0]
     flat = train.reshape(-1, train.shape[-1])
-    mean, std = flat.mean(0), flat.std(0) + 1e-6
+    mean = flat.mean(0)
+    std = flat.std(0) + 1e-6
     return {split: ((x - mean) / std, y) for split, (x, y) in feats.items()}
 
 
 def scores(head: torch.nn.Module, feats: dict) -> tuple[float, float, float]:
     """(val accuracy, val loss, reporting accuracy)."""
     with torch.no_grad():
-        (vx, vy), (rx, ry) = feats["val"], feats["report"]
+        vx, vy = feats["val"]
+        rx, ry = feats["report"]
         logits = head(vx)
         return ((logits.argmax(1) == vy).float().mean().item(), torch.nn.functional.cross_entropy(logits, vy).item(),
                 (head(rx).argmax(1) == ry).float().mean().item())
@@ -118,7 +120,8 @@ def sgd_head(model, source, settings, feats: dict, seed: int, changes: dict | No
     phase = dataclasses.replace(source.run.phase, seed=seed, **(changes or {}))
     source = copy.copy(source)
     source.run = dataclasses.replace(source.run, phase=phase)
-    source.train_feats, source.val_feats = feats["train"][0], feats["val"][0]
+    source.train_feats = feats["train"][0]
+    source.val_feats = feats["val"][0]
     seeded = new_model(dataclasses.replace(settings, seed=seed), model.head.out_features)[0]
     model.head.load_state_dict(seeded.head.state_dict())
     optimizer = make_optimizer(model, phase)
@@ -152,7 +155,8 @@ def logistic_regression(x: torch.Tensor, y: torch.Tensor, classes: int, l2: floa
 def lbfgs_head(feats: dict) -> float:
     """Logistic regression on every view, for each L2 strength of the grid; the one val keeps."""
     views, labels = feats["train"]
-    x, y = views.reshape(-1, views.shape[-1]), labels.repeat(len(views))
+    x = views.reshape(-1, views.shape[-1])
+    y = labels.repeat(len(views))
     return kept([scores(logistic_regression(x, y, int(labels.max()) + 1, l2), feats) for l2 in L2_GRID])
 
 
@@ -217,7 +221,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     heads = ("row", "standardised", "lbfgs")
     print(f"{'dataset':22} {'on':5} {'probe':>7} " + " ".join(f"{h:>13}" for h in heads))
-    table, grid, probes = [], {}, {}
+    table = []
+    grid = {}
+    probes = {}
     for dataset in args.datasets:
         folder = Path(tempfile.mkdtemp(prefix=f"heads-{dataset.stem}-", dir=work))
         params = scratch_project(folder, dataset.resolve(), ["frozen"], args.sets)

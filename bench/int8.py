@@ -41,13 +41,16 @@ def main() -> None:
     images = np.random.default_rng(0).standard_normal((args.calibration, 3, size, size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        float_path, int8_path = root / "model.onnx", root / "model.int8.onnx"
+        float_path = root / "model.onnx"
+        int8_path = root / "model.int8.onnx"
         export(model, meta, float_path)
         quantize(float_path, int8_path, (images[i:i + 16] for i in range(0, len(images), 16)), root)
         float_seconds, int8_seconds = paired_latency(onnx_runner(float_path), onnx_runner(int8_path), images[:1],
                                                      runs=args.runs)
-        float_mb, int8_mb = float_path.stat().st_size / 1e6, int8_path.stat().st_size / 1e6
-    fast, slow = latency_summary(float_seconds), latency_summary(int8_seconds)
+        float_mb = float_path.stat().st_size / 1e6
+        int8_mb = int8_path.stat().st_size / 1e6
+    fast = latency_summary(float_seconds)
+    slow = latency_summary(int8_seconds)
     faster = sum(i < f for f, i in zip(float_seconds, int8_seconds))
     host = machine()
     print(f"{args.arch} at {size} px on {host['cpu']} ({host['cpu_cores']} cores), {THREADS} thread, "

@@ -59,7 +59,8 @@ def make_learner(project: Path, arch: str, image_size: int | None, batch_size: i
 
     split_dir = project / SPLIT_DIR
     names = [c["name"] for c in read_classes(split_dir)]
-    train, val = read_split("train", split_dir), read_split("val", split_dir)
+    train = read_split("train", split_dir)
+    val = read_split("val", split_dir)
     model, preprocess = build_model(arch, len(names), pretrained=True)
     size = image_size or preprocess["image_size"]
 
@@ -142,7 +143,8 @@ def mode_correct(predictions: Path, project: Path) -> str:
     """A mode's right/wrong on the reporting split in its row order, from evaluate's predictions CSV; PeerError
     unless the CSV has each of the split's images once, with the split's label."""
     split_dir = project / SPLIT_DIR
-    rows, names = read_split(reporting_split(project), split_dir), [c["name"] for c in read_classes(split_dir)]
+    rows = read_split(reporting_split(project), split_dir)
+    names = [c["name"] for c in read_classes(split_dir)]
     with predictions.open(newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     by_path = {r["path"]: r for r in table}
@@ -165,7 +167,8 @@ def peer_correct(found: dict, project: Path) -> str:
 def versus(mode_run: dict, peer_run: dict) -> dict:
     """A mode's run against the peer's on the same images: images only the mode gets right, only the peer,
     McNemar's exact p, each accuracy with its 95% Wilson interval, each train time and their ratio."""
-    a, b = [c == "1" for c in mode_run["correct"]], [c == "1" for c in peer_run["correct"]]
+    a = [c == "1" for c in mode_run["correct"]]
+    b = [c == "1" for c in peer_run["correct"]]
     if len(a) != len(b):
         raise PeerError(f"the mode predicted {len(a)} images and the peer {len(b)}: not the same images")
     tally = paired(a, b)

@@ -41,7 +41,8 @@ def linear_probe(folder: Path, params: dict) -> tuple[float, str, str]:
 
     with working_dir(folder):
         split = "test" if read_split("test").paths else "val"
-        (train_x, train_y), (eval_x, eval_y) = features("train"), features(split)
+        train_x, train_y = features("train")
+        eval_x, eval_y = features(split)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     right = [int(p) == y for p, y in zip(probe.fit(train_x, train_y).predict(eval_x), eval_y)]
     return sum(right) / len(right), split, peer.correct_string(right)

@@ -34,14 +34,22 @@ from PIL import Image, ImageDraw
 
 from bench import ROOT, copy_code
 
-MODE, MEASURED = "frozen", ("train", "evaluate")
+MODE = "frozen"
+MEASURED = ("train", "evaluate")
 GENERATOR = 1  # bump when the generated images change: earlier ones are then not reused
-PHONE, PHONE_SHARE, SMALL = (4032, 3024), 0.1, ((500, 375), (640, 480), (800, 600), (600, 800))
+PHONE = (4032, 3024)
+PHONE_SHARE = 0.1
+SMALL = ((500, 375), (640, 480), (800, 600), (600, 800))
 VARIANTS = 2  # base images per class and size; every image is a cheap variation of one
 PALETTE = ((200, 40, 40), (40, 160, 40), (40, 40, 200), (200, 200, 40), (160, 40, 160), (40, 180, 180))
 SIDES = (3, 4, 6, 24, 5, 8)  # each class's shape: a regular polygon of this many sides
-CLASSES, MIN_PER_CLASS = 4, 5
-TARGET_KB_PER_IMAGE, TARGET_GIB, TARGET_N, TARGET_TIME_SPREAD = 16, 3, 20_000, 0.15  # printed beside the numbers
+CLASSES = 4
+MIN_PER_CLASS = 5
+# the targets, printed beside the numbers
+TARGET_KB_PER_IMAGE = 16
+TARGET_GIB = 3
+TARGET_N = 20_000
+TARGET_TIME_SPREAD = 0.15
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,11 +99,15 @@ def image_spec(i: int, seed: int) -> dict:  # all that decides image i: class, s
 def base_image(seed: int, label: int, size: tuple[int, int], variant: int) -> Image.Image:
     """A photo 10% larger than `size`: the class colour jittered, random boxes, the class's own shape in a
     shade of it, and noise at two scales, so that it encodes and decodes like a photo (phone-sized: 2.3 MB)."""
-    rng, w, h = random.Random(f"{seed}-base-{label}-{size}-{variant}"), int(size[0] * 1.1), int(size[1] * 1.1)
+    rng = random.Random(f"{seed}-base-{label}-{size}-{variant}")
+    w = int(size[0] * 1.1)
+    h = int(size[1] * 1.1)
     image = Image.new("RGB", (w, h), tuple(max(0, min(255, c + rng.randint(-30, 30))) for c in PALETTE[label]))
-    draw, shade = ImageDraw.Draw(image), tuple(max(0, c - 90) for c in PALETTE[label])
+    draw = ImageDraw.Draw(image)
+    shade = tuple(max(0, c - 90) for c in PALETTE[label])
     for _ in range(3):
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        x = rng.uniform(0, w)
+        y = rng.uniform(0, h)
         draw.rectangle([x, y, x + w / 5, y + h / 5], fill=tuple(rng.randrange(256) for _ in range(3)))
     for _ in range(4):
         circle = (rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.08, 0.2) * min(w, h))
@@ -112,13 +124,16 @@ def write_photo(job: tuple[dict, str]) -> None:
     own, and its index in a corner's pixels (no two files alike: split would drop duplicates)."""
     spec, path = job
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    (w, h), base = spec["size"], base_image(spec["seed"], spec["label"], spec["size"], spec["variant"])
+    w, h = spec["size"]
+    base = base_image(spec["seed"], spec["label"], spec["size"], spec["variant"])
     dx, dy, bx, by = spec["at"]
-    left, top = int(dx * (base.width - w)), int(dy * (base.height - h))
+    left = int(dx * (base.width - w))
+    top = int(dy * (base.height - h))
     image = base.crop((left, top, left + w, top + h))
     if spec["flip"]:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    draw, i = ImageDraw.Draw(image), spec["i"]
+    draw = ImageDraw.Draw(image)
+    i = spec["i"]
     draw.rectangle([bx * w * 0.8, by * h * 0.8, (bx * 0.8 + 0.1) * w, (by * 0.8 + 0.1) * h], fill=spec["colour"])
     draw.rectangle([0, 0, 15, 15], fill=(i % 256, i // 256 % 256, i // 65536 % 256))
     image.save(path, format="JPEG", quality=85)
@@ -129,8 +144,10 @@ def generate(n: int, args: argparse.Namespace) -> tuple[Path, float, int]:
     Images are written once into a pool (0..n-1, grown for a larger N); datasets are hard links into it."""
     generated = lambda folder: int((folder / ".generated").read_text()) if (folder / ".generated").is_file() else 0
     key = f"s{args.seed}-c{CLASSES}-g{GENERATOR}"
-    pool, dataset = args.work / f"pool-{key}", args.work / f"data-{args.layout}-{n}-{key}"
-    started, done = time.perf_counter(), generated(pool)
+    pool = args.work / f"pool-{key}"
+    dataset = args.work / f"data-{args.layout}-{n}-{key}"
+    started = time.perf_counter()
+    done = generated(pool)
     if generated(dataset) == n:
         return dataset, 0.0, 0
     name = [f"class_{i % CLASSES}/img_{i:06d}.jpg" for i in range(n)]
@@ -158,7 +175,8 @@ def make_project(code: Path, project: Path, dataset: Path, layout: str) -> None:
     shutil.copy2(code / "dvc.yaml", project / "dvc.yaml")
     params = yaml.safe_load((code / "params.yaml").read_text(encoding="utf-8"))
     params["data"].update(url=str(dataset), watch=str(dataset), sha256=None, layout=layout)
-    params["mode"], params["modes"] = MODE, {MODE: {**params["modes"][MODE], "epochs": 1, "cached_views": 1}}
+    params["mode"] = MODE
+    params["modes"] = {MODE: {**params["modes"][MODE], "epochs": 1, "cached_views": 1}}
     params["train"].update(epochs=1, cached_views=1, workers=0)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 

@@ -201,7 +201,8 @@ def loader_epochs(dataset, batch: int, workers: int, persistent: bool, epochs: i
     """Seconds of each epoch through the loader (a fresh one each epoch, or one for all)."""
     from transfer.training.image_batches import EpochSampler
 
-    data, times = None, []
+    data = None
+    times = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         if data is None or not persistent:

@@ -81,7 +81,8 @@ def tutorial_loaders(pre: dict) -> dict:
 
     class Files(torch.utils.data.Dataset):
         def __init__(self, split):
-            self.split, self.rows = split, read_split(split)
+            self.split = split
+            self.rows = read_split(split)
 
         def __len__(self):
             return len(self.rows.paths)
@@ -104,7 +105,8 @@ def tutorial_phase(model, loader, training: bool, criterion, optimizer, device) 
     model.train(training)
     correct = 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x = x.to(device)
+        y = y.to(device)
         with torch.set_grad_enabled(training):
             out = model(x)
             loss = criterion(out, y)

@@ -47,7 +47,8 @@ def git_dir(mirror_root: Path, name: str) -> Path:
             return candidate
     raise SystemExit(f"suite_datasets: error: no git directory of {name} under {base}")
 
-CALTECH_CLASSES, CALTECH_PER_CLASS = 20, 20
+CALTECH_CLASSES = 20
+CALTECH_PER_CLASS = 20
 CALTECH_EXCLUDED = ("BACKGROUND_Google", "Faces_easy", "brain", "garfield", "snoopy")
 # (clutter, a second copy of Faces, and classes of mostly drawings or diagrams)
 CIFAR_PER_CLASS = 50
@@ -186,9 +187,11 @@ def seeded_draw(repo: Repo, files: list[str], counts: dict[str, int], key: str,
     order = sorted(files)
     random.Random(f"{BIG_SEED}:{key}").shuffle(order)
     chosen = take(repo, order, sum(counts.values()), skipped)
-    drawn, start = {}, 0
+    drawn = {}
+    start = 0
     for split, n in counts.items():
-        drawn[split], start = chosen[start:start + n], start + n
+        drawn[split] = chosen[start:start + n]
+        start = start + n
     return drawn
 
 
@@ -237,7 +240,8 @@ DATASETS = {
 
 def describe(root: Path, layout: str) -> dict:
     counts: dict[str, dict[str, int]] = {}
-    sizes, modes = [], set()
+    sizes = []
+    modes = set()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = f.relative_to(root).parts
         split, cls = ("all", rel[0]) if layout != "imagefolder" else (rel[0], rel[1])

@@ -34,7 +34,8 @@ def unwatched(url: str, watch: str) -> str | None:
 def check_source_folder(folder: Path, source: str) -> None:
     """Refuse a folder that holds data/raw (it would copy itself into itself) or lies inside it (the
     copy replaces it)."""
-    src, raw = folder.resolve(), RAW_DIR.resolve()
+    src = folder.resolve()
+    raw = RAW_DIR.resolve()
     if src == raw or src in raw.parents:
         raise UserError(f"data.url: {source}: holds the output folder {RAW_DIR}; name a dataset folder outside it")
     if raw in src.parents:
@@ -45,7 +46,8 @@ class CappedCopy:
     """Copies files of the folder `source` until they come to more than `max_mb` MiB, then fails."""
 
     def __init__(self, source: Path, max_mb: float) -> None:
-        self.source, self.max_mb = source, max_mb
+        self.source = source
+        self.max_mb = max_mb
         self.left = max_mb * 2**20  # bytes
 
     def __call__(self, path: Path, dest: Path) -> None:
@@ -75,7 +77,8 @@ def copy_folder(source: Path, target: Path, max_mb: float) -> list[dict]:
     def copy_tree(folder: Path, dest: Path, holders: frozenset[Path]) -> None:
         dest.mkdir()
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            path, relative = Path(entry.path), Path(entry.path).relative_to(source).as_posix()
+            path = Path(entry.path)
+            relative = Path(entry.path).relative_to(source).as_posix()
             try:
                 leaving = link_leaving(path, root) if entry.is_symlink() else None
                 if leaving:

@@ -63,10 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = bf16_inference(device, params_module.mode_value(params, mode, "inference_dtype"))
     model, meta = load_checkpoint(model_file(mode), device)
     check_belongs(meta, model_file(mode), mode, read_classes())  # not another mode's or project's model
-    names, split = meta["class_names"], reporting_split()
+    names = meta["class_names"]
+    split = reporting_split()
 
     def predict(name: str):  # images read a batch at a time: memory flat in the dataset size
-        rows, images = read_split(name), StoreImages(name, meta["preprocess"])
+        rows = read_split(name)
+        images = StoreImages(name, meta["preprocess"])
         return rows, images, predict_logits(model, images, rows.labels, meta["preprocess"], device, bf16)
 
     rows, images, logits = predict(split)

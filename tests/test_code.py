@@ -197,3 +197,32 @@ def test_the_code_map_is_the_code():
     text = (ROOT / "docs" / "code-map.md").read_text(encoding="utf-8")
     documented = [line for line in text.splitlines() if line.startswith("| `stages/")]
     assert documented == code_map_rows(), "\n".join(code_map_rows())
+
+
+def reads_an_earlier_target(node: ast.Assign) -> bool:
+    """`a, b = b, a` (or `a, b = b, a + b`): a value reads a name that a target before it writes, so one
+    assignment a line would need a temporary; `a, b = x, y` with no such read is two assignments packed."""
+    def names(tree: ast.AST) -> set[str]:
+        return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+    def written(target: ast.expr) -> set[str]:
+        while isinstance(target, (ast.Attribute, ast.Subscript, ast.Starred)):
+            target = target.value  # a.b = ... or a[i] = ... changes a
+        return names(target)
+
+    targets = node.targets[0].elts
+    values = node.value.elts
+    return any(written(targets[j]) & names(values[k]) for k in range(len(values)) for j in range(min(k, len(targets))))
+
+
+def test_one_assignment_a_line():
+    """No `a, b = x, y` in stages/, transfer/ or bench/: unrelated assignments are not packed on one line
+    (unpacking a call's tuple, `a, b = f()`, is one assignment; a swap that needs the old values stays)."""
+    packed = []
+    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "transfer").rglob("*.py"),
+                        *(ROOT / "bench").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
+                    and isinstance(node.value, ast.Tuple) and not reads_an_earlier_target(node)):
+                packed.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno}")
+    assert packed == [], "packed assignments:\n" + "\n".join(packed)

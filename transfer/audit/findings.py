@@ -56,7 +56,9 @@ class Findings:
 def _split_features(images: StoreImages, model, preprocess: dict, device: torch.device,
                     out: np.ndarray, hashes: list[int]) -> None:
     """Features of one split into `out` (its rows), hashes appended: a batch of images at a time."""
-    transform, batch, fmt = eval_transform_tensor(preprocess), inference_batch(device), memory_format(device)
+    transform = eval_transform_tensor(preprocess)
+    batch = inference_batch(device)
+    fmt = memory_format(device)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for start in range(0, len(images), batch):
             decoded = list(pool.map(images.__getitem__, range(start, min(len(images), start + batch))))
@@ -76,7 +78,12 @@ def audit_data(arch: str, image_size: int | None, device: torch.device) -> Audit
     rows = {split: read_split(split) for split in SPLITS}
     total = sum(len(r.paths) for r in rows.values())
     features = np.empty((total, model.head.in_features), dtype=np.float32)
-    paths, splits, positions, labels, hashes, start = [], [], [], [], [], 0
+    paths = []
+    splits = []
+    positions = []
+    labels = []
+    hashes = []
+    start = 0
     for split, split_rows in rows.items():
         if not split_rows.paths:
             continue
@@ -107,7 +114,8 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def write_tables(data: AuditData, found: Findings, issues: Path, duplicates: Path, outliers: Path) -> None:
-    names, la = data.classes, found.labels
+    names = data.classes
+    la = found.labels
     _write_csv(issues, ["path", "split", "given", "suggested", "score", "confident"],
                ((data.paths[i], data.splits[i], names[data.labels[i]], names[s], f"{score:.4f}", int(sure))
                 for i, s, score, sure in zip(la.ranked, la.suggested, la.scores, la.confident)))

@@ -25,7 +25,10 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
         return
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
+    M_TRIM_THRESHOLD = -1
+    M_TOP_PAD = -2
+    M_MMAP_THRESHOLD = -3
+    M_MMAP_MAX = -4
     libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # the largest value glibc accepts ...
     libc.mallopt(M_MMAP_MAX, 0)  # ... and above it no mmap at all
     libc.mallopt(M_TRIM_THRESHOLD, 2**30)

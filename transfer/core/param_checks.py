@@ -131,7 +131,8 @@ def check_data(c: Checker, data: Any) -> None:
     c.number(data, "data", "val_every", kind=int, low=2)
     c.number(data, "data", "val_fraction", low=0, high=1, low_open=True, high_open=True)
     c.number(data, "data", "test_fraction", low=0, high=1, high_open=True)
-    val, test = data.get("val_fraction"), data.get("test_fraction")
+    val = data.get("val_fraction")
+    test = data.get("test_fraction")
     if _is_number(val, float) and _is_number(test, float) and 0 < val < 1 and 0 <= test < 1 <= val + test:
         c.bad("data.test_fraction", f"val_fraction + test_fraction must be < 1 (some images must train), "
                                     f"got {val} + {test}")

@@ -150,9 +150,11 @@ def declared(params: dict, keys: Iterable[str], mode: str | None = None) -> dict
     view: dict = {}
     for key in keys:
         *parents, last = key.format(mode=mode).split(".")
-        source, target = params, view
+        source = params
+        target = view
         for name in parents:
-            source, target = source[name], target.setdefault(name, {})
+            source = source[name]
+            target = target.setdefault(name, {})
         target[last] = copy.deepcopy(source[last])
     return view
 

@@ -71,7 +71,8 @@ def _held(root: Path, wait: float) -> Iterator[bool]:
         root.mkdir(parents=True, exist_ok=True)
         yield True
         return
-    deadline, fd = time.monotonic() + wait, None
+    deadline = time.monotonic() + wait
+    fd = None
     try:
         while fd is None:
             with contextlib.suppress(FileExistsError):
@@ -97,7 +98,8 @@ def _exchange(staged: Path, target: Path) -> bool:
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if os.name == "posix" else None
     if renameat2 is None:
         return False
-    at_cwd, rename_exchange = -100, 2
+    at_cwd = -100
+    rename_exchange = 2
     sys.audit("os.rename", staged, target, None, None)  # a rename, for audit hooks as os.replace raises it
     if renameat2(at_cwd, os.fsencode(staged), at_cwd, os.fsencode(target), rename_exchange) == 0:
         return True
@@ -186,7 +188,8 @@ def _publish(stage: str, root: Path, outputs: list[Path]) -> Iterator[Callable[[
     for entry in list(root.iterdir()):  # a killed run's, or the checkout's: emptied, links not followed
         remove(entry)
     _remove_left_aside(outputs)
-    new, aside = root / "new", root / "old"
+    new = root / "new"
+    aside = root / "old"
 
     def staged(path: str | os.PathLike) -> Path:
         if Path(path).as_posix() == SCRATCH:

@@ -53,7 +53,8 @@ def check_resize(size: tuple[int, int], short_side: int) -> None:
     few hundred bytes passes that limit when decoded, but at a short side of 224 px it is 67 million px
     long (15 billion pixels, tens of GB)."""
     width, height = size
-    short, long = min(width, height), max(width, height)
+    short = min(width, height)
+    long = max(width, height)
     limit = Image.MAX_IMAGE_PIXELS or DEFAULT_PIXEL_LIMIT
     resized_long = long * short_side // max(short, 1)
     if resized_long * short_side > limit:
@@ -74,10 +75,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _gray_to_8bit(img: Image.Image) -> Image.Image:
     """PIL's own conversion clips every value above 255 to white: map the value range instead."""
     if img.mode.startswith("I;16"):
-        low, high = 0, 65535
+        low = 0
+        high = 65535
     else:
         low, high = img.getextrema()
         if low >= 0:  # the smallest usual full scale that holds the values: 0..1, 8 or 16 bit
-            low, high = 0, next(top for top in (1, 255, 65535, high) if high <= top)
+            low = 0
+            high = next(top for top in (1, 255, 65535, high) if high <= top)
     scale = 255 / (high - low) if high > low else 1.0
     return img.convert("F").point(lambda v: v * scale - low * scale).convert("L")

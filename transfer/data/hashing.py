@@ -41,7 +41,8 @@ def _bucket_pairs(members: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, 
         a, b = np.triu_indices(len(members), 1)
         return members[a], members[b]
     ordered = members[np.argsort(hashes[members], kind="stable")]
-    firsts, seconds = [], []
+    firsts = []
+    seconds = []
     for offset in range(1, MAX_BUCKET + 1):
         firsts.append(ordered[:-offset])
         seconds.append(ordered[offset:])

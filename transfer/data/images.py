@@ -67,7 +67,8 @@ class StoreImages(Sequence):
     def __init__(self, split: str, preprocess: dict):
         from transfer.data.store import ImageStore
 
-        self.store, self.preprocess = ImageStore(split), preprocess
+        self.store = ImageStore(split)
+        self.preprocess = preprocess
         size = preprocess["resize_size"]
         if size > self.store.short_side:
             raise UserError(f"data/store: packed at a short side of {self.store.short_side} px, but the model's "
@@ -102,7 +103,8 @@ def load_images(split: str, preprocess: dict, budget_mb: float) -> Images:
 
 def store_splits(preprocess: dict, budget_mb: float) -> TrainData:
     """The train and val images of data/store, with their labels, within a memory budget shared by both."""
-    train, val = read_split("train"), read_split("val")
+    train = read_split("train")
+    val = read_split("val")
     share = budget_mb * len(train.paths) / max(1, len(train.paths) + len(val.paths))
     return TrainData(load_images("train", preprocess, share), train.labels,
                      load_images("val", preprocess, budget_mb - share), val.labels, preprocess)
@@ -116,7 +118,9 @@ class TensorImages(torch.utils.data.Dataset):
     on which loader worker happens to make it, how many workers there are, or a resume."""
 
     def __init__(self, images: list[torch.Tensor], labels: list[int], transform):
-        self.images, self.labels, self.transform = images, labels, transform
+        self.images = images
+        self.labels = labels
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)

@@ -118,7 +118,8 @@ def mapped_name(folder: str, mapping: dict[str, str]) -> str | None:
 def split_sources(root: Path, warnings: list[str]) -> dict[str, Path]:
     """{"train":, "val":} folders of an imagefolder dataset, and "test": when test/ sits beside a val/
     (valid/, validation/) folder; alone beside train/, test/ is the validation set."""
-    splits, sources = split_folders(root), {}
+    splits = split_folders(root)
+    sources = {}
     roles = [("train", "training", TRAIN_FOLDERS), ("val", "validation", VAL_FOLDERS)]
     if TEST_FOLDER in splits and any(name in splits for name in VAL_FOLDERS if name != TEST_FOLDER):
         roles = [roles[0], ("val", "validation", VAL_FOLDERS[:-1]), ("test", "test", (TEST_FOLDER,))]

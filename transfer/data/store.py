@@ -77,7 +77,10 @@ class ShardWriter:
     where each member's bytes lie: `members` is [shard number, offset of the data, size] per image."""
 
     def __init__(self, folder: Path, split: str, encoding: str, limit_bytes: int):
-        self.folder, self.split, self.encoding, self.limit = folder, split, encoding, limit_bytes
+        self.folder = folder
+        self.split = split
+        self.encoding = encoding
+        self.limit = limit_bytes
         self.members: list[list[int]] = []
         self.shards: list[dict] = []  # {"name", "bytes"}, filled in as each shard is closed
         self._tar: tarfile.TarFile | None = None
@@ -87,7 +90,10 @@ class ShardWriter:
         if self._tar is None or (self._in_shard and self._closed_size(len(data)) > self.limit):
             self._next_shard()
         info = tarfile.TarInfo(f"{len(self.members):08d}.{EXTENSIONS[self.encoding]}")
-        info.size, info.mtime, info.mode, info.type = len(data), 0, 0o644, tarfile.REGTYPE
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.type = tarfile.REGTYPE
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         header = info.tobuf(tarfile.USTAR_FORMAT, self._tar.encoding, self._tar.errors)
@@ -154,7 +160,8 @@ class ImageStore:
     main process, with one line."""
 
     def __init__(self, split: str, root: str | os.PathLike = STORE_DIR, split_dir: str | os.PathLike = SPLIT_DIR):
-        self.split, self.root = split, Path(root)
+        self.split = split
+        self.root = Path(root)
         index = read_index(self.root)
         where = self.root / STORE_INDEX.name
         for name, digest in split_digests(Path(split_dir)).items():
@@ -163,7 +170,8 @@ class ImageStore:
         if split not in index["splits"]:
             raise UserError(f"{where}: has no split {split!r} (has: {', '.join(index['splits'])}); {REPACK}")
         entry = index["splits"][split]
-        self.short_side, self.interpolation = index["short_side"], index["interpolation"]
+        self.short_side = index["short_side"]
+        self.interpolation = index["interpolation"]
         self.encoding = index["encoding"]
         self._shards = [self.root / shard["name"] for shard in entry["shards"]]
         for shard, expected in zip(self._shards, (s["bytes"] for s in entry["shards"])):
@@ -172,7 +180,8 @@ class ImageStore:
             if shard.stat().st_size != expected:
                 raise UserError(f"{shard}: truncated or changed ({shard.stat().st_size} bytes, "
                                 f"{where.name} says {expected}); {REPACK}")
-        members, labels = entry["members"], entry["labels"]
+        members = entry["members"]
+        labels = entry["labels"]
         if not len(members) == len(labels) == len(entry["paths"]) == entry["count"]:
             raise UserError(f"{where}: {split} lists {entry['count']} images but {len(members)} members, "
                             f"{len(labels)} labels, {len(entry['paths'])} paths; {REPACK}")
@@ -208,7 +217,9 @@ class ImageStore:
         if not -len(self) <= i < len(self):
             raise IndexError(f"image {i} of a split of {len(self)}")
         i %= len(self)
-        shard, offset, size = int(self._shard_of[i]), int(self._offset[i]), int(self._size[i])
+        shard = int(self._shard_of[i])
+        offset = int(self._offset[i])
+        size = int(self._size[i])
         data = os.pread(self._fd(shard), size, offset)
         if len(data) != size:
             raise UserError(f"{self._where(i)}: truncated ({len(data)} of {size} bytes); {REPACK}")
@@ -245,7 +256,8 @@ class ImageStore:
         return fd
 
     def _close(self) -> None:
-        fds, self._fds = self._fds, {}
+        fds = self._fds
+        self._fds = {}
         for fd in fds.values():
             os.close(fd)
 

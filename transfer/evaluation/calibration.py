@@ -33,7 +33,8 @@ def fit_temperature(logits: torch.Tensor, labels: list[int] | torch.Tensor) -> f
     log T (scipy's minimize_scalar), exact to a relative 1e-6."""
     from scipy.optimize import minimize_scalar
 
-    logits, labels = logits.double(), torch.as_tensor(labels)
+    logits = logits.double()
+    labels = torch.as_tensor(labels)
     result = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=LOG_T_BOUNDS,
                              method="bounded", options={"xatol": LOG_T_TOLERANCE})
     return math.exp(float(result.x))

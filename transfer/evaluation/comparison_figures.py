@@ -38,9 +38,11 @@ def plot_accuracy_time(summary: dict[str, dict]) -> Figure:
     colors = [f"C{i % 10}" for i in range(len(modes))]
     fig = Figure(figsize=(max(8.0, 2.4 * len(modes)), 4.5), dpi=DPI)
     acc_ax, time_ax = fig.subplots(1, 2)
-    rows, split = [summary[m] for m in modes], summary[modes[0]]["evaluated_on"]
+    rows = [summary[m] for m in modes]
+    split = summary[modes[0]]["evaluated_on"]
     accuracies = [row["accuracy"] for row in rows]
-    lows, highs = [row["accuracy_ci"][0] for row in rows], [row["accuracy_ci"][1] for row in rows]
+    lows = [row["accuracy_ci"][0] for row in rows]
+    highs = [row["accuracy_ci"][1] for row in rows]
     # Dots with their 95% intervals on an axis spanning the intervals: the overlaps are what to read.
     acc_ax.errorbar(modes, accuracies, yerr=[[a - lo for a, lo in zip(accuracies, lows)],
                                             [hi - a for a, hi in zip(accuracies, highs)]],
@@ -72,12 +74,15 @@ COST_AXIS = {"train_seconds": "train time (s)", "latency_ms": "ms an image at ba
 def plot_accuracy_cost(summary: dict) -> Figure:
     """Every candidate's reporting accuracy with its 95% interval against its cost (log scale): filled
     where the selection split ties it with the best, a star on the recommended one, hollow where worse."""
-    rows, verdict = summary["modes"], summary["verdict"]
-    measure, costs = verdict["cost"], verdict["costs"]
+    rows = summary["modes"]
+    verdict = summary["verdict"]
+    measure = verdict["cost"]
+    costs = verdict["costs"]
     fig = Figure(figsize=(7.5, 5), dpi=DPI)
     ax = fig.subplots()
     for index, (mode, row) in enumerate(rows.items()):
-        x, y = max(costs[mode], 1e-9), row["correct"] / row["images"]  # the count its interval is of
+        x = max(costs[mode], 1e-9)
+        y = row["correct"] / row["images"]  # the count its interval is of
         low, high = row["accuracy_ci"]
         color = f"C{index % 10}"
         ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="none", ecolor=color, capsize=5, alpha=0.7)

@@ -52,7 +52,8 @@ def timing_inputs(split: str, preprocess: dict) -> tuple[np.ndarray, np.ndarray]
 
 def right_or_wrong(path: Path, split: str, preprocess: dict) -> list[bool]:
     """The ONNX file's right (True) or wrong on every image of `split`."""
-    model, rows = OnnxClassifier(path), read_split(split)
+    model = OnnxClassifier(path)
+    rows = read_split(split)
     correct: list[bool] = []
     for x, y in eval_batches(StoreImages(split, preprocess), rows.labels, preprocess, THROUGHPUT_BATCH):
         correct += (model.probabilities(x).argmax(1) == y).tolist()
@@ -61,7 +62,8 @@ def right_or_wrong(path: Path, split: str, preprocess: dict) -> list[bool]:
 
 def table(report: dict) -> str:
     """results/deploy.md: a row per file (size, latency, throughput, accuracy) and the verdict."""
-    gate, host = report["int8"], report["machine"]
+    gate = report["int8"]
+    host = report["machine"]
     accuracies = {EXPORTED_ONNX.as_posix(): gate["accuracy"]["float"],
                   EXPORTED_INT8.as_posix(): gate["accuracy"]["int8"]} if "accuracy" in gate else {}
     lines = [f"# Deployment: size and speed on {host['cpu']} ({host['cpu_cores']} cores, {host['threads']} thread "
@@ -69,7 +71,8 @@ def table(report: dict) -> str:
              f"| file | published | MB | latency batch 1, median / p95 (ms) | images/s at batch {THROUGHPUT_BATCH} "
              f"| {report['evaluated_on']} accuracy [95% interval] |", "|---|---|---:|---:|---:|---:|"]
     for row in report["files"]:
-        lat, acc = row["latency_batch_1"], accuracies.get(row["file"])
+        lat = row["latency_batch_1"]
+        acc = accuracies.get(row["file"])
         shown = f"{acc['correct']}/{acc['total']} = {acc['accuracy']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]" \
             if acc else ""
         lines.append(f"| {row['file']} | {'yes' if row['published'] else 'no'} | {row['megabytes']:.2f} | "
@@ -118,8 +121,10 @@ def publish(staged: Callable[[Path], Path], source: Path, calibration_images: in
     from transfer.models.checkpoints import load_checkpoint
 
     model, meta = load_checkpoint(source, device="cpu")
-    preprocess, split = meta["preprocess"], reporting_split()
-    float_path, candidate = staged(EXPORTED_ONNX), staged(SCRATCH) / EXPORTED_INT8.name
+    preprocess = meta["preprocess"]
+    split = reporting_split()
+    float_path = staged(EXPORTED_ONNX)
+    candidate = staged(SCRATCH) / EXPORTED_INT8.name
     image, batch = timing_inputs(split, preprocess)
     if not calibration_images:
         result = unquantized_report(model, source, float_path, image, batch, "export.calibration_images is 0")
@@ -151,7 +156,8 @@ def finish(staged: Callable[[Path], Path], result: dict, split: str, candidate: 
 
 def accuracy(correct: Sequence[bool]) -> dict:
     """Images right of all, the accuracy and its 95% Wilson interval."""
-    right, total = int(sum(correct)), len(correct)
+    right = int(sum(correct))
+    total = len(correct)
     low, high = wilson_interval(right, total)
     return {"correct": right, "total": total, "accuracy": right / total if total else 0.0, "low": low, "high": high}
 
@@ -165,7 +171,8 @@ def verdict(float_correct: Sequence[bool], int8_correct: Sequence[bool],
     faster_pairs = sum(i < f for f, i in zip(float_seconds, int8_seconds, strict=True))
     slower_pairs = sum(i > f for f, i in zip(float_seconds, int8_seconds, strict=True))
     sign_p = mcnemar_exact(faster_pairs, slower_pairs)
-    float_median, int8_median = float(np.median(float_seconds)), float(np.median(int8_seconds))
+    float_median = float(np.median(float_seconds))
+    int8_median = float(np.median(int8_seconds))
     faster = int8_median < float_median and faster_pairs > slower_pairs and sign_p < alpha
     return {"kept": bool(faster and not worse), "not_significantly_worse": not worse, "measurably_faster": bool(faster),
             "alpha": alpha,
@@ -178,7 +185,8 @@ def verdict(float_correct: Sequence[bool], int8_correct: Sequence[bool],
 
 def verdict_line(result: dict) -> str:
     """One line: kept, or which rule failed, with the numbers."""
-    acc, speed = result["accuracy"], result["latency_pairs"]
+    acc = result["accuracy"]
+    speed = result["latency_pairs"]
     accuracy_text = (f"{acc['int8']['correct']} vs {acc['float']['correct']} of {acc['float']['total']} right "
                      f"(only int8 {acc['only_int8_right']}, only float {acc['only_float_right']}, McNemar "
                      f"{format_p(acc['p'])})")

@@ -34,7 +34,8 @@ def error_grid(images: Images, labels: list[int], probs: torch.Tensor, names: li
     if model is not None and preprocess is not None:
         maps = overlaid_maps(model, preprocess, [images[i] for i in shown], [predicted[i] for i in shown])
         if maps:
-            pictures, title = maps, f"{title}; Grad-CAM of the predicted class"
+            pictures = maps
+            title = f"{title}; Grad-CAM of the predicted class"
     return image_grid(pictures,
                       [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in shown],
                       colors=[WRONG_COLOR] * len(shown), columns=4, title=title)

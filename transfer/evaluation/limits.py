@@ -37,9 +37,11 @@ def baseline(split_counts: dict, reporting: str, scores: dict[str, dict], alpha:
     almost every image, so McNemar's discordant pairs are nearly all the images and it asks the same
     question; the binomial needs only counts and says "more than that rate would give by chance".
     Holm-corrected across the modes."""
-    train, seen = split_counts["train"], split_counts[reporting]
+    train = split_counts["train"]
+    seen = split_counts[reporting]
     majority = max(range(len(train)), key=lambda label: (train[label], -label))  # the first on ties
-    correct, images = seen[majority], sum(seen)
+    correct = seen[majority]
+    images = sum(seen)
     for mode, score in scores.items():
         if score["total"] != images:
             raise UserError(f"metrics/data.json counts {images} {reporting} images, mode {mode} was scored on "
@@ -63,7 +65,8 @@ def selection_check(split_counts: dict, reporting: str, val_scores: dict[str, di
     across the splits and a different class mix (chi-square of train + val against test)."""
     if reporting != "test":
         return {"note": NO_TEST_SPLIT, "modes": {}, "disagree": []}
-    modes, raw = {}, {}
+    modes = {}
+    raw = {}
     for mode, val in val_scores.items():
         if not val or "correct" not in val or "images" not in val:
             raise UserError(f"metrics/{mode}.json: lacks val's correct and images beside test's; "
@@ -89,7 +92,8 @@ def _share(correct: int, images: int) -> str:
 def baseline_lines(summary: dict) -> list[str]:
     """The summary's paragraphs on the baseline: a loud warning first when the recommended mode is not
     above it, then the baseline itself and which modes it does not beat."""
-    base, split = summary["baseline"], summary["reporting"]
+    base = summary["baseline"]
+    split = summary["reporting"]
     pick = summary["verdict"]["recommended"]
     low, high = base["accuracy_ci"]
     said = (f"Baseline: always answering {base['class']} (the most common training class) gets "

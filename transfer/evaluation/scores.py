@@ -71,9 +71,12 @@ def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> di
     predicted = probs.argmax(1).numpy()
     k = len(names)
     matrix = np.bincount(actual * k + predicted, minlength=k * k).reshape(k, k)
-    hits, support, predicted_counts = np.diag(matrix), matrix.sum(1), matrix.sum(0)
+    hits = np.diag(matrix)
+    support = matrix.sum(1)
+    predicted_counts = matrix.sum(0)
     ratio = lambda a, b: np.divide(a, b, out=np.zeros(k), where=b > 0)
-    precision, recall = ratio(hits, predicted_counts), ratio(hits, support)
+    precision = ratio(hits, predicted_counts)
+    recall = ratio(hits, support)
     f1 = ratio(2 * hits, support + predicted_counts)
     return {
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
@@ -86,7 +89,8 @@ def class_scores(probs: torch.Tensor, labels: list[int], names: list[str]) -> di
 def intervals(probs: torch.Tensor, labels: list[int], names: list[str]) -> dict:
     """95% intervals of the headline scores: Wilson for accuracy (a count of images), a bootstrap over
     images for balanced accuracy and macro F1."""
-    actual, predicted = np.array(labels), probs.argmax(1).numpy()
+    actual = np.array(labels)
+    predicted = probs.argmax(1).numpy()
     macro_f1 = lambda a, p: stats.macro_f1(a, p, classes=len(names))
     return {"accuracy_ci": list(stats.wilson_interval(int((predicted == actual).sum()), len(labels))),
             "balanced_accuracy_ci": list(stats.bootstrap_interval(actual, predicted, stats.balanced_accuracy)),

@@ -48,7 +48,8 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     if n == 0:
         return 1.0
     smaller = min(only_a, only_b)
-    term, tail = 1, 1  # C(n, 0)
+    term = 1  # C(n, 0)
+    tail = 1
     for k in range(smaller):
         term = term * (n - k) // (k + 1)  # C(n, k + 1), exact
         tail += term
@@ -91,7 +92,8 @@ def _accuracies(modes: dict[str, Sequence[bool]]) -> dict[str, dict]:
         raise ValueError(f"every mode must be scored on the same images, got counts {totals}")
     scores = {}
     for name, correct in modes.items():
-        right, total = int(np.sum(np.asarray(correct, dtype=bool))), totals[name]
+        right = int(np.sum(np.asarray(correct, dtype=bool)))
+        total = totals[name]
         low, high = wilson_interval(right, total)
         scores[name] = {"correct": right, "total": total, "accuracy": right / total if total else 0.0,
                         "low": low, "high": high}
@@ -167,14 +169,17 @@ def detectable_difference(total: int, alpha: float = 0.05, power: float = 0.8,
     psi = DEFAULT_DISCORDANT_FRACTION if discordant_fraction is None else discordant_fraction
     if not 0 < psi <= 1:
         raise ValueError(f"discordant_fraction must be in (0, 1], got {psi}")
-    z_alpha, z_power = _z(alpha / 2), _z(1 - power)
+    z_alpha = _z(alpha / 2)
+    z_power = _z(1 - power)
 
     def needed(d: float) -> float:
         return (z_alpha * math.sqrt(psi) + z_power * math.sqrt(max(0.0, psi - d * d))) ** 2 / (d * d)
 
     if total <= 0 or needed(psi) > total:
         return math.inf
-    low, high = 0.0, psi  # needed() falls as d grows: needed(low) > total >= needed(high)
+    # needed() falls as d grows: needed(low) > total >= needed(high)
+    low = 0.0
+    high = psi
     for _ in range(100):
         middle = (low + high) / 2
         if needed(middle) > total:
@@ -188,7 +193,8 @@ def bootstrap_interval(actual: Sequence[int], predicted: Sequence[int], metric: 
                        samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of metric(actual, predicted) over images, for scores with no closed
     form (balanced accuracy, macro F1): resample the images with replacement `samples` times."""
-    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    actual = np.asarray(actual)
+    predicted = np.asarray(predicted)
     if actual.shape != predicted.shape or actual.ndim != 1:
         raise ValueError(f"need one prediction per image, got {actual.shape} and {predicted.shape}")
     if len(actual) == 0:

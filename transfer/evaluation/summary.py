@@ -56,15 +56,20 @@ def and_list(items: list[str]) -> str:
 
 def choice_sentence(summary: dict) -> str:
     """Which candidates the selection split cannot tell apart and which of them to use, by what cost."""
-    verdict, rows = summary["verdict"], summary["modes"]
-    tied, pick = [mode for mode in rows if mode in verdict["tied"]], verdict["recommended"]  # in params order
-    right, images, split = verdict["selection_correct"], verdict["selection_images"], verdict["selected_on"]
+    verdict = summary["verdict"]
+    rows = summary["modes"]
+    tied = [mode for mode in rows if mode in verdict["tied"]]  # in params order
+    pick = verdict["recommended"]
+    right = verdict["selection_correct"]
+    images = verdict["selection_images"]
+    split = verdict["selected_on"]
     if len(rows) == 1:
         return f"{pick} is the only mode ({counts(right, images, tied)}); nothing to compare it with."
     if len(tied) == 1:
         return (f"{pick} is significantly better on {split} than every other mode "
                 f"({counts(right, images, tied)}); use it.")
-    measure, costs = verdict["cost"], verdict["costs"]
+    measure = verdict["cost"]
+    costs = verdict["costs"]
     closest = min(pair["p_holm"] for pair in verdict["pairs"] if pair["a"] in tied and pair["b"] in tied)
     others = [mode for mode in tied if mode != pick]
     text = (f"{and_list(tied)} are tied on {split} ({counts(right, images, tied)}, {stats.format_p(closest)} for the "
@@ -78,8 +83,11 @@ def choice_sentence(summary: dict) -> str:
 
 def price_sentence(summary: dict) -> str:
     """What the pick saves and gives up against the most accurate candidate on the reporting split."""
-    found, pick = summary["verdict"]["price"], summary["verdict"]["recommended"]
-    best, split, rows = found["most_accurate"], found["split"], summary["modes"]
+    found = summary["verdict"]["price"]
+    pick = summary["verdict"]["recommended"]
+    best = found["most_accurate"]
+    split = found["split"]
+    rows = summary["modes"]
     if best == pick:
         return f" {pick} is also the most accurate on {split}."
     low, high = found["difference_ci"]
@@ -92,7 +100,8 @@ def price_sentence(summary: dict) -> str:
 def test_sentence(summary: dict) -> str:
     """With a test split: what the tests on test (which only report) find, and where they separate
     candidates val could not."""
-    on_test, tied_on_val = summary["verdict"].get("on_test"), summary["verdict"]["tied"]
+    on_test = summary["verdict"].get("on_test")
+    tied_on_val = summary["verdict"]["tied"]
     if on_test is None:
         return ""
     if not on_test["worse"]:
@@ -112,11 +121,15 @@ def verdict_sentences(summary: dict) -> str:
     """The summary's opening: which modes the selection split cannot tell apart, which of them to use
     and what it costs against the most accurate, which are worse, what test finds, and how big a
     difference val's images could show."""
-    verdict, rows = summary["verdict"], summary["modes"]
-    right, images, split = verdict["selection_correct"], verdict["selection_images"], verdict["selected_on"]
+    verdict = summary["verdict"]
+    rows = summary["modes"]
+    right = verdict["selection_correct"]
+    images = verdict["selection_images"]
+    split = verdict["selected_on"]
     text = choice_sentence(summary)
     for worse in verdict["worse"]:
-        mode, by = worse["mode"], worse["beaten_by"]
+        mode = worse["mode"]
+        by = worse["beaten_by"]
         text += (f" {mode} is worse on {split} ({right[mode]}/{images} against {by}'s {right[by]}/{images}, "
                  f"{stats.format_p(worse['p_holm'])}).")
     if len(rows) > 1:

@@ -57,12 +57,14 @@ def unsure_report(val: dict[str, np.ndarray], reported: dict[str, np.ndarray], t
         raise UserError(f"params.yaml: export.target_accuracy: {target} is reached at no threshold on val "
                         f"(at best {best:.4f}, on its most confident images); lower it, or null for off")
     if split == "val":
-        kept, right = 0, 0
+        kept = 0
+        right = 0
         first, second = halves(len(val["confidence"]))
         for choose_on, score_on in ((first, second), (second, first)):
             half = choose_threshold(val["confidence"][choose_on], val["correct"][choose_on], target)
             counts = kept_counts(reported["confidence"][score_on], reported["correct"][score_on], half)
-            kept, right = kept + counts[0], right + counts[1]
+            kept = kept + counts[0]
+            right = right + counts[1]
         scored_by = ("cross-fitting: each half of val scored with the threshold chosen on the other half "
                      f"(seed {CROSS_FIT_SEED})")
     else:
@@ -82,7 +84,8 @@ def parse_confidences(data: bytes, where: str) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{where}: not a predictions CSV ({err})") from None
-    confidence, correct = [], []
+    confidence = []
+    correct = []
     for number, row in enumerate(rows, start=2):
         try:
             value = float(row["confidence"])

@@ -71,7 +71,8 @@ def paired_latency(run_a: Runner, run_b: Runner, image: np.ndarray, runs: int = 
     for _ in range(WARMUP_RUNS):
         run_a(image)
         run_b(image)
-    times_a, times_b = [], []
+    times_a = []
+    times_b = []
     for index in range(runs):
         if index % 2:
             times_b.append(seconds(run_b, image))

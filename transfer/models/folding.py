@@ -74,7 +74,8 @@ def fold_batchnorm(model: nn.Module, image_size: int) -> int:
 
 def conv_batchnorm_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
     """(conv, BatchNorm) pairs where the BatchNorm's input is the conv's output, found in one forward pass."""
-    conv_outputs, pairs = {}, []
+    conv_outputs = {}
+    pairs = []
 
     def after_conv(conv, _inputs, out):
         conv_outputs[id(out)] = (conv, out)  # the tensor is kept, so its id is not reused in this pass

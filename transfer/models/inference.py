@@ -48,7 +48,8 @@ def classify(model, meta: dict, files: list[Path], top_k: int, min_confidence: f
     names = meta["class_names"]
     results: list[dict] = []
     for start in range(0, len(files), BATCH_SIZE):
-        batch, tensors = [], []
+        batch = []
+        tensors = []
         for path in files[start:start + BATCH_SIZE]:
             result = {"path": str(path)}
             try:

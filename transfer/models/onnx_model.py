@@ -25,9 +25,11 @@ from transfer.models.checkpoints import (
 
 FORMAT = "transfer-pipeline onnx 1"
 OPSET = 17
-INPUT, OUTPUT = "image", "probabilities"
+INPUT = "image"
+OUTPUT = "probabilities"
 # The metadata fields predict reads: plain strings, and JSON ones.
-TEXT_FIELDS, JSON_FIELDS = ("arch", "mode"), ("class_names", "classes", "preprocess")
+TEXT_FIELDS = ("arch", "mode")
+JSON_FIELDS = ("class_names", "classes", "preprocess")
 # JSON fields a file of an earlier version lacks: the temperature (already in the graph: informative) and
 # the unsure threshold.
 OPTIONAL_JSON_FIELDS = tuple(CALIBRATION_DEFAULTS)
@@ -56,7 +58,8 @@ class Calibrated(nn.Module):
 
     def __init__(self, model: nn.Module, temperature: float):
         super().__init__()
-        self.model, self.temperature = model, float(temperature)
+        self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(x).float() / self.temperature, dim=1)
@@ -85,7 +88,9 @@ def check_parity(model: nn.Module, path: Path, batches: Iterable[torch.Tensor],
     `temperature` on `batches`; one line if the difference exceeds MAX_PROBABILITY_DIFFERENCE or the top-1
     class differs on any image."""
     session = OnnxClassifier(path)
-    count, largest, disagree = 0, 0.0, 0
+    count = 0
+    largest = 0.0
+    disagree = 0
     for x in batches:
         with torch.inference_mode():
             expected = torch.softmax(model(x).float() / temperature, dim=1)
@@ -154,7 +159,8 @@ def read_metadata(path: Path, session) -> dict:
     props = session.get_modelmeta().custom_metadata_map
     if props.get("format") != FORMAT:
         raise UserError(f"{path}: not an ONNX model of this pipeline (no {FORMAT!r} format tag)")
-    meta, problems = {}, []
+    meta = {}
+    problems = []
     for field in TEXT_FIELDS + JSON_FIELDS + OPTIONAL_JSON_FIELDS:
         if field in OPTIONAL_JSON_FIELDS and field not in props:
             continue
@@ -178,7 +184,8 @@ def read_metadata(path: Path, session) -> dict:
 def graph_problems(session, meta: dict) -> list[str]:
     """The network's input and output against the metadata: images of preprocess.image_size, one
     probability per class name."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    inputs = session.get_inputs()
+    outputs = session.get_outputs()
     if [i.name for i in inputs] != [INPUT] or [o.name for o in outputs] != [OUTPUT]:
         return [f"graph: takes {shown([i.name for i in inputs])} and gives {shown([o.name for o in outputs])}, "
                 f"not [{INPUT!r}] and [{OUTPUT!r}]"]

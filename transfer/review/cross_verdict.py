@@ -38,7 +38,9 @@ def commit_of(rev: str) -> str | None:
 def experiment_commits(document) -> tuple[list[tuple[str, str]], dict[str, str], dict[str, str]]:
     """([(name, commit)] of the baselines, {name: commit} of the finished experiments, {name: state} of
     the others) in `dvc exp show --json` (DVC 3); a commit that is not 40 hex digits is no commit."""
-    baselines, finished, pending = [], {}, {}
+    baselines = []
+    finished = {}
+    pending = {}
     for baseline in document if isinstance(document, list) else []:
         if not isinstance(baseline, dict) or not COMMIT.fullmatch(str(baseline.get("rev"))):
             continue  # the workspace row, or junk
@@ -46,7 +48,8 @@ def experiment_commits(document) -> tuple[list[tuple[str, str]], dict[str, str],
         for exp in baseline.get("experiments") or []:
             revs = exp.get("revs") if isinstance(exp, dict) else None
             rev = revs[0] if isinstance(revs, list) and revs and isinstance(revs[0], dict) else {}
-            name, state = str(exp.get("name") or rev.get("name")), (exp.get("executor") or {}).get("state")
+            name = str(exp.get("name") or rev.get("name"))
+            state = (exp.get("executor") or {}).get("state")
             if state in FINISHED and not rev.get("error") and COMMIT.fullmatch(str(rev.get("rev"))):
                 finished.setdefault(name, rev["rev"])  # newest first: a reused name is its newest run
             else:
@@ -146,7 +149,8 @@ def planned_modes(commit: str, name: str) -> list[str]:
 def candidates(revisions: list[tuple[str, str]]) -> tuple[dict[str, dict], list[str]]:
     """({`<name>:<mode>`: {rev, commit, mode, arch, train_seconds, latency_ms, predictions}}, a line for
     each mode left out: params.yaml names it but its predictions or train seconds are not committed)."""
-    found, skipped = {}, []
+    found = {}
+    skipped = []
     for name, commit in revisions:
         tables = committed_predictions(commit)
         for mode in sorted(set(tables) | set(planned_modes(commit, name))):
@@ -221,7 +225,8 @@ def verdict_markdown(data: dict) -> str:
     """The verdict as a few Markdown lines: how it was tested, tied, recommended, worse, left out."""
     what, unit = UNITS[data["cost"]]
     costs = {label: unit.format(row[data["cost"]]) for label, row in data["accuracy"].items()}
-    tied, best = data["tied"], data["recommended"]
+    tied = data["tied"]
+    best = data["recommended"]
     intro = (f"{plural(len(data['accuracy']), 'candidate')} of {', '.join(data['revisions'])} on the same "
              f"{data['images']} images: exact McNemar test on every pair, Holm-corrected over "
              f"{plural(len(data['pairs']), 'pair')}; the cheapest by {what}"

@@ -163,7 +163,8 @@ def line_axes(node) -> tuple[str, str, str | None] | None:
     if not isinstance(node, dict):
         return None
     enc = node.get("encoding", {})
-    x, y = enc.get("x", {}), enc.get("y", {})
+    x = enc.get("x", {})
+    y = enc.get("y", {})
     if x.get("type") == "quantitative" and y.get("type") == "quantitative" and "field" in x and "field" in y:
         color = enc.get("color", {}).get("field")
         return x["field"], y["field"], color if color != "rev" else None

@@ -58,7 +58,8 @@ def committed_predictions(rev: str) -> dict[str, Table]:
     tables = {}
     for line in (listing or "").splitlines():
         info, _, path = line.partition("\t")
-        kind, size = info.split()[0], info.split()[-1]
+        kind = info.split()[0]
+        size = info.split()[-1]
         match = MODE_FILE.fullmatch(path.removeprefix(f"{PREDICTIONS}/"))
         if match is None:
             continue
@@ -76,7 +77,8 @@ def committed_predictions(rev: str) -> dict[str, Table]:
 # ---------------------------------------------------------------------------------------------- testing
 
 def score(table: Table) -> dict:
-    right, images = sum(table.values()), len(table)
+    right = sum(table.values())
+    images = len(table)
     return {"correct": right, "images": images, "interval": list(wilson_interval(right, images))}
 
 
@@ -121,7 +123,8 @@ def mode_line(mode: str, result: dict) -> str:
         return f"- {mode}: new in head, {result['head']['correct']}/{result['head']['images']} right."
     if status == "removed":
         return f"- {mode}: removed in head (was {result['base']['correct']}/{result['base']['images']} right)."
-    old, new = result["base"], result["head"]
+    old = result["base"]
+    new = result["head"]
     counts = f"- {mode}: {old['correct']}/{old['images']} -> {new['correct']}/{new['images']}"
     if status == "not paired":
         return (f"{counts}: not paired (the reporting images differ: a new split), so not tested; 95% Wilson "

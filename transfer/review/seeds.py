@@ -39,9 +39,11 @@ def t_quantile(p: float, df: int) -> float:
         inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
         return 0.5 + (density(0.0) + inner + density(x)) * h / 3
 
-    low, high = 0.0, 1.0
+    low = 0.0
+    high = 1.0
     while cdf(high) < p:
-        low, high = high, 2 * high
+        low = high
+        high = 2 * high
     for _ in range(50):
         middle = (low + high) / 2
         low, high = (middle, high) if cdf(middle) < p else (low, middle)
@@ -51,7 +53,8 @@ def t_quantile(p: float, df: int) -> float:
 def spread(values: list[float], confidence: float = CONFIDENCE) -> dict:
     """{seeds, mean, std, low, high}: the mean, the sample standard deviation and the t interval of the
     mean; std and the interval are None for one value (one seed shows no spread)."""
-    n, mean = len(values), statistics.fmean(values)
+    n = len(values)
+    mean = statistics.fmean(values)
     if n < 2:
         return {"seeds": n, "mean": mean, "std": None, "low": None, "high": None}
     std = statistics.stdev(values)
@@ -88,7 +91,9 @@ def _experiment(exp: dict) -> dict | None:
 def experiments(document) -> tuple[list[str], list[dict], int]:
     """(the baselines' revisions, every finished experiment newest first, how many are not finished)
     of `dvc exp show --json`; the workspace row is no experiment."""
-    baselines, found, pending = [], [], 0
+    baselines = []
+    found = []
+    pending = 0
     for baseline in document if isinstance(document, list) else []:
         if not isinstance(baseline, dict) or baseline.get("rev") in (None, "workspace"):
             continue

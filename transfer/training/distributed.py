@@ -34,7 +34,9 @@ def own_totals(*sums: float) -> tuple[float, ...]:
 
 class OneProcess:
     """A run in one process: nothing to share, split or gather."""
-    world_size, rank, is_main = 1, 0, True
+    world_size = 1
+    rank = 0
+    is_main = True
     weight = 1.0  # this process's share of the current global batch, relative to an equal share
 
     def __init__(self, device: torch.device | None = None):
@@ -63,7 +65,9 @@ class Processes(OneProcess):
 
     def __init__(self, device: torch.device, rank: int, world_size: int):
         super().__init__(device)
-        self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
+        self.rank = rank
+        self.world_size = world_size
+        self.is_main = rank == 0
 
     def share(self, count: int) -> range:
         size = -(-count // self.world_size)

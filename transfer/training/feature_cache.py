@@ -24,7 +24,9 @@ from transfer.training.phase_run import Batch, PhaseRun, drops_last, epoch_seed,
 class CachedFeatures:
     def __init__(self, encoder: nn.Module, rest: nn.Module, run: PhaseRun, first_epoch: int):
         started = time.perf_counter()
-        self.module, self.run, self.first_epoch = rest, run, first_epoch
+        self.module = rest
+        self.run = run
+        self.first_epoch = first_epoch
         phase = run.phase
         views = phase.cached_views if phase.augment.is_random() else 1  # without randomness, one view is all
         self.train_feats, self.val_feats = cached_features(encoder, run, views, phase.memory_budget_mb)
@@ -59,7 +61,10 @@ class DiskRows:
     memory holds a batch of them, never the whole cache."""
 
     def __init__(self, file, first: int, count: int, row_shape: tuple[int, ...]):
-        self.file, self.first, self.count, self.row_shape = file, first, count, tuple(row_shape)
+        self.file = file
+        self.first = first
+        self.count = count
+        self.row_shape = tuple(row_shape)
         self.row_bytes = math.prod(self.row_shape) * 2
         self.shape = (count, *self.row_shape)
 
@@ -84,7 +89,9 @@ class FeatureSink:
     RESUME_DIR (gone when the process ends, even when killed). Never more than one batch in float32."""
 
     def __init__(self, rows: int, budget_mb: float):
-        self.rows, self.budget, self.filled = rows, budget_mb * 2**20, 0
+        self.rows = rows
+        self.budget = budget_mb * 2**20
+        self.filled = 0
         self.memory: torch.Tensor | None = None
         self.file = None
 
@@ -105,7 +112,8 @@ class FeatureSink:
             self.memory = torch.empty(self.rows, *row_shape, dtype=dtype)
         else:
             check_no_links(RESUME_DIR).mkdir(parents=True, exist_ok=True)
-            self.file, self.row_shape = tempfile.TemporaryFile(dir=RESUME_DIR), tuple(row_shape)
+            self.file = tempfile.TemporaryFile(dir=RESUME_DIR)
+            self.row_shape = tuple(row_shape)
 
     def rows_of(self, first: int, count: int):
         if self.file is not None:
@@ -122,7 +130,9 @@ def cached_features(encoder: nn.Module, run: PhaseRun, views: int, budget_mb: fl
     make the views one process makes. Kept as FeatureSink decides by `budget_mb`: tensors in memory
     ([views, N, ...] and [N_val, ...]) or DiskRows."""
     encoder.eval()
-    data, device, strategy = run.data, run.device, run.strategy
+    data = run.data
+    device = run.device
+    strategy = run.strategy
     batch = inference_batch(device)
     transform = train_transform(data.preprocess, run.phase.augment)
     views_of = TensorImages(data.train_images, data.train_labels, transform)  # a key (index, seed): one view
@@ -161,7 +171,8 @@ class ImageRange(Sequence):
     """images[start:stop] of a list or of images read on access, without reading any."""
 
     def __init__(self, images: Images, span: range):
-        self.images, self.span = images, span
+        self.images = images
+        self.span = span
 
     def __len__(self) -> int:
         return len(self.span)

@@ -20,7 +20,9 @@ class EpochSampler(torch.utils.data.Sampler):
     alive, then serves every epoch of a phase, and any epoch is the same in a resumed run."""
 
     def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -36,8 +38,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
 class AugmentedImages:
     def __init__(self, model: TransferNet, run: PhaseRun):
-        self.module, self.run = model, run
-        data, phase = run.data, run.phase
+        self.module = model
+        self.run = run
+        data = run.data
+        phase = run.phase
         # Held in memory, the val images are cropped once; on a GPU the stack stays there, so validation
         # moves no images per epoch. Read from the store, they are cropped a batch at a time.
         in_memory = isinstance(data.val_images, list)
@@ -54,7 +58,8 @@ class AugmentedImages:
             yield to_device(x, self.run.device, self.run.fmt), y.to(self.run.device, non_blocking=True)
 
     def val_batches(self) -> Iterator[Batch]:
-        run, size = self.run, inference_batch(self.run.device)
+        run = self.run
+        size = inference_batch(self.run.device)
         if self.val_stack is not None:
             batches = normalized_batches(self.val_stack, self.val_labels, run.data.preprocess, size)
         else:

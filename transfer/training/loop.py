@@ -57,7 +57,8 @@ class ResumeState:
     data and code (`fingerprint`)."""
 
     def __init__(self, path: Path, fingerprint: str):
-        self.path, self.fingerprint = path, fingerprint
+        self.path = path
+        self.fingerprint = fingerprint
 
     def load(self) -> dict | None:
         if not self.path.exists():
@@ -90,8 +91,13 @@ class Stepper:
 
     def __init__(self, module: nn.Module, criterion, optimizer, scheduler, device, amp: bool,
                  clip_grad_norm: float | None = None):
-        self.module, self.criterion, self.optimizer, self.scheduler = module, criterion, optimizer, scheduler
-        self.device, self.amp, self.clip_grad_norm = device, amp, clip_grad_norm
+        self.module = module
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.device = device
+        self.amp = amp
+        self.clip_grad_norm = clip_grad_norm
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def forward(self, x):
@@ -112,10 +118,14 @@ class Stepper:
 
 def train_one_epoch(stepper: Stepper, batches, epoch: int, totals=own_totals) -> tuple[float, float]:
     """Mean loss and accuracy over the epoch's training batches (`totals`: summed over processes)."""
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum = 0.0
+    correct = 0
+    count = 0
     for x, y in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
         loss, right = stepper.train_batch(x, y)
-        loss_sum, correct, count = loss_sum + loss, correct + right, count + len(y)
+        loss_sum = loss_sum + loss
+        correct = correct + right
+        count = count + len(y)
     loss_sum, correct, count = totals(loss_sum, correct, count)
     return loss_sum / count, correct / count
 
@@ -125,7 +135,9 @@ def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool,
                      totals=own_totals) -> tuple[float, float]:
     """Mean loss and accuracy of `module` (eval mode) over (x, y) batches already on the device."""
     module.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum = 0.0
+    correct = 0
+    count = 0
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = module(x).float()
@@ -138,7 +150,8 @@ def evaluate_batches(module: nn.Module, batches, criterion, device, amp: bool,
 
 def phase_epochs(phases: tuple[Phase, ...]) -> list[tuple[Phase, int, int]]:
     """Each phase with its first and last epoch, counted over the whole run."""
-    spans, first = [], 1
+    spans = []
+    first = 1
     for phase in phases:
         spans.append((phase, first, first + phase.epochs - 1))
         first += phase.epochs
@@ -152,9 +165,11 @@ def fit(model: TransferNet, data: TrainData, settings: ModeSettings, device: tor
     `on_epoch(row)` hears of every epoch of the run once it is saved: first those a resumed run
     restored, then each new one as it ends (live logs)."""
     state = resume.load()
-    result, done = FitResult(), 0
+    result = FitResult()
+    done = 0
     if state:
-        done, result = state["epoch"], FitResult(**state["result"])
+        done = state["epoch"]
+        result = FitResult(**state["result"])
         model.load_state_dict(state["model"])
         log(f"resuming after epoch {done} (state in {resume.path})")
 
@@ -186,7 +201,8 @@ def fit(model: TransferNet, data: TrainData, settings: ModeSettings, device: tor
 def run_phase(model: TransferNet, run: PhaseRun, span: tuple[int, int], result: FitResult, done: int,
               state: dict | None, finished: Callable[[dict, object, object], bool]) -> None:
     """The plain epoch loop of one phase: train an epoch, validate, keep the best, save the state."""
-    phase, (first, last) = run.phase, span
+    phase = run.phase
+    first, last = span
     set_trainable(model, phase.trainable, phase.top_blocks)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result.trainable_params = max(result.trainable_params, trainable)
@@ -225,7 +241,10 @@ def record(result: FitResult, model: nn.Module, row: dict) -> None:
     """Add an epoch to the history; keep its weights if it is the best so far (accuracy, then loss)."""
     result.train_seconds += row["seconds"]
     result.history.append(row)
-    acc, loss = row["val_acc"], row["val_loss"]
+    acc = row["val_acc"]
+    loss = row["val_loss"]
     if beats_kept(acc, loss, result.best_accuracy, result.best_loss):
-        result.best_accuracy, result.best_loss, result.best_epoch = acc, loss, row["epoch"]
+        result.best_accuracy = acc
+        result.best_loss = loss
+        result.best_epoch = row["epoch"]
         result.best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})

@@ -37,15 +37,18 @@ class ShardedBatches:
     process holds them all, so cutting costs nothing)."""
 
     def __init__(self, inner: Source, strategy: OneProcess):
-        self.inner, self.strategy = inner, strategy
-        self.module, self.setup_seconds = inner.module, inner.setup_seconds
+        self.inner = inner
+        self.strategy = strategy
+        self.module = inner.module
+        self.setup_seconds = inner.setup_seconds
         labels = getattr(inner, "train_labels", None)  # cached features: one global batch may drop out
         self.steps_per_epoch = (len(kept(len(labels), inner.batch_size, strategy.world_size)) if labels is not None
                                 else inner.steps_per_epoch)
         self.description = f"{inner.description}; {strategy.world_size} processes"
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        world, rank = self.strategy.world_size, self.strategy.rank
+        world = self.strategy.world_size
+        rank = self.strategy.rank
         for x, y in self.inner.train_batches(epoch):
             if len(y) < world:
                 continue
@@ -53,7 +56,8 @@ class ShardedBatches:
             yield x[rank::world], y[rank::world]
 
     def val_batches(self) -> Iterator[Batch]:
-        world, rank = self.strategy.world_size, self.strategy.rank
+        world = self.strategy.world_size
+        rank = self.strategy.rank
         for x, y in self.inner.val_batches():
             if len(y[rank::world]):
                 yield x[rank::world], y[rank::world]
@@ -63,7 +67,9 @@ class ShareOfBatches(torch.utils.data.Sampler):
     """The keys (index, seed) of this process's share of each global batch of an EpochSampler."""
 
     def __init__(self, sampler: EpochSampler, batch_size: int, strategy: OneProcess):
-        self.sampler, self.batch_size, self.strategy = sampler, batch_size, strategy
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.strategy = strategy
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -75,7 +81,9 @@ class ShareOfBatches(torch.utils.data.Sampler):
         return len(self.sizes())
 
     def __iter__(self):
-        keys, world, rank = list(self.sampler), self.strategy.world_size, self.strategy.rank
+        keys = list(self.sampler)
+        world = self.strategy.world_size
+        rank = self.strategy.rank
         return iter([keys[i * self.batch_size:][:size][rank::world] for i, size in enumerate(self.sizes())])
 
 
@@ -93,7 +101,9 @@ class ShardedImages(ShardedBatches):
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         self.batches.set_epoch(epoch)
-        world, device, fmt = self.strategy.world_size, self.inner.run.device, self.inner.run.fmt
+        world = self.strategy.world_size
+        device = self.inner.run.device
+        fmt = self.inner.run.fmt
         for (x, y), size in zip(self.loader, self.batches.sizes()):
             self.strategy.weight = len(y) * world / size
             yield to_device(x, device, fmt), y.to(device, non_blocking=True)

@@ -40,7 +40,8 @@ def update(result: Any, row: dict, patience: int | None, stop_on: str) -> bool:
     value = row[stop_on]
     sign = -1.0 if stop_on == "val_loss" else 1.0
     if result.stop_best is None or sign * value > sign * result.stop_best:
-        result.stop_best, result.stale_epochs = value, 0
+        result.stop_best = value
+        result.stale_epochs = 0
     else:
         result.stale_epochs += 1
     if result.stale_epochs >= patience:
