@@ -34,6 +34,31 @@ NAMES = ["Ants", "Bees"]
 LONG = 100_000  # characters: the issue's arch name that was echoed in full
 RANDOM_FILES = 3  # files of random bytes, each from its own seed
 RANDOM_BYTES = 4096
+HEAD = "head.weight"
+# The oversized head of the memory test: a thousand times what refusing a file takes, and big enough
+# to tell read from unread at a glance.
+HEAD_BYTES = 128 * 2**20
+# Run in a fresh process: for each file, by how many KiB the process's peak memory grew while
+# load_checkpoint opened or refused it. The peak is the process's own (VmHWM); ru_maxrss would start at
+# the test runner's, which Linux carries over into a child through exec.
+PEAK_GROWTH = """
+import json, sys
+from transfer.core.errors import UserError
+from transfer.models.checkpoints import load_checkpoint
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+for path in sys.argv[1:]:
+    before = peak()
+    try:
+        load_checkpoint(path)
+        said = None
+    except UserError as err:
+        said = str(err)
+    print(json.dumps({"path": path, "grown": peak() - before, "said": said}))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +250,59 @@ def test_the_real_command_is_one_line_exit_2(model_files, image, tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"predict: error: {model}: ") and "class_names: " in lines[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak memory from /proc")
+def test_a_file_torch_would_read_whole_is_refused_before_its_tensors_are_read(model_files, tmp_path, monkeypatch):
+    """Files whose loading reads every tensor's bytes whatever its shape: torch's older, non-zip format,
+    and a zip whose byte-order record is not this machine's (torch.load byte-swaps each tensor as it
+    loads). With a 128 MB head, the process refusing them grows by far less than the head, and by less
+    than loading the tiny network itself (the same process, the real file last)."""
+    contents = torch.load(model_files["pt"], weights_only=True)
+    contents["state_dict"][HEAD] = torch.zeros(len(CLASSES), HEAD_BYTES // 4 // len(CLASSES))
+    old = tmp_path / "old.pt"
+    torch.save(contents, old, _use_new_zipfile_serialization=False)
+    other_order = tmp_path / "swapped.pt"
+    with monkeypatch.context() as patch:  # torch.save writes sys.byteorder as the file's byte order
+        patch.setattr(sys, "byteorder", "big" if sys.byteorder == "little" else "little")
+        torch.save(contents, other_order)
+    del contents
+    proc = subprocess.run([sys.executable, "-c", PEAK_GROWTH, str(old), str(other_order), str(model_files["pt"])],
+                          cwd=ROOT, env=env_with_venv(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = {row["path"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    real = results.pop(str(model_files["pt"]))
+    assert real["said"] is None
+    grown = {path: row["grown"] for path, row in results.items()}  # KiB
+    assert all(kib * 1024 < HEAD_BYTES / 4 for kib in grown.values()), grown
+    assert max(grown.values()) < real["grown"], (grown, real)
+    for hostile, words in ((old, "not the zip archive torch.save writes"), (other_order, "another byte order")):
+        said = results[str(hostile)]["said"]
+        assert said is not None and said.startswith(f"{hostile}: ") and words in said and "\n" not in said, said
+
+
+def padded_head(contents: dict) -> None:
+    """The head as the left half of a storage twice its size: its shape the network's."""
+    features = contents["state_dict"][HEAD].shape[1]
+    contents["state_dict"][HEAD] = torch.zeros(len(CLASSES), 2 * features)[:, :features]
+
+
+# (edit of the loaded checkpoint, words the line must hold)
+STORAGE_EDITS = {
+    "a head stored with twice its bytes": (padded_head, "its tensors hold"),
+    "a tensor outside the state_dict": (lambda ck: ck.update(history=[{"epoch": 1, "loss": torch.zeros(1000)}]),
+                                        "a tensor outside the state_dict"),
+    "a head of another shape": (lambda ck: ck["state_dict"].update({HEAD: torch.zeros(len(CLASSES), 7)}),
+                                f"its weights do not fit {ARCH} with {len(CLASSES)} classes ({HEAD}: "
+                                f"[{len(CLASSES)}, 7] in the file, [{len(CLASSES)}, "),
+}
+
+
+@pytest.mark.parametrize("case", STORAGE_EDITS)
+def test_tensor_sizes_are_checked_before_any_is_read(case, model_files, image, tmp_path, capsys):
+    """The sizes the file declares (its storages' bytes, its tensors' shapes) are checked against what
+    the network needs before a weight is copied: a small view of a larger storage would otherwise load,
+    and export would save the whole storage again."""
+    edit, words = STORAGE_EDITS[case]
+    hostile = checkpoint_with(model_files["pt"], tmp_path / "model.pt", edit)
+    assert words in predict_error(hostile, image, capsys)

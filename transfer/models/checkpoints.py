@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ KNOWN_KEYS = {"format", "state_dict", "mode", "world_size", *REQUIRED, "best_epo
               "train_seconds", "trainable_params", "total_params", "history", "settings", "stopped_epoch",
               "peak_memory_mib", "temperature", "min_confidence"}
 MAX_RECORD_BYTES = 64 * 2**20  # the pickled fields besides the tensors' bytes: a few KB, a long history ~1 MB
+# torch.save's format (torch >= 1.6): a zip archive, its first member at the start of the file (what
+# torch.load looks at to tell it from the older format), each tensor's bytes a member <folder>/data/<key>.
+ZIP_MAGIC = b"PK\x03\x04"
+STORAGE_MEMBER = re.compile(r"[^/]*/data/\d+")
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
 CHANNELS = 3  # RGB: one mean and one std each
 MAX_RESIZE_SIZE = 2 * MAX_IMAGE_SIZE  # the largest crop at a crop_pct of 0.5 (the backbones' are 0.875 to 1)
@@ -56,13 +62,14 @@ def save_calibrated(source: str | Path, target: str | Path, calibration: dict) -
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's contents, checked to be one of this pipeline's; one line if not."""
+    """The checkpoint's contents, checked to be one of this pipeline's; one line if not. No tensor's
+    bytes are read here: the file is mapped, and refused on its sizes alone where they are too large."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model; run `dvc repro` (or `dvc pull`) first")
-    check_record_size(path)
-    try:  # mmap: a tensor is read only where it is used (a 3 GB one is refused by its shape, not loaded)
-        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    check_archive(path)
+    try:  # mmap: a tensor's bytes are read only where it is used, after the checks below
+        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         reason = ("it holds Python objects besides tensors and plain data, which are never loaded"
                   if PYTHON_OBJECTS.search(str(err)) else f"not a torch file, or a damaged one: {unpickler_said(err)}")
@@ -70,22 +77,70 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception as err:  # noqa: BLE001 - a truncated zip, a text file, ...: the same user-facing problem
         raise UserError(f"{path}: not a model checkpoint of this pipeline (not a torch file, or a damaged one: "
                         f"{type(err).__name__}: {cut(first_line(err))})") from None
-    problems = format_problems(contents)
+    problems = format_problems(contents) or storage_problems(contents)
     if problems:
         raise UserError(f"{path}: not a model checkpoint of this pipeline ({problems})")
     return contents
 
 
-def check_record_size(path: Path) -> None:
-    """Refuse a file whose pickled record (everything but the tensors' bytes) is larger than any this
-    pipeline writes, before unpickling it: it would be built whole in memory."""
-    if not zipfile.is_zipfile(path):
-        return  # the legacy format: torch's loader refuses it as not a zip of this pipeline's
-    with zipfile.ZipFile(path) as zf:
-        record = sum(info.file_size for info in zf.infolist() if info.filename.endswith("/data.pkl"))
+def check_archive(path: Path) -> None:
+    """Refuse, from the zip's directory of members alone, a file that torch.load would read the tensors'
+    bytes of while loading it: torch's older, non-zip format (read whole, mmap or not), a byte order
+    other than this machine's (every tensor byte-swapped as it loads); and one whose records besides
+    the tensors' bytes (the pickled fields, which torch.load reads whole) are larger than any this
+    pipeline writes."""
+    with path.open("rb") as file:
+        zipped = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    if not zipped or not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a model checkpoint of this pipeline (not a torch file, or a damaged one: "
+                        "not the zip archive torch.save writes; torch's older format is not read)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            record = sum(info.file_size for info in members if not STORAGE_MEMBER.fullmatch(info.filename))
+            orders = [] if record > MAX_RECORD_BYTES else [archive.read(info) for info in members
+                                                           if info.filename.endswith("/byteorder")]
+    except Exception as err:  # noqa: BLE001 - a damaged directory or member: what zipfile raises varies
+        raise UserError(f"{path}: not a model checkpoint of this pipeline (not a torch file, or a damaged one: "
+                        f"{type(err).__name__}: {cut(first_line(err))})") from None
     if record > MAX_RECORD_BYTES:
         raise UserError(f"{path}: not a model checkpoint of this pipeline (its record takes {record} bytes; "
                         f"this pipeline's take far less than {MAX_RECORD_BYTES})")
+    native = sys.byteorder.encode()
+    if any(order != native for order in orders) or (not orders and native != b"little"):  # torch's default
+        raise UserError(f"{path}: not a model checkpoint of this pipeline (its tensors are stored in another byte "
+                        f"order than this machine's ({sys.byteorder}-endian); save it again on this machine)")
+
+
+def tensors_in(contents) -> Iterator[torch.Tensor]:
+    """Every tensor in the loaded contents, at any depth (walked without recursion: a deep list is no
+    crash)."""
+    pending = [contents]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(item)
+
+
+def storage_problems(contents: dict) -> str:
+    """Bytes in the file's tensors beyond what the state_dict's shapes need (a small view of a 400 MB
+    storage, a large tensor in another field): judged on the sizes the mapped file declares, before
+    anything reads a tensor, so that no later copy or save reads more than the network's own size.
+    The shapes themselves are checked against the network's in load_checkpoint."""
+    tensors = list(tensors_in(contents))
+    if any(tensor.layout != torch.strided for tensor in tensors):
+        return "it holds a sparse or other non-dense tensor, which this pipeline never writes"
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in contents["state_dict"].values())
+    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors}
+    held = sum(nbytes for _, nbytes in storages)
+    if held > needed:
+        return (f"its tensors hold {held} bytes, but the shapes of its state_dict need {needed}: "
+                "a tensor outside the state_dict, or one stored with more bytes than it shows")
+    return ""
 
 
 def check_belongs(meta: dict, path: str | Path, mode: str, classes: list[dict]) -> None:
@@ -229,17 +284,32 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model, _ = build_model(meta["arch"], len(meta["classes"]), pretrained=False)
     except UserError as err:  # its words are for params.yaml's model.arch: here the field is the file's arch
         raise UserError(f"{path}: {str(err).removeprefix('model.')}") from None
-    try:
-        model.load_state_dict(meta.pop("state_dict"))
-    except RuntimeError as err:
+    state = meta.pop("state_dict")
+    problem = shape_problem(state, model.state_dict())  # before load_state_dict copies any tensor
+    if not problem:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            problem = first_line(err)
+    if problem:
         raise UserError(f"{path}: its weights do not fit {meta['arch']} with {len(meta['classes'])} classes "
-                        f"({first_line(err)})") from None
+                        f"({problem})")
     problems = class_count_problems(meta)
     if problems:
         raise UserError(f"{path}: not a model checkpoint of this pipeline ({'; '.join(problems)})")
     model.to(device).eval()
     fold_batchnorm(model, meta["preprocess"]["image_size"])  # inference: every BatchNorm on running statistics
     return model, meta
+
+
+def shape_problem(state: dict, expected: dict) -> str:
+    """The first tensor of the file whose shape is not the network's, as "key: shape"; "" if none.
+    Missing and extra keys are load_state_dict's to tell (it copies no extra one)."""
+    for key, tensor in state.items():
+        if key in expected and tensor.shape != expected[key].shape:
+            found = cut(str(list(tensor.shape)))
+            return f"{cut(printable(key))}: {found} in the file, {list(expected[key].shape)} in the network"
+    return ""
 
 
 def checkpoint_meta(mode: str, settings: ModeSettings, classes: list[dict], preprocess: dict, result: Any,
