@@ -301,3 +301,26 @@ def test_dvc_pull_and_checkout_as_guarded_never_write_through_a_link(dvc_command
                        env={"PYTHONPATH": str(ROOT)})
     assert snapshot(victim) == before
     assert ran.returncode == 2 and ran.stderr.strip().splitlines() == [f"check_tree: error: data: {LINKED}"]
+
+
+
+@pytest.mark.parametrize("foreign", [None, "legacy", "byteorder"])
+def test_a_resume_state_torch_would_read_whole_is_never_loaded(tmp_path, foreign):
+    """A state that torch.load would read whole (its older format; another byte order, swapped as it
+    loads) is skipped on its format alone, though its fingerprint matches; as torch.save writes it, it resumes."""
+    import zipfile
+
+    from transfer.training.loop import ResumeState
+
+    path = tmp_path / "state.pt"
+    torch.save({"fingerprint": "f", "epoch": 1, "model": {"w": torch.zeros(4)}}, path,
+               _use_new_zipfile_serialization=foreign != "legacy")
+    if foreign == "byteorder":
+        native = path.with_suffix(".native")
+        path.rename(native)
+        with zipfile.ZipFile(native) as source, zipfile.ZipFile(path, "w") as target:
+            for info in source.infolist():
+                swapped = info.filename.endswith("/byteorder")
+                target.writestr(info, b"big" if swapped else source.read(info))
+    state = ResumeState(path, "f").load()
+    assert (state is None) == (foreign is not None)

@@ -25,6 +25,7 @@ from transfer.core.settings import ModeSettings, Phase
 from transfer.core.stage import log
 from transfer.data.images import TrainData
 from transfer.models.backbones import TransferNet
+from transfer.models.checkpoints import check_archive
 from transfer.models.folding import fold_batchnorm
 from transfer.training.distributed import OneProcess, own_totals
 from transfer.training.losses import make_criterion
@@ -63,8 +64,9 @@ class ResumeState:
     def load(self) -> dict | None:
         if not self.path.exists():
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:  # mapped, and judged on its sizes first: a foreign file's tensors are never read
+            check_archive(self.path)
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 - a damaged or foreign state file only costs the resume
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
