@@ -321,20 +321,23 @@ def tree(root: Path) -> dict[str, int]:
 
 def test_stage_with_bad_params_reports_all_and_writes_nothing(project):
     """A stage run with several bad params exits 2 with every problem on its own line, no traceback,
-    and writes nothing: no model, no logs, no resumable state."""
+    and writes nothing: no model, no logs, no resumable state. A row's own bad backbone is its own line,
+    naming the row."""
     project.set_params(mode="fast", model={"arch": "resnet19"}, data={"val_fraction": 0},
                        train={"lr": -0.1, "batch_size": 0, "optimiser": "adam"},
-                       modes={"frozen": {"epochs": 0, "scheduler": "linear"}})
+                       modes={"frozen": {"epochs": 0, "scheduler": "linear", "arch": "resnet1"}})
     before = tree(project.path)
     proc = project.stage("train", "frozen", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[0] == "train: error: 8 problems in params.yaml:", proc.stderr
+    assert lines[0] == "train: error: 9 problems in params.yaml:", proc.stderr
     keys = sorted(line.split(": ")[1] for line in lines[1:])
     assert keys == sorted(["mode", "model.arch", "data.val_fraction", "train.lr", "train.batch_size",
-                           "train.optimiser", "modes.frozen.epochs", "modes.frozen.scheduler"]), proc.stderr
+                           "train.optimiser", "modes.frozen.epochs", "modes.frozen.scheduler",
+                           "modes.frozen.arch"]), proc.stderr
     assert all(LINE.fullmatch(line) for line in lines[1:]), proc.stderr
+    assert "params.yaml: modes.frozen.arch: unknown backbone 'resnet1' (did you mean resnet18?" in proc.stderr
     assert proc.stdout == ""
     assert tree(project.path) == before
 

@@ -2,8 +2,9 @@
 
 Two projects are built once per run and shared by the tests that use them:
   `full`     a clean `git clone` of a pipeline repo with all five modes (one epoch each; two for
-             freeze_unfreeze), after one `dvc repro`, tagged `baseline`; each test starts from that
-             commit (git reset + dvc checkout) and checks exactly which stages DVC re-ran after its change.
+             freeze_unfreeze; scratch on its own random-init backbone, so two backbones are candidates),
+             after one `dvc repro`, tagged `baseline`; each test starts from that commit (git reset + dvc
+             checkout) and checks exactly which stages DVC re-ran after its change.
   `scratch`  the same pipeline with the `scratch` mode alone and one epoch: cheap re-runs for the
              data.* and model.arch changes (random init, so a torchvision backbone works offline).
 """
@@ -32,6 +33,7 @@ from tests.conftest import ALWAYS_RUNS, ROOT, Project, make_project
 from tests.imagegen import write_class_folders
 from transfer.core.paths import calibration_png, mode_details, model_file, predictions_csv, val_predictions_csv
 from transfer.evaluation.unsure import choose_threshold, read_confidences
+from transfer.models.backbones import build_model
 
 MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
 ALL_STAGES = ["download", "split", "pack", "audit", *[f"train@{m}" for m in MODES],
@@ -42,6 +44,7 @@ OLD_LR, NEW_LR = 0.1, 0.0001  # modes.frozen.lr as params.yaml sets it, and froz
 CLASS_NAMES = {"ants": "Ant", "bees": "Honey bee"}
 QUEUE_TIMEOUT = 600  # seconds for both queued experiments to finish
 TARGET_ACCURACY = 0.05  # reached at some threshold on val by any model that gets one val image right
+SCRATCH_ARCH = "resnet18"  # scratch's own backbone in `full` (random init: no weights needed offline)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -140,8 +143,9 @@ def full(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("full")
     data = write_tiny_dataset(root / "tiny_data")
     origin = make_project(root / "origin", data)
-    origin.set_params(train={"epochs": 1})  # freeze_unfreeze still logs two epochs (head, then all)
-    commit(origin, "one epoch")
+    # freeze_unfreeze still logs two epochs (head, then all); scratch names its own backbone, the rest model.arch's
+    origin.set_params(train={"epochs": 1}, modes={"scratch": {"arch": SCRATCH_ARCH}})
+    commit(origin, "one epoch, scratch on its own backbone")
     project = clone(origin, root / "clone")
     assert not (project.path / "dvc.lock").exists() and not (project.path / "models").exists()
     first = project.dvc("repro")
@@ -222,6 +226,41 @@ def test_each_mode_is_calibrated_on_val_and_its_confidences_are_the_calibrated_o
         assert np.abs(np.array([float(r["confidence"]) for r in rows]) - expected).max() < 2e-3, mode
 
 
+def test_two_backbones_in_one_run_each_row_trains_its_own_and_the_verdict_weighs_their_latency(full):
+    """Backbones as candidates: scratch's row names its own backbone, the other rows take model.arch. Each
+    row's stages trained and evaluated its own network (checkpoint and details name it, its parameters
+    counted, its latency at batch 1 measured), and compare, the backbones differing, weighs the tied by
+    latency (compare.cost auto): the modes of one network share its fastest measurement, the recommended
+    is the cheapest of the tied, and export published its network."""
+    project = full.project
+    restore(project)
+    params = project.params
+    assert params["compare"]["cost"] == "auto"
+    arch = {m: params["modes"][m].get("arch", params["model"]["arch"]) for m in MODES}
+    assert arch["scratch"] == SCRATCH_ARCH != arch["frozen"]
+    details = {m: read_json(project.path / mode_details(m)) for m in MODES}
+    metrics = {m: read_json(project.path / f"metrics/{m}.json") for m in MODES}
+    assert {m: details[m]["arch"] for m in MODES} == arch
+    assert {m: torch.load(project.path / model_file(m), weights_only=True)["arch"] for m in MODES} == arch
+    for name in set(arch.values()):
+        network, _ = build_model(name, len(CLASS_NAMES), pretrained=False)
+        counted = sum(p.numel() for p in network.parameters())
+        assert {m: metrics[m]["params"] for m in MODES if arch[m] == name} == \
+            {m: counted for m in MODES if arch[m] == name}, name
+    assert all(metrics[m]["latency_ms"] > 0 for m in MODES), metrics
+
+    verdict = read_json(project.path / "results/summary.json")["verdict"]
+    assert verdict["cost"] == "latency_ms", verdict
+    network = {m: (arch[m], details[m]["inference_cost"]["image_size"]) for m in MODES}
+    fastest = {m: min(metrics[o]["latency_ms"] for o in MODES if network[o] == network[m]) for m in MODES}
+    assert verdict["costs"] == fastest
+    recommended = verdict["recommended"]
+    assert recommended in verdict["tied"]
+    assert verdict["costs"][recommended] == min(verdict["costs"][m] for m in verdict["tied"])
+    headline = read_json(project.path / "results/headline.json")
+    assert (headline["mode"], headline["arch"]) == (recommended, arch[recommended])
+
+
 # ---------------------------------------------------------------------------------------------- 4. review
 
 def test_exp_show_lists_every_mode_accuracy(full):
@@ -277,6 +316,25 @@ def test_plots_show_renders_all_modes_curves_and_confusions(full, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 2. a mode's row
+
+def test_a_rows_arch_change_leaves_every_other_rows_stages_up_to_date(full):
+    """A row's backbone is a param of its own stages alone: on the committed dvc.lock, changing
+    modes.<row>.arch (scratch's own, or frozen's where it took model.arch) makes `dvc status` call
+    train@<row>, evaluate@<row> and compare (which reads every row) changed, and no other row's stage
+    (export follows only when compare's outputs change). `dvc status` trains nothing: it compares the
+    params with the lock."""
+    project = full.project
+    restore(project)
+    for row, arch in (("scratch", "resnet34"), ("frozen", "efficientnet_lite1")):
+        assert project.params["modes"][row].get("arch") != arch
+        project.set_params(modes={row: {"arch": arch}})
+        try:
+            changed = project.changed_stages()
+            assert sorted(changed) == sorted([f"train@{row}", f"evaluate@{row}", "compare"]), changed
+            assert f"modes.{row}" in json.dumps(changed[f"train@{row}"]), changed
+        finally:
+            project.git("checkout", "-q", "--", "params.yaml")
+
 
 def test_frozen_row_change_reruns_only_the_frozen_branch(full):
     """Promise 2: changing modes.frozen.* (here a new key in its row) re-runs train@frozen, evaluate@frozen,
