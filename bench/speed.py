@@ -106,6 +106,7 @@ def median_ms_per_image(step, device: torch.device, repeats: int) -> float:
 
 def measure_backbone(arch: str, image_size: int | None, device: torch.device, repeats: int) -> dict:
     from transfer.models.backbones import build_model, count_params
+    from transfer.models.cost import model_cost
     from transfer.models.folding import fold_batchnorm
 
     model, preprocess = build_model(arch, 2, pretrained=False)
@@ -130,12 +131,15 @@ def measure_backbone(arch: str, image_size: int | None, device: torch.device, re
         with torch.inference_mode():
             model(x)
 
-    return {"arch": arch, "params": count_params(model)[1], "size": size,
-            "infer_ms": median_ms_per_image(infer, device, repeats), "train_ms": train_ms}
+    infer_ms = median_ms_per_image(infer, device, repeats)
+    latency_ms = model_cost(model, size, device, BATCH)["latency_batch_1"]["median_ms"]
+    return {"arch": arch, "params": count_params(model)[1], "size": size, "infer_ms": infer_ms,
+            "train_ms": train_ms, "latency_ms": latency_ms}
 
 
 def backbones(args) -> None:
-    """Backbones side by side: parameters, inference and training-step time per image at batch 16.
+    """Backbones side by side: parameters, inference and training-step time per image at batch 16, and
+    the latency evaluate records (`latency_ms`: one image, one thread, the median of 50 runs).
 
         python -m bench.speed backbones efficientnet_lite0 resnet18 timm/mobilenetv3_large_100 timm/convnext_atto
 
@@ -151,11 +155,12 @@ def backbones(args) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"# {torch.get_num_threads()} threads, torch {torch.__version__}, {device}, batch {BATCH}, random init")
-    print(f"{'arch':32} {'params':>12} {'px':>4} {'inference ms/img':>17} {'train step ms/img':>18}")
+    print(f"{'arch':32} {'params':>12} {'px':>4} {'inference ms/img':>17} {'train step ms/img':>18} "
+          f"{'latency_ms':>11}")
     for arch in args.archs:
         row = measure_backbone(arch, args.image_size, device, args.repeats)
-        print(f"{row['arch']:32} {row['params']:12,} {row['size']:4} {row['infer_ms']:17.1f} {row['train_ms']:18.1f}",
-              flush=True)
+        print(f"{row['arch']:32} {row['params']:12,} {row['size']:4} {row['infer_ms']:17.1f} {row['train_ms']:18.1f} "
+              f"{row['latency_ms']:11.1f}", flush=True)
 
 
 def loader(args) -> None:
