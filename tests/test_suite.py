@@ -237,3 +237,19 @@ def test_patience_bad_input_is_one_line(tmp_path):
         proc = patience(*args)
         assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
         assert proc.stderr.startswith("patience: error: ") and message in proc.stderr, proc.stderr
+
+
+def test_backbone_rows_are_the_rows_on_another_backbone_and_pass_the_params_check(tmp_path):
+    """bench.backbone_rows: each named row again on Lite1 and Lite2, its other settings unchanged; the
+    params a suite project gets with them pass the pipeline's own check."""
+    from bench.backbone_rows import assignments
+    from bench.suite import suite_params
+    from transfer.core import params as params_module
+
+    rows = ["frozen_lite1", "frozen_lite2"]
+    params = suite_params(tmp_path, ["frozen", *rows], assignments(["frozen"]))
+    checked = params_module.check(params)
+    for row in rows:
+        assert checked["modes"][row]["arch"] == f"efficientnet_{row.split('_')[-1]}"
+        assert {**checked["modes"][row], "arch": None} == {**checked["modes"]["frozen"], "arch": None}
+    assert checked["pack"]["short_side"] >= int(260 / 0.89)  # Lite2: 260 px at crop_pct 0.89, resized by floor
