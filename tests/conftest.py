@@ -39,9 +39,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # The test files that take longest, longest first. The runner (-n auto --dist loadfile) hands out whole
 # files in collection order, so these start first and a short file, not a long one, runs last while the
 # other core has nothing left to do.
-LONGEST_FIRST = ("test_pipeline.py", "test_reliability.py", "test_kills.py", "test_distributed.py",
-                 "test_suite.py", "test_many_machines.py", "test_three_splits.py", "test_compare.py",
-                 "test_security.py", "test_training.py", "test_onnx.py", "test_early_stopping.py",
+LONGEST_FIRST = ("test_pipeline.py", "test_reliability.py", "test_pipeline_changes.py", "test_kills.py",
+                 "test_distributed.py", "test_suite.py", "test_many_machines.py", "test_three_splits.py",
+                 "test_compare.py", "test_security.py", "test_training.py", "test_onnx.py", "test_early_stopping.py",
                  "test_peer.py", "test_audit.py", "test_real_data.py")
 
 

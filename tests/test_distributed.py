@@ -61,8 +61,12 @@ def packed(tmp_path_factory) -> Project:
     return project
 
 
+def checkpoint(project: Project, mode: str) -> dict:
+    return torch.load(project.path / model_file(mode), map_location="cpu", weights_only=True)
+
+
 def weights(project: Project, mode: str) -> dict[str, torch.Tensor]:
-    return torch.load(project.path / model_file(mode), map_location="cpu", weights_only=True)["state_dict"]
+    return checkpoint(project, mode)["state_dict"]
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -72,29 +76,32 @@ def max_difference(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def two_processes(packed, tmp_path_factory) -> tuple[Project, Path]:
-    """`dvc repro` of both modes with train.nproc 2, every process audited."""
+    """`dvc repro` of both modes with train.nproc 2 (evaluate of frozen alone: what evaluate records of
+    the processes is the same for every mode), every process audited."""
     project = clone(packed, tmp_path_factory.mktemp("nproc2") / "project")
     audit = project.path.parent / "audit"
     audit.mkdir()
     (audit / "sitecustomize.py").write_text(AUDIT, encoding="utf-8")
     project.set_params(train={"nproc": 2})
-    repro = project.dvc("repro", *(f"evaluate@{m}" for m in MODES),
+    repro = project.dvc("repro", f"evaluate@{MODES[0]}", *(f"train@{m}" for m in MODES[1:]),
                         env={"PYTHONPATH": str(audit), "AUDIT_DIR": str(audit)})
     assert "2 processes under torchrun" in repro.stderr + repro.stdout
     return project, audit
 
 
 def test_two_processes_train_the_weights_of_one(packed, two_processes, tmp_path):
-    """frozen and finetune (keep_bn_stats): nproc 2 gives the weights of nproc 1 within 1e-5, and
-    metrics/<mode>.json says how many processes trained."""
+    """frozen and finetune (keep_bn_stats): nproc 2 gives the weights of nproc 1 within 1e-5; the model
+    file says how many processes trained, and metrics/<mode>.json repeats it (evaluate ran for frozen at
+    nproc 2 alone: the one-process run stops at train, its weights and their record being train's)."""
     one = clone(packed, tmp_path / "one")
-    one.dvc("repro", *(f"evaluate@{m}" for m in MODES))
+    one.dvc("repro", *(f"train@{m}" for m in MODES))
     two, _ = two_processes
     for mode in MODES:
         a, b = weights(one, mode), weights(two, mode)
         assert max_difference(a, b) < 1e-5, mode
-        assert json.loads((one.path / mode_metrics(mode)).read_text())["world_size"] == 1
-        assert json.loads((two.path / mode_metrics(mode)).read_text())["world_size"] == 2
+        assert checkpoint(one, mode)["world_size"] == 1
+        assert checkpoint(two, mode)["world_size"] == 2
+    assert json.loads((two.path / mode_metrics(MODES[0])).read_text())["world_size"] == 2
 
 
 def test_only_rank_0_writes_files(two_processes):

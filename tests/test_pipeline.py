@@ -1,22 +1,22 @@
 """The DVC experience end to end: the real `dvc` CLI in temporary git repos, on tiny generated images.
 
-Two projects are built once per run and shared by the tests that use them:
-  `full`     a clean `git clone` of a pipeline repo with all five modes (one epoch each; two for
-             freeze_unfreeze; scratch on its own random-init backbone, so two backbones are candidates),
-             after one `dvc repro`, tagged `baseline`; each test starts from that commit (git reset + dvc
-             checkout) and checks exactly which stages DVC re-ran after its change.
-  `scratch`  the same pipeline with the `scratch` mode alone and one epoch: cheap re-runs for the
-             data.* and model.arch changes (random init, so a torchvision backbone works offline).
+One project is built once per run and shared by the tests that use it (tests/test_pipeline_changes.py
+holds the one-mode project's data.* and model.arch changes, so that the two files run side by side):
+  `full`     a clean `git clone` of a pipeline repo with three modes (one epoch each; scratch on its own
+             random-init backbone, frozen and finetune sharing model.arch's, so two backbones are candidates
+             and two rows share one), after one `dvc repro`, tagged `baseline`; each test starts from that
+             commit (git reset + dvc checkout) and checks exactly which stages DVC re-ran after its change.
+             partial and freeze_unfreeze (a two-phase row) are left out: each of their stages costs a
+             process or two, and what they add is checked elsewhere (tests/test_training.py trains them,
+             tests/test_reliability.py resumes freeze_unfreeze inside its second phase through its stage).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,24 +25,25 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 
 from stages.export import HEADLINE_KEYS
 from stages.report import files_dir
-from tests.conftest import ALWAYS_RUNS, ROOT, Project, make_project
+from tests.conftest import ALWAYS_RUNS, Project, make_project
 from tests.imagegen import write_class_folders
 from transfer.core.paths import calibration_png, mode_details, model_file, predictions_csv, val_predictions_csv
 from transfer.evaluation.unsure import choose_threshold, read_confidences
 from transfer.models.backbones import build_model
 
-MODES = ["scratch", "frozen", "partial", "finetune", "freeze_unfreeze"]
+# The rows of `full`: scratch on its own backbone, frozen and finetune on model.arch's (frozen second: the
+# report test takes the others as MODES[:1] + MODES[2:]).
+MODES = ["scratch", "frozen", "finetune"]
 ALL_STAGES = ["download", "split", "pack", "audit", *[f"train@{m}" for m in MODES],
               *[f"evaluate@{m}" for m in MODES], "compare", "export"]
 FROZEN_BRANCH = ["train@frozen", "evaluate@frozen", "compare"]
 VAL_IMAGES = 12
 OLD_LR, NEW_LR = 0.1, 0.0001  # modes.frozen.lr as params.yaml sets it, and frozen-lr's
 CLASS_NAMES = {"ants": "Ant", "bees": "Honey bee"}
-QUEUE_TIMEOUT = 600  # seconds for both queued experiments to finish
+QUEUE_TIMEOUT = 600  # seconds for the queued experiment to finish
 TARGET_ACCURACY = 0.05  # reached at some threshold on val by any model that gets one val image right
 SCRATCH_ARCH = "resnet18"  # scratch's own backbone in `full` (random init: no weights needed offline)
 
@@ -139,31 +140,19 @@ def tsv_points(path: Path, column: str) -> set[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> SimpleNamespace:
-    """A clean clone of a five-mode pipeline repo, after its first `dvc repro`, committed as `baseline`."""
+    """A clean clone of a three-mode pipeline repo, after its first `dvc repro`, committed as `baseline`."""
     root = tmp_path_factory.mktemp("full")
     data = write_tiny_dataset(root / "tiny_data")
-    origin = make_project(root / "origin", data)
-    # freeze_unfreeze still logs two epochs (head, then all); scratch names its own backbone, the rest model.arch's
-    origin.set_params(train={"epochs": 1}, modes={"scratch": {"arch": SCRATCH_ARCH}})
+    origin = make_project(root / "origin", data, modes=MODES)
+    # scratch names its own backbone, the rest model.arch's; `mode: auto` as shipped (make_project names a
+    # row when given some)
+    origin.set_params(mode="auto", train={"epochs": 1}, modes={"scratch": {"arch": SCRATCH_ARCH}})
     commit(origin, "one epoch, scratch on its own backbone")
     project = clone(origin, root / "clone")
     assert not (project.path / "dvc.lock").exists() and not (project.path / "models").exists()
     first = project.dvc("repro")
     commit(project, "baseline: the first dvc repro", tag="baseline")
     return SimpleNamespace(project=project, first=first.stdout, frozen_commits=None)
-
-
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory) -> SimpleNamespace:
-    """The pipeline with the scratch mode alone, one epoch, after its first `dvc repro` (tag `baseline`)."""
-    root = tmp_path_factory.mktemp("scratch")
-    data = write_tiny_dataset(root / "tiny_data")
-    project = make_project(root / "project", data, modes=["scratch"])
-    project.set_params(train={"epochs": 1})
-    commit(project, "one epoch")
-    first = project.dvc("repro")
-    commit(project, "baseline", tag="baseline")
-    return SimpleNamespace(project=project, first=first.stdout)
 
 
 # ---------------------------------------------------------------------------------------------- 1. repro
@@ -602,12 +591,12 @@ def queue_status(project: Project) -> dict[str, str]:
 
 
 def test_queued_experiments_run_with_queue_start(full):
-    """Promise 5: two `dvc exp run --queue -S ...` then `dvc queue start` run both experiments (each
-    re-running only the frozen branch); `dvc exp show` lists both with their params and accuracy; the
-    workspace is untouched."""
+    """Promise 5: `dvc exp run --queue -S ...` then `dvc queue start` run the queued experiment (re-running
+    only the frozen branch); `dvc exp show` lists it with its params and accuracy; the workspace is
+    untouched. One experiment: a second would run the same code path again at the cost of a whole branch."""
     project = full.project
     restore(project)
-    lrs = {"frozen-lr-high": 0.03, "frozen-lr-low": 0.003}
+    lrs = {"frozen-lr-high": 0.03}
     for name, lr in lrs.items():
         project.dvc("exp", "run", "--queue", "-n", name, "-S", f"++modes.frozen.lr={lr}")
     assert queue_status(project) == {name: "Queued" for name in lrs}
@@ -638,105 +627,3 @@ def test_queued_experiments_run_with_queue_start(full):
             assert isinstance(data["metrics"][f"metrics/{mode}.json"]["data"]["accuracy"], float), (name, mode)
     assert project.git("status", "--porcelain").stdout == ""
     assert_up_to_date(project)
-
-
-# ---------------------------------------------------------------------------------------------- 6. data / arch
-
-def test_scratch_project_first_repro_runs_every_stage(scratch):
-    """Promise 1 for a one-mode pipeline (the baseline of the data.* / model.arch tests below)."""
-    assert reran(scratch.first) == sorted(["download", "split", "pack", "audit", "train@scratch",
-                                           "evaluate@scratch", "compare", "export"])
-    restore(scratch.project)
-
-
-@pytest.mark.parametrize("key, value, stage", [("split_seed", 7, "split"), ("max_unpacked_mb", 100, "download")])
-def test_data_param_with_unchanged_output_reruns_its_stage_only(scratch, key, value, stage):
-    """Promise 6: a data.* param re-runs the stage that reads it; when its output comes out identical
-    (the imagefolder layout ignores split_seed; a folder source ignores max_unpacked_mb) DVC stops
-    there and nothing downstream runs."""
-    project = scratch.project
-    restore(project)
-    assert read_json(project.path / "metrics/data.json")["layout"] == "imagefolder"
-    lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
-    project.set_params(data={key: value})
-    run = project.dvc("repro")
-    assert reran(run.stdout) == [stage]
-    after = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
-    assert after[stage]["outs"] == lock[stage]["outs"]
-    assert {name: s for name, s in after.items() if name != stage} == \
-        {name: s for name, s in lock.items() if name != stage}
-    assert project.git("status", "--porcelain").stdout.split() == ["M", "dvc.lock", "M", "params.yaml"]
-    assert_up_to_date(project)
-
-
-def test_data_change_reruns_split_and_everything_after_it(scratch):
-    """Promise 6: a data.* change that changes the split (data.class_names) re-runs split and every stage
-    downstream of it (pack: the store records the split it was made from), but not download."""
-    project = scratch.project
-    restore(project)
-    project.set_params(data={"class_names": "class_names.json"})
-    run = project.dvc("repro")
-    assert reran(run.stdout) == sorted(["split", "pack", "audit", "train@scratch", "evaluate@scratch", "compare",
-                                        "export"])
-    details = read_json(project.path / mode_details("scratch"))
-    assert details["confusion_matrix"]["labels"] == list(CLASS_NAMES.values())
-    assert_up_to_date(project)
-
-
-def test_second_backbone_runs_the_same_stages(scratch):
-    """Promise 6: changing model.arch alone (to resnet18) re-runs train, evaluate, compare and export,
-    not download or split; the exported model and headline are the new backbone's."""
-    project = scratch.project
-    restore(project)
-    model = md5(project.path / "models/model.pt")
-    project.set_params(model={"arch": "resnet18"})
-    run = project.dvc("repro")
-    assert reran(run.stdout) == sorted(["train@scratch", "evaluate@scratch", "compare", "export"])
-    assert md5(project.path / "models/model.pt") != model
-    assert read_json(project.path / "results/headline.json")["arch"] == "resnet18"
-    assert read_json(project.path / mode_details("scratch"))["arch"] == "resnet18"
-    assert_up_to_date(project)
-
-
-# ---------------------------------------------------------------------------------------------- README / repo
-
-def readme_setup_command() -> str:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"```[a-z]*\n(.*?)```", text, re.S)
-    assert block, "README.md: no code block"
-    return block.group(1).strip().splitlines()[0]
-
-
-def test_readme_setup_command_runs_stages_with_the_venv_python(tmp_path):
-    """README: the first command (after its venv creation and pip install, which need the network)
-    runs the stages with the virtualenv's Python even when another `python` comes first on PATH (or
-    none exists, as on a fresh Debian/Ubuntu machine). Checked on the first stage alone."""
-    data = write_tiny_dataset(tmp_path / "tiny_data")
-    project = make_project(tmp_path / "project", data, modes=["frozen"])
-    (project.path / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
-    fake = tmp_path / "fakebin"
-    fake.mkdir()
-    for name in ("python", "python3"):
-        (fake / name).write_text("#!/bin/sh\necho \"$0: not the project's Python\" >&2\nexit 3\n")
-        (fake / name).chmod(0o755)
-    venv_bin = str(Path(sys.executable).parent)
-    path = [str(fake)] + [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
-
-    parts = [p.strip() for p in readme_setup_command().split("&&")]
-    rest = [p for p in parts if not p.startswith("python3 -m venv") and "pip install" not in p]
-    assert rest and rest[-1].endswith("dvc repro"), parts
-    command = " && ".join(rest) + " download"
-    env = {k: v for k, v in project.env.items() if k != "VIRTUAL_ENV"}
-    env["PATH"] = os.pathsep.join(path)
-    proc = subprocess.run(["sh", "-c", command], cwd=project.path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
-    assert reran(proc.stdout) == ["download"]
-
-
-def test_repository_is_a_dvc_repository():
-    """README: `dvc repro` in a fresh clone needs the repository's .dvc/ (config) committed with it."""
-    for name in (".dvc/config", ".dvc/.gitignore"):
-        assert (ROOT / name).is_file(), f"{name} missing: run `dvc init` in the repository and commit it"
-        ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
-        assert ignored.returncode == 1, f"{name} is git-ignored"
