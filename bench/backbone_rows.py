@@ -9,6 +9,7 @@ short side that Lite2's 260 px crop needs (every row then reads that one pack):
 Then `python -m stages.compare` in the project under WORK gives the paired verdict over the rows."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -23,6 +24,9 @@ SIZES = (1, 2)
 
 def assignments(modes: list[str]) -> list[str]:
     params = yaml.safe_load((ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
+    unknown = [mode for mode in modes if mode not in params["modes"]]
+    if unknown:
+        raise ValueError(f"unknown mode {unknown[0]} (known: {', '.join(params['modes'])})")
     out = [f"pack.short_side={SHORT_SIDE}"]
     for mode in modes:
         for size in SIZES:
@@ -32,8 +36,15 @@ def assignments(modes: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    modes = sys.argv[1:] if argv is None else argv
-    print("\n".join(assignments(modes)))
+    parser = argparse.ArgumentParser(prog="python -m bench.backbone_rows", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modes", nargs="+", help="rows of params.yaml's modes")
+    args = parser.parse_args(argv)
+    try:
+        print("\n".join(assignments(args.modes)))
+    except ValueError as err:
+        print(f"python -m bench.backbone_rows: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

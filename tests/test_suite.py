@@ -253,3 +253,11 @@ def test_backbone_rows_are_the_rows_on_another_backbone_and_pass_the_params_chec
         assert checked["modes"][row]["arch"] == f"efficientnet_{row.split('_')[-1]}"
         assert {**checked["modes"][row], "arch": None} == {**checked["modes"]["frozen"], "arch": None}
     assert checked["pack"]["short_side"] >= int(260 / 0.89)  # Lite2: 260 px at crop_pct 0.89, resized by floor
+
+
+def test_backbone_rows_of_an_unknown_mode_are_one_line(capsys):
+    from bench.backbone_rows import main
+
+    assert main(["nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown mode nosuch" in err
