@@ -84,6 +84,21 @@ def test_without_a_test_split_val_both_selects_and_reports():
     assert check["disagree"] == [] and selection_line({"selection": check}) == f"Val against test: {NO_TEST_SPLIT}."
 
 
+@pytest.mark.parametrize("reporting", ["test", "val"])
+def test_near_duplicates_across_the_split_are_said_even_where_val_and_test_agree(reporting):
+    """3/6 on val and on test agree (p = 1), yet 4 of the 12 val and test images have a near-duplicate
+    on another side: the line says so, with the param that keeps them together."""
+    split = {**counts([10, 10], [3, 3], [3, 3], near=9), "near_duplicate_images": 4, "grouped": False}
+    val = {"m": {"correct": 3, "images": 6}}
+    check = selection_check(split, reporting, val, {"m": score(3, 6)}, ALPHA)
+    line = selection_line({"selection": check, "modes": {"m": {"correct": 3, "images": 6}}})
+    assert check["disagree"] == []
+    assert "**4 of 12 val and test images have a near-duplicate on another side of the split** (9 pairs" in line
+    assert "data.group_duplicates: true" in line
+    quiet = selection_check({**split, "near_duplicate_images": 0}, reporting, val, {"m": score(3, 6)}, ALPHA)
+    assert "near-duplicate" not in selection_line({"selection": quiet, "modes": {"m": {"correct": 3, "images": 6}}})
+
+
 @pytest.mark.parametrize("not_above, warned", [(["frozen"], True), (["scratch"], False)])
 def test_export_publishes_a_recommended_mode_below_the_baseline_with_a_warning(tmp_path, monkeypatch, capsys,
                                                                                  not_above, warned):

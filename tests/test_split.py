@@ -402,7 +402,12 @@ def test_planted_near_duplicates_land_on_one_side_and_the_classes_keep_their_cou
     moved = sum(parts_of(apart)[path] != part for path, part in parts_of(together).items())
     assert (near["groups"], near["images_in_groups"]) == (len(planted), sum(len(group) for group in planted))
     assert near["images_moved"] == moved > 0 and near["pairs_across_splits"] == 0
+    assert near["images_across_splits"] == 0
+    split_apart = parts_of(apart)
+    across = {path for group in planted for path in group
+              if split_apart[path] != "train" and any(split_apart[other] != split_apart[path] for other in group)}
     assert apart.metrics()["near_duplicates"]["pairs_across_splits"] > 0
+    assert apart.metrics()["near_duplicates"]["images_across_splits"] == len(across)
 
 
 def test_without_near_duplicates_grouping_changes_nothing(tmp_path):

@@ -195,8 +195,18 @@ def _group_parts(parts: dict[str, Rows], thumbnails: dict[str, bytes], layout: s
             "images_in_groups": sum(len(group) for group in groups.members),
             "largest_group": max((len(group) for group in groups.members), default=0),
             "images_moved": sum(a != b for a, b in zip(before, after, strict=True)), "pairs": len(groups.pairs),
-            "pairs_across_splits": int(sum(after[i] != after[j] for i, j in groups.pairs))}
+            "pairs_across_splits": int(sum(after[i] != after[j] for i, j in groups.pairs)),
+            "images_across_splits": _evaluated_with_pair_across(after, groups.pairs)}
     return regrouped, near
+
+
+def _evaluated_with_pair_across(parts: list[str], pairs) -> int:
+    """How many val and test images have a near-duplicate in another part: what val or test may know by heart."""
+    found = set()
+    for i, j in pairs:
+        if parts[i] != parts[j]:
+            found.update(index for index in (int(i), int(j)) if parts[index] != "train")
+    return len(found)
 
 
 def _check_coverage(root: Path, folders: list[str], found: list[int], parts: dict[str, Rows], warnings: list[str]):

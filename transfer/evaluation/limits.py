@@ -26,7 +26,8 @@ def read_split_counts(path: Path) -> dict[str, list[int]]:
                         "re-run split (dvc repro)") from None
     near = data.get("near_duplicates") if isinstance(data.get("near_duplicates"), dict) else {}
     return {"classes": classes, **counts, "byte_duplicates": int(data.get("duplicates_count") or 0),
-            "near_duplicates": near.get("pairs_across_splits")}
+            "near_duplicates": near.get("pairs_across_splits"),
+            "near_duplicate_images": near.get("images_across_splits"), "grouped": bool(near.get("grouped"))}
 
 
 def baseline(split_counts: dict, reporting: str, scores: dict[str, dict], alpha: float) -> dict:
@@ -63,8 +64,9 @@ def selection_check(split_counts: dict, reporting: str, val_scores: dict[str, di
     """Each mode's val (selection) accuracy beside its test (reporting) one, an unpaired test of the two
     (Fisher's exact, Holm across the modes), and what could explain a disagreement: images shared
     across the splits and a different class mix (chi-square of train + val against test)."""
+    leak = leak_counts(split_counts)
     if reporting != "test":
-        return {"note": NO_TEST_SPLIT, "modes": {}, "disagree": []}
+        return {"note": NO_TEST_SPLIT, "modes": {}, "disagree": [], "leak": leak}
     modes = {}
     raw = {}
     for mode, val in val_scores.items():
@@ -82,7 +84,17 @@ def selection_check(split_counts: dict, reporting: str, val_scores: dict[str, di
               "near_duplicates_across_splits": split_counts["near_duplicates"],
               "class_mix_p": stats.class_mix(selecting, split_counts["test"])}
     return {"note": None, "modes": modes, "disagree": [mode for mode in modes if modes[mode]["disagree"]],
-            "causes": causes}
+            "causes": causes, "leak": leak}
+
+
+def leak_counts(split_counts: dict) -> dict | None:
+    """The val and test images with a near-duplicate on another side of the split (split's count), out
+    of all val and test images; None where split did not count them (or found none)."""
+    images = split_counts.get("near_duplicate_images")
+    if not images:
+        return None
+    return {"images": int(images), "of": sum(split_counts["val"]) + sum(split_counts["test"]),
+            "pairs": split_counts["near_duplicates"], "grouped": split_counts.get("grouped", False)}
 
 
 def _share(correct: int, images: int) -> str:
@@ -118,7 +130,23 @@ def baseline_lines(summary: dict) -> list[str]:
 
 def selection_line(summary: dict) -> str:
     """The summary's paragraph on val against test: the note without a test split, else agreement or
-    the modes that disagree with the measurable causes."""
+    the modes that disagree with the measurable causes; then, whether they agree or not, the val and test
+    images that have a near-duplicate across the split."""
+    check = summary["selection"]
+    leak = check.get("leak")
+    return _agreement(summary) + (" " + leak_sentence(leak) if leak else "")
+
+
+def leak_sentence(leak: dict) -> str:
+    """Agreement between val and test cannot show what both know by heart: said apart from the test."""
+    where = ("the dataset's own folders put them there" if leak["grouped"] else
+             "data.group_duplicates: true keeps each group on one side of a split made here")
+    return (f"**{leak['images']} of {leak['of']} val and test images have a near-duplicate on another side of "
+            f"the split** ({leak['pairs']} pairs, metrics/data.json): their accuracy may measure memory rather "
+            f"than new pictures, whatever val and test say of each other; {where}.")
+
+
+def _agreement(summary: dict) -> str:
     check = summary["selection"]
     if check["note"]:
         return f"Val against test: {check['note']}."
