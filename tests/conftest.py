@@ -1,18 +1,21 @@
 """Shared fixtures: real image files, real archives, and a real DVC project in a temporary git repo."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.imagegen import write_class_folders
+from tests.launcher import StageServer
 
 # One thread in every test process and every stage it starts: the test runner keeps both cores busy with
 # one test each, and a second thread per process on tiny problems only spins (15-50% more CPU time for a
@@ -39,10 +42,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # The test files that take longest, longest first. The runner (-n auto --dist loadfile) hands out whole
 # files in collection order, so these start first and a short file, not a long one, runs last while the
 # other core has nothing left to do.
-LONGEST_FIRST = ("test_pipeline.py", "test_reliability.py", "test_pipeline_changes.py", "test_kills.py",
-                 "test_distributed.py", "test_suite.py", "test_many_machines.py", "test_three_splits.py",
-                 "test_compare.py", "test_security.py", "test_training.py", "test_onnx.py", "test_early_stopping.py",
-                 "test_peer.py", "test_audit.py", "test_real_data.py")
+LONGEST_FIRST = ("test_pipeline.py", "test_reliability.py", "test_distributed.py", "test_kills.py", "test_suite.py",
+                 "test_pipeline_changes.py", "test_many_machines.py", "test_security.py", "test_onnx.py",
+                 "test_report.py", "test_hostile_checkout.py", "test_predict.py", "test_audit.py", "test_compare.py",
+                 "test_store.py", "test_fuzz.py", "test_real_data.py", "test_early_stopping.py", "test_three_splits.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
@@ -69,12 +72,26 @@ def run_in_process(main) -> int:
     return 0
 
 
-class Project:
-    """The pipeline copied into a fresh git + DVC repo; runs the real `dvc` CLI there."""
+_stage_server: list[StageServer] = []  # this test process's, started by the first project that needs it
 
-    def __init__(self, path: Path):
+
+def with_stage_server(env: dict) -> dict:
+    """`env` where the stages DVC runs start in the stage server (tests/launcher.py)."""
+    if not _stage_server:
+        _stage_server.append(StageServer(Path(tempfile.mkdtemp(prefix="stage-server-")), env_with_venv()))
+        atexit.register(_stage_server[0].close)
+    return _stage_server[0].environment(env)
+
+
+class Project:
+    """The pipeline copied into a fresh git + DVC repo; runs the real `dvc` CLI there. `fast`: the
+    stages DVC runs start in the stage server (tests/launcher.py) instead of a new interpreter each;
+    tests that compare two runs for reproducibility make theirs with fast=False."""
+
+    def __init__(self, path: Path, fast: bool = True):
         self.path = path
-        self.env = env_with_venv()
+        self.fast = fast
+        self.env = with_stage_server(env_with_venv()) if fast else env_with_venv()
 
     def run(self, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900):
         proc = subprocess.run(list(args), cwd=self.path, env={**self.env, **(env or {})},
@@ -84,10 +101,12 @@ class Project:
         return proc
 
     def dvc(self, *args: str, **kwargs):
-        return self.run(sys.executable, "-m", "dvc", *args, **kwargs)
+        """The `dvc` CLI as `python -m dvc` from the project's PATH (the stage server's, where `fast`)."""
+        return self.run("python", "-m", "dvc", *args, **kwargs)
 
     def stage(self, module: str, *args: str, **kwargs):
-        return self.run(sys.executable, "-m", f"stages.{module}", *args, **kwargs)
+        """`python -m stages.<module> ARGS` from the project's PATH (the stage server's, where `fast`)."""
+        return self.run("python", "-m", f"stages.{module}", *args, **kwargs)
 
     def git(self, *args: str, **kwargs):
         return self.run("git", *args, **kwargs)
@@ -129,10 +148,11 @@ def watch_local_url(params: dict) -> None:
         params["data"]["watch"] = url
 
 
-def clone(template: Project, path: Path) -> Project:
-    """A copy of a project (git, DVC cache and lock, data included): as if checked out again."""
+def clone(template: Project, path: Path, fast: bool | None = None) -> Project:
+    """A copy of a project (git, DVC cache and lock, data included): as if checked out again; its
+    stages started as the template's (`fast`, Project) unless told."""
     shutil.copytree(template.path, path, symlinks=True)
-    return Project(path)
+    return Project(path, template.fast if fast is None else fast)
 
 
 def tiny_row(row: dict, epochs: int) -> None:
@@ -157,10 +177,10 @@ def copy_code(path: Path) -> None:
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def init_repo(path: Path) -> Project:
+def init_repo(path: Path, fast: bool = True) -> Project:
     """An empty git + DVC repository at `path` (made if missing), with a committer."""
     path.mkdir(parents=True, exist_ok=True)
-    project = Project(path)
+    project = Project(path, fast)
     project.git("init", "-q")
     project.git("config", "user.email", "tests@example.com")
     project.git("config", "user.name", "tests")
@@ -180,12 +200,12 @@ def commit_tagged(project: Project, tag: str, files: dict[str, str]) -> None:
     project.git("tag", tag)
 
 
-def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
+def make_project(path: Path, data_source: Path, modes: list[str] | None = None, fast: bool = True) -> Project:
     path.mkdir(parents=True, exist_ok=True)
     copy_code(path)
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy2(ROOT / name, path / name)
-    project = init_repo(path)
+    project = init_repo(path, fast)
     project.dvc("config", "core.autostage", "true")
     params = project.params
     params["data"]["url"] = str(data_source)

@@ -1,5 +1,5 @@
 """Each stage's outputs are published whole (transfer/core/publish.py), in a real git + DVC project: every
-stage killed with kill -9 at 2 moments drawn at random (fixed seed) leaves each output the old one or
+stage killed with kill -9 at a moment drawn at random (fixed seed) leaves each output the old one or
 the new one, never half-written or missing; interrupted with Ctrl-C at one, it leaves them all old or
 all new; and the next `dvc repro` ends with the outputs of an uninterrupted run, `dvc status` clean
 and nothing left behind.
@@ -52,7 +52,7 @@ from transfer.core.paths import (
 
 MODE = "frozen"
 SEED = 19
-KILLS = 2  # kill -9 moments drawn per stage (7 stages: 14 in all, beside 7 Ctrl-Cs); each costs a stage run
+KILLS = 1  # kill -9 moments drawn per stage (7 stages: 7 in all, beside 7 Ctrl-Cs); each costs a stage run
 RESUMES = "interrupted; finished work is kept, the next run resumes"  # train alone resumes
 STARTS_OVER = "interrupted; nothing was half-written, the next run starts over"
 # (stage, its command's arguments, the outputs it publishes), in pipeline order

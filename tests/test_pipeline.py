@@ -325,25 +325,6 @@ def test_a_rows_arch_change_leaves_every_other_rows_stages_up_to_date(full):
             project.git("checkout", "-q", "--", "params.yaml")
 
 
-def test_frozen_row_change_reruns_only_the_frozen_branch(full):
-    """Promise 2: changing modes.frozen.* (here a new key in its row) re-runs train@frozen, evaluate@frozen,
-    compare and export (with `mode: auto`, a change to any mode can change the one compare recommends),
-    and nothing else: the other modes' models stay as they were."""
-    project = full.project
-    restore(project)
-    assert project.params["mode"] == "auto"
-    others = {m: md5(project.path / model_file(m)) for m in MODES if m != "frozen"}
-
-    project.set_params(modes={"frozen": {"label_smoothing": 0.05}})
-    run = project.dvc("repro")
-    assert reran(run.stdout) == sorted(FROZEN_BRANCH + ["export"])
-    assert {m: md5(project.path / model_file(m)) for m in others} == others
-    recommended = read_json(project.path / "results/summary.json")["verdict"]["recommended"]
-    assert read_json(project.path / "results/headline.json")["mode"] == recommended
-    assert_published_from(project, recommended)
-    assert_up_to_date(project)
-
-
 def test_exp_run_switching_mode_trains_nothing(full):
     """Promise 3: `dvc exp run -S mode=<another mode>` runs export alone (no training stage) and changes
     models/model.pt (now that mode's network and temperature) and the headline (now its numbers); with
@@ -591,11 +572,16 @@ def queue_status(project: Project) -> dict[str, str]:
 
 
 def test_queued_experiments_run_with_queue_start(full):
-    """Promise 5: `dvc exp run --queue -S ...` then `dvc queue start` run the queued experiment (re-running
-    only the frozen branch); `dvc exp show` lists it with its params and accuracy; the workspace is
-    untouched. One experiment: a second would run the same code path again at the cost of a whole branch."""
+    """Promise 5: `dvc exp run --queue -S ...` then `dvc queue start` run the queued experiment; `dvc exp
+    show` lists it with its params and accuracy; the workspace is untouched. One experiment: a second
+    would run the same code path again at the cost of a whole branch.
+    Promise 2 with `mode: auto`: the change to modes.frozen re-ran train@frozen, evaluate@frozen,
+    compare and export (a change to any mode can change the one compare recommends), and nothing else:
+    applied, the other modes' models are as they were and the published model is the recommended one."""
     project = full.project
     restore(project)
+    assert project.params["mode"] == "auto"
+    others = {m: md5(project.path / model_file(m)) for m in MODES if m != "frozen"}
     lrs = {"frozen-lr-high": 0.03}
     for name, lr in lrs.items():
         project.dvc("exp", "run", "--queue", "-n", name, "-S", f"++modes.frozen.lr={lr}")
@@ -626,4 +612,11 @@ def test_queued_experiments_run_with_queue_start(full):
         for mode in MODES:
             assert isinstance(data["metrics"][f"metrics/{mode}.json"]["data"]["accuracy"], float), (name, mode)
     assert project.git("status", "--porcelain").stdout == ""
+    assert_up_to_date(project)
+
+    project.dvc("exp", "apply", next(iter(lrs)))
+    assert {m: md5(project.path / model_file(m)) for m in others} == others
+    recommended = read_json(project.path / "results/summary.json")["verdict"]["recommended"]
+    assert read_json(project.path / "results/headline.json")["mode"] == recommended
+    assert_published_from(project, recommended)
     assert_up_to_date(project)

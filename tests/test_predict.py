@@ -8,13 +8,12 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import copy_code, env_with_venv
+from tests.conftest import copy_code, env_with_venv, with_stage_server
 from tests.imagegen import make_image, write_class_folders
 from transfer.models.backbones import build_model
 from transfer.models.checkpoints import save_checkpoint
@@ -57,7 +56,8 @@ def workdir(tmp_path: Path, checkpoint: Path) -> Path:
 
 
 def predict(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stages.predict", *args], cwd=root, env=env_with_venv(),
+    """`python -m stages.predict ARGS`, started in the stage server (tests/launcher.py)."""
+    return subprocess.run(["python", "-m", "stages.predict", *args], cwd=root, env=with_stage_server(env_with_venv()),
                           capture_output=True, text=True, timeout=300, check=False)
 
 
