@@ -84,14 +84,13 @@ def with_stage_server(env: dict) -> dict:
 
 
 class Project:
-    """The pipeline copied into a fresh git + DVC repo; runs the real `dvc` CLI there. `fast`: the
-    stages DVC runs start in the stage server (tests/launcher.py) instead of a new interpreter each;
-    tests that compare two runs for reproducibility make theirs with fast=False."""
+    """The pipeline copied into a fresh git + DVC repo; runs the real `dvc` CLI there. Its `python -m
+    stages.<name>` and `python -m dvc` start in the stage server (tests/launcher.py) instead of a new
+    interpreter each; a test that needs a new interpreter runs `sys.executable` itself."""
 
-    def __init__(self, path: Path, fast: bool = True):
+    def __init__(self, path: Path):
         self.path = path
-        self.fast = fast
-        self.env = with_stage_server(env_with_venv()) if fast else env_with_venv()
+        self.env = with_stage_server(env_with_venv())
 
     def run(self, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900):
         proc = subprocess.run(list(args), cwd=self.path, env={**self.env, **(env or {})},
@@ -148,11 +147,10 @@ def watch_local_url(params: dict) -> None:
         params["data"]["watch"] = url
 
 
-def clone(template: Project, path: Path, fast: bool | None = None) -> Project:
-    """A copy of a project (git, DVC cache and lock, data included): as if checked out again; its
-    stages started as the template's (`fast`, Project) unless told."""
+def clone(template: Project, path: Path) -> Project:
+    """A copy of a project (git, DVC cache and lock, data included): as if checked out again."""
     shutil.copytree(template.path, path, symlinks=True)
-    return Project(path, template.fast if fast is None else fast)
+    return Project(path)
 
 
 def tiny_row(row: dict, epochs: int) -> None:
@@ -177,10 +175,10 @@ def copy_code(path: Path) -> None:
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def init_repo(path: Path, fast: bool = True) -> Project:
+def init_repo(path: Path) -> Project:
     """An empty git + DVC repository at `path` (made if missing), with a committer."""
     path.mkdir(parents=True, exist_ok=True)
-    project = Project(path, fast)
+    project = Project(path)
     project.git("init", "-q")
     project.git("config", "user.email", "tests@example.com")
     project.git("config", "user.name", "tests")
@@ -200,12 +198,12 @@ def commit_tagged(project: Project, tag: str, files: dict[str, str]) -> None:
     project.git("tag", tag)
 
 
-def make_project(path: Path, data_source: Path, modes: list[str] | None = None, fast: bool = True) -> Project:
+def make_project(path: Path, data_source: Path, modes: list[str] | None = None) -> Project:
     path.mkdir(parents=True, exist_ok=True)
     copy_code(path)
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy2(ROOT / name, path / name)
-    project = init_repo(path, fast)
+    project = init_repo(path)
     project.dvc("config", "core.autostage", "true")
     params = project.params
     params["data"]["url"] = str(data_source)

@@ -13,9 +13,10 @@ pid (the shim passes on SIGINT, SIGTERM and SIGHUP), kills it if the shim dies (
 shim's process would end a real one), and sends back the exit status, which the shim exits with (a
 signal's death as that signal).
 
-Tests that send signals to a stage, compare two runs for reproducibility, or start the interpreter
-with a sitecustomize of their own, start real processes (`sys.executable -m stages...`, or a project
-made with fast=False), so that what they check is what a user's `python` does."""
+A sitecustomize module on the request's PYTHONPATH is imported first, as site would at startup.
+Tests that send signals to a stage or compare two runs for reproducibility (a fork shares the
+server's hash seed) start new interpreters themselves (`sys.executable -m stages...`), so that what
+they check is what a user's `python` does."""
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ sys.exit(code)
 '''
 
 SERVER = r'''
-import atexit, importlib, json, os, runpy, select, signal, socket, struct, sys, traceback
+import atexit, importlib, importlib.machinery, json, os, runpy, select, signal, socket, struct, sys, traceback
 
 for name in {libraries!r}:
     try:
@@ -95,6 +96,10 @@ def stage(request, fds):
     # sys.path as `python -m` makes it: the working folder, then PYTHONPATH's folders, then the libraries
     extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     sys.path[0:1] = [os.getcwd(), *extra]
+    sys.orig_argv = [sys.executable, "-m", *request["argv"]]
+    if importlib.machinery.PathFinder.find_spec("sitecustomize", extra):  # as site imports it at startup
+        sys.modules.pop("sitecustomize", None)
+        importlib.import_module("sitecustomize")
     code = 1
     try:
         runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)

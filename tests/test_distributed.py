@@ -78,7 +78,7 @@ def max_difference(a: dict, b: dict) -> float:
 def two_processes(packed, tmp_path_factory) -> tuple[Project, Path]:
     """`dvc repro` of both modes with train.nproc 2 (evaluate of frozen alone: what evaluate records of
     the processes is the same for every mode), every process audited."""
-    project = clone(packed, tmp_path_factory.mktemp("nproc2") / "project", fast=False)  # its sitecustomize
+    project = clone(packed, tmp_path_factory.mktemp("nproc2") / "project")
     audit = project.path.parent / "audit"
     audit.mkdir()
     (audit / "sitecustomize.py").write_text(AUDIT, encoding="utf-8")

@@ -20,7 +20,8 @@ import os, signal, sys, time
 what = sys.argv[1]
 if what == "echo":
     import probe_extra  # found through PYTHONPATH
-    print("out", os.getcwd(), sys.argv[2:], os.environ.get("PROBE_VALUE"), probe_extra.NAME, sys.stdin.read().strip())
+    print("out", os.getcwd(), sys.argv[2:], os.environ.get("PROBE_VALUE"), probe_extra.NAME,
+          os.environ.get("PROBE_SITE"), sys.orig_argv[1:], sys.stdin.read().strip())
     print("err", file=sys.stderr)
     sys.exit(int(sys.argv[2]))
 if what == "raise":
@@ -35,9 +36,11 @@ if what == "wait":
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """A folder with a `stages` package of one module, the probe, and a module on PYTHONPATH."""
+    """A folder with a `stages` package of one module, the probe, and a module and a sitecustomize
+    on PYTHONPATH."""
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "probe_extra.py").write_text("NAME = 'extra'\n")
+    (tmp_path / "extra" / "sitecustomize.py").write_text("import os\nos.environ['PROBE_SITE'] = 'site'\n")
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "__init__.py").write_text("")
     (tmp_path / "stages" / "probe.py").write_text(PROBE)
@@ -56,7 +59,8 @@ def both(folder: Path, *args: str, stdin: str = "") -> list[subprocess.Completed
 def test_arguments_folder_environment_streams_and_status_are_those_of_python_m(folder):
     plain, served = both(folder, "stages.probe", "echo", "3", stdin="from stdin\n")
     assert served.returncode == plain.returncode == 3
-    assert served.stdout == plain.stdout == f"out {folder} ['3'] v extra from stdin\n"
+    said = f"out {folder} ['3'] v extra site ['-m', 'stages.probe', 'echo', '3'] from stdin\n"
+    assert served.stdout == plain.stdout == said
     assert served.stderr == plain.stderr == "err\n"
 
 
