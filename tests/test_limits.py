@@ -95,6 +95,9 @@ def test_near_duplicates_across_the_split_are_said_even_where_val_and_test_agree
     assert check["disagree"] == []
     assert "**4 of 12 val and test images have a near-duplicate on another side of the split** (9 pairs" in line
     assert "data.group_duplicates: true" in line
+    given = selection_check({**split, "given_folders": True}, reporting, val, {"m": score(3, 6)}, ALPHA)
+    said = selection_line({"selection": given, "modes": {"m": {"correct": 3, "images": 6}}})
+    assert "the dataset's own folders put them there" in said and "group_duplicates" not in said
     quiet = selection_check({**split, "near_duplicate_images": 0}, reporting, val, {"m": score(3, 6)}, ALPHA)
     assert "near-duplicate" not in selection_line({"selection": quiet, "modes": {"m": {"correct": 3, "images": 6}}})
 
@@ -112,3 +115,15 @@ def test_export_publishes_a_recommended_mode_below_the_baseline_with_a_warning(t
     assert recommended_mode() == "frozen"
     said = capsys.readouterr().err
     assert ("warning: frozen is not significantly above the majority-class baseline" in said) == warned, said
+
+
+@pytest.mark.parametrize("layout, given", [("imagefolder", True), ("random", False)])
+def test_split_counts_say_whether_the_dataset_gave_its_folders(tmp_path, layout, given):
+    from transfer.evaluation.limits import read_split_counts
+
+    part = {"per_class": {"a": 3, "b": 2}}
+    data = {"layout": layout, "train": part, "val": part, "test": part,
+            "near_duplicates": {"grouped": False, "pairs_across_splits": 4, "images_across_splits": 3}}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    counts = read_split_counts(tmp_path / "data.json")
+    assert (counts["given_folders"], counts["near_duplicate_images"], counts["near_duplicates"]) == (given, 3, 4)

@@ -27,7 +27,8 @@ def read_split_counts(path: Path) -> dict[str, list[int]]:
     near = data.get("near_duplicates") if isinstance(data.get("near_duplicates"), dict) else {}
     return {"classes": classes, **counts, "byte_duplicates": int(data.get("duplicates_count") or 0),
             "near_duplicates": near.get("pairs_across_splits"),
-            "near_duplicate_images": near.get("images_across_splits"), "grouped": bool(near.get("grouped"))}
+            "near_duplicate_images": near.get("images_across_splits"), "grouped": bool(near.get("grouped")),
+            "given_folders": data.get("layout") == "imagefolder"}
 
 
 def baseline(split_counts: dict, reporting: str, scores: dict[str, dict], alpha: float) -> dict:
@@ -94,7 +95,8 @@ def leak_counts(split_counts: dict) -> dict | None:
     if not images:
         return None
     return {"images": int(images), "of": sum(split_counts["val"]) + sum(split_counts["test"]),
-            "pairs": split_counts["near_duplicates"], "grouped": split_counts.get("grouped", False)}
+            "pairs": split_counts["near_duplicates"],
+            "split_here": not (split_counts.get("grouped") or split_counts.get("given_folders"))}
 
 
 def _share(correct: int, images: int) -> str:
@@ -139,8 +141,8 @@ def selection_line(summary: dict) -> str:
 
 def leak_sentence(leak: dict) -> str:
     """Agreement between val and test cannot show what both know by heart: said apart from the test."""
-    where = ("the dataset's own folders put them there" if leak["grouped"] else
-             "data.group_duplicates: true keeps each group on one side of a split made here")
+    where = ("data.group_duplicates: true keeps each group on one side" if leak["split_here"] else
+             "the dataset's own folders put them there, and grouping moves no image between given folders")
     return (f"**{leak['images']} of {leak['of']} val and test images have a near-duplicate on another side of "
             f"the split** ({leak['pairs']} pairs, metrics/data.json): their accuracy may measure memory rather "
             f"than new pictures, whatever val and test say of each other; {where}.")
