@@ -43,14 +43,27 @@ args = sys.argv[1:]
 where = os.environ.get({socket_env!r})
 if not where or len(args) < 2 or args[0] != "-m" or not (args[1].startswith("stages.") or args[1] == "dvc"):
     os.execv(REAL, [REAL, *args])
+target, pending = [], []
+
+
+def forward(number, frame):
+    # set before the request goes: a signal that comes before the pid is passed on once it is known
+    if target:
+        os.kill(target[0], number)
+    else:
+        pending.append(number)
+
+
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, forward)
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 conn.connect(where)
 request = json.dumps({{"argv": args[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
 socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
 answers = conn.makefile("r")
-pid = int(answers.readline())
-for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-    signal.signal(sig, lambda number, frame: os.kill(pid, number))
+target.append(int(answers.readline()))
+for number in pending:
+    os.kill(target[0], number)
 line = answers.readline()
 code = int(line) if line else 1
 if code < 0:
